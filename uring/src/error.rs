@@ -1,0 +1,67 @@
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the I/O layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A system call (or ring operation) on a file failed.
+    #[error("{op} {} at offset {offset}: {source}", path.display())]
+    Io {
+        /// The operation: "open", "pwrite", "fdatasync", ...
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// Byte offset in the file, 0 where the call has none.
+        offset: u64,
+        /// What the kernel (or the simulated disk) said.
+        #[source]
+        source: io::Error,
+    },
+    /// A read asked for bytes past the end of the file.
+    #[error("read of {len} bytes at offset {offset} of {} runs past its end ({file_bytes} bytes)", path.display())]
+    ReadPastEnd {
+        /// The file.
+        path: PathBuf,
+        /// Where the read started.
+        offset: u64,
+        /// How many bytes were asked for.
+        len: usize,
+        /// The file's length.
+        file_bytes: u64,
+    },
+    /// io_uring was asked for explicitly (`Io::Uring`) and cannot be used.
+    #[error("io_uring is not available: {reason}: {source}")]
+    UringUnavailable {
+        /// Which step failed: setup, probe, buffer registration.
+        reason: &'static str,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// Another handle holds the lock on this directory.
+    #[error("{} is locked by process {pid}", path.display())]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// The holder's process id, as it wrote it into the lock file (0 if unreadable).
+        pid: u32,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, offset: u64, source: io::Error) -> Error {
+        Error::Io { op, path: path.into(), offset, source }
+    }
+
+    /// The OS error code behind this error, if there is one.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            Error::Io { source, .. } | Error::UringUnavailable { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+/// Result of the I/O layer.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

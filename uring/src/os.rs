@@ -1,0 +1,182 @@
+//! What the syscall and io_uring backends share: opening files (O_DIRECT
+//! with a logged fallback), directory operations, locking, and the plain
+//! system-call data path.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::buf::IoBuf;
+use crate::error::{Error, Result};
+use crate::storage::{DirLock, OpenMode};
+
+static DIRECT_FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// A real file, opened with O_DIRECT where the file system allows it.
+#[derive(Debug)]
+pub(crate) struct OsFile {
+    pub(crate) file: fs::File,
+    pub(crate) path: PathBuf,
+    pub(crate) direct: bool,
+}
+
+impl OsFile {
+    pub(crate) fn open(path: &Path, mode: OpenMode) -> Result<OsFile> {
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(mode == OpenMode::Create);
+        let direct = options.clone().custom_flags(libc::O_DIRECT).open(path);
+        match direct {
+            Ok(file) => Ok(OsFile { file, path: path.to_owned(), direct: true }),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                if !DIRECT_FALLBACK_LOGGED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "the file system refuses O_DIRECT; using buffered I/O (durability still comes from fdatasync)"
+                    );
+                }
+                let file = options.open(path).map_err(|e| Error::io("open", path, 0, e))?;
+                Ok(OsFile { file, path: path.to_owned(), direct: false })
+            }
+            Err(e) => Err(Error::io("open", path, 0, e)),
+        }
+    }
+
+    pub(crate) fn len(&self) -> Result<u64> {
+        let meta = self.file.metadata().map_err(|e| self.err("fstat", 0, e))?;
+        Ok(meta.len())
+    }
+
+    pub(crate) fn err(&self, op: &'static str, offset: u64, e: io::Error) -> Error {
+        Error::io(op, &self.path, offset, e)
+    }
+
+    pub(crate) fn check_aligned(&self, offset: u64, len: usize, addr: *const u8) {
+        if self.direct {
+            let block = crate::BLOCK_BYTES;
+            assert_eq!(offset % block as u64, 0, "O_DIRECT offset {offset} is not block-aligned");
+            assert_eq!(len % block, 0, "O_DIRECT length {len} is not block-aligned");
+            assert_eq!(addr as usize % block, 0, "O_DIRECT buffer is not block-aligned");
+        }
+    }
+
+    /// Fails with `ReadPastEnd` unless `[offset, offset + len)` lies inside the file.
+    pub(crate) fn check_in_bounds(&self, offset: u64, len: usize) -> Result<()> {
+        let file_bytes = self.len()?;
+        if offset.checked_add(len as u64).is_none_or(|end| end > file_bytes) {
+            return Err(Error::ReadPastEnd { path: self.path.clone(), offset, len, file_bytes });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn pread(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.check_aligned(offset, buf.len(), buf.as_ptr());
+        self.check_in_bounds(offset, buf.len())?;
+        // read_exact_at retries EINTR and short reads.
+        self.file.read_exact_at(buf, offset).map_err(|e| self.err("pread", offset, e))
+    }
+
+    pub(crate) fn pwrite(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        self.check_aligned(offset, buf.len(), buf.as_ptr());
+        // write_all_at retries EINTR and short writes.
+        self.file.write_all_at(buf, offset).map_err(|e| self.err("pwrite", offset, e))
+    }
+
+    pub(crate) fn fdatasync(&self) -> Result<()> {
+        // sync_data is fdatasync(2); it is not retried on failure (see File::sync_data).
+        self.file.sync_data().map_err(|e| self.err("fdatasync", 0, e))
+    }
+
+    pub(crate) fn allocate(&self, len: u64) -> Result<()> {
+        if self.len()? >= len {
+            return Ok(());
+        }
+        let len_off = libc::off_t::try_from(len).expect("file length fits off_t");
+        // SAFETY: fallocate only reads its integer arguments; the fd is open
+        // for as long as self.file lives.
+        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, 0, len_off) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+            // Some file systems (ramfs) have no fallocate: a size change still zero-fills.
+            return self.file.set_len(len).map_err(|e| self.err("ftruncate", len, e));
+        }
+        Err(self.err("fallocate", len, e))
+    }
+
+    /// The syscall commit: `pwrite` everything, then `fdatasync`.
+    pub(crate) fn write_sync(&self, offset: u64, buf: &IoBuf, len: usize) -> Result<()> {
+        self.pwrite(offset, &buf[..len])?;
+        self.fdatasync()
+    }
+}
+
+pub(crate) fn create_dir_all(path: &Path) -> Result<()> {
+    fs::create_dir_all(path).map_err(|e| Error::io("mkdir", path, 0, e))
+}
+
+pub(crate) fn exists(path: &Path) -> Result<bool> {
+    path.try_exists().map_err(|e| Error::io("stat", path, 0, e))
+}
+
+pub(crate) fn list_dir(path: &Path) -> Result<Vec<String>> {
+    let entries = fs::read_dir(path).map_err(|e| Error::io("readdir", path, 0, e))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("readdir", path, 0, e))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    Ok(names)
+}
+
+pub(crate) fn remove_file(path: &Path) -> Result<()> {
+    fs::remove_file(path).map_err(|e| Error::io("unlink", path, 0, e))
+}
+
+pub(crate) fn rename(from: &Path, to: &Path) -> Result<()> {
+    fs::rename(from, to).map_err(|e| Error::io("rename", from, 0, e))
+}
+
+pub(crate) fn sync_dir(path: &Path) -> Result<()> {
+    let dir = fs::File::open(path).map_err(|e| Error::io("open", path, 0, e))?;
+    dir.sync_all().map_err(|e| Error::io("fsync", path, 0, e))
+}
+
+/// An exclusive `flock` on a lock file holding the owner's pid.
+struct FlockGuard {
+    _file: fs::File,
+}
+
+pub(crate) fn lock(path: &Path) -> Result<DirLock> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| Error::io("open", path, 0, e))?;
+    // SAFETY: flock only takes the fd (valid while `file` lives) and flags.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let pid = text.trim().parse().unwrap_or(0);
+            return Err(Error::Locked { path: path.to_owned(), pid });
+        }
+        return Err(Error::io("flock", path, 0, e));
+    }
+    let write_pid = |file: &mut fs::File| -> io::Result<()> {
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(file, "{}", std::process::id())?;
+        file.sync_data()
+    };
+    write_pid(&mut file).map_err(|e| Error::io("write", path, 0, e))?;
+    Ok(Box::new(FlockGuard { _file: file }))
+}

@@ -1,0 +1,293 @@
+//! The io_uring data path: one ring per storage, registered buffers, and
+//! commits as linked write → `Fsync(DATASYNC)` chains.
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use io_uring::{opcode, squeue, types, IoUring, Probe};
+
+use crate::buf::{AlignedBuf, BufHome, FixedSlot, IoBuf};
+use crate::constants::{OP_BYTES_MAX, RING_COMPLETION_ENTRIES, RING_ENTRIES};
+use crate::error::{Error, Result};
+use crate::os::OsFile;
+use crate::storage::{File, SyncMode};
+
+static NEXT_RING_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The ring, and the registered buffers it refers to by index.
+///
+/// Field order matters: `ring` drops (and the kernel unregisters the
+/// buffers) before `pool` frees their memory.
+pub(crate) struct Ring {
+    ring: Mutex<IoUring>,
+    id: u64,
+    sync_mode: SyncMode,
+    pool: Mutex<Vec<(AlignedBuf, FixedSlot)>>,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ring(id={}, sync_mode={:?})", self.id, self.sync_mode)
+    }
+}
+
+impl Ring {
+    /// Sets up a ring, checks the opcodes ringkv uses, and registers
+    /// `buffer_count` buffers of `buffer_bytes` each.
+    ///
+    /// # Errors
+    /// `UringUnavailable` naming the step that failed: setup (ENOSYS, EPERM
+    /// from seccomp or `kernel.io_uring_disabled`), probe, or buffer
+    /// registration (ENOMEM under a small `RLIMIT_MEMLOCK`).
+    pub(crate) fn new(sync_mode: SyncMode, buffer_bytes: usize, buffer_count: usize) -> Result<Ring> {
+        let unavailable = |reason, source| Error::UringUnavailable { reason, source };
+        let ring = IoUring::builder()
+            .setup_cqsize(RING_COMPLETION_ENTRIES)
+            .build(RING_ENTRIES)
+            .map_err(|e| unavailable("io_uring_setup", e))?;
+        let mut probe = Probe::new();
+        ring.submitter().register_probe(&mut probe).map_err(|e| unavailable("probe", e))?;
+        for (code, name) in [
+            (opcode::WriteFixed::CODE, "WriteFixed"),
+            (opcode::Write::CODE, "Write"),
+            (opcode::Read::CODE, "Read"),
+            (opcode::Fsync::CODE, "Fsync"),
+        ] {
+            if !probe.is_supported(code) {
+                let e = io::Error::new(io::ErrorKind::Unsupported, format!("opcode {name} missing"));
+                return Err(unavailable("probe", e));
+            }
+        }
+        let id = NEXT_RING_ID.fetch_add(1, Ordering::Relaxed);
+        let buffers: Vec<AlignedBuf> = (0..buffer_count).map(|_| AlignedBuf::new(buffer_bytes)).collect();
+        let iovecs: Vec<libc::iovec> = buffers
+            .iter()
+            .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() })
+            .collect();
+        // SAFETY: every iovec points at a live AlignedBuf that `pool` keeps
+        // until after the ring is dropped (field order of Ring), and a buffer
+        // handed out as IoBuf comes back to the pool, never to the allocator.
+        unsafe { ring.submitter().register_buffers(&iovecs) }.map_err(|e| unavailable("register_buffers", e))?;
+        let pool = buffers
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| (b, FixedSlot { ring_id: id, index: u16::try_from(i).expect("few buffers") }))
+            .collect();
+        Ok(Ring { ring: Mutex::new(ring), id, sync_mode, pool: Mutex::new(pool) })
+    }
+
+    pub(crate) fn take_buffer(self: &Arc<Ring>, len: usize) -> Option<IoBuf> {
+        let mut pool = self.pool.lock().expect("buffer pool lock");
+        let at = pool.iter().position(|(b, _)| b.len() >= len)?;
+        let (mut buf, slot) = pool.swap_remove(at);
+        buf.fill(0);
+        Some(IoBuf::registered(buf, slot, self.clone()))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, IoUring> {
+        self.ring.lock().expect("ring lock")
+    }
+}
+
+impl BufHome for Ring {
+    fn give_back(&self, buf: AlignedBuf, slot: FixedSlot) {
+        self.pool.lock().expect("buffer pool lock").push((buf, slot));
+    }
+}
+
+/// Submits `entries` as one unit and waits for every one of their
+/// completions; returns their results in order.
+///
+/// Holding the ring's lock for the whole call means no other operation is in
+/// flight on it, so every completion reaped here is one of ours, and the
+/// buffers the entries point at stay borrowed until the kernel is done.
+fn submit_and_reap(ring: &mut IoUring, entries: &[squeue::Entry]) -> Vec<i32> {
+    let n = entries.len();
+    let tagged: Vec<squeue::Entry> =
+        entries.iter().enumerate().map(|(i, e)| e.clone().user_data(i as u64)).collect();
+    // SAFETY: the entries' buffers are borrowed by our caller for this whole
+    // call, and we do not return before every completion has been reaped.
+    // push_multiple pushes the chain whole or not at all.
+    unsafe { ring.submission().push_multiple(&tagged) }.expect("an idle ring has room for a chain");
+    let mut results = vec![None; n];
+    let mut reaped = 0;
+    while reaped < n {
+        match ring.submit_and_wait(n - reaped) {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => {}
+            Err(e) => {
+                // Operations may be in flight on memory we would hand back:
+                // there is no safe way to go on.
+                eprintln!("ringkv: io_uring_enter failed with operations in flight: {e}");
+                std::process::abort();
+            }
+        }
+        for cqe in ring.completion() {
+            let i = cqe.user_data() as usize;
+            assert!(i < n, "completion for an operation we did not submit");
+            assert!(results[i].is_none(), "two completions for one operation");
+            results[i] = Some(cqe.result());
+            reaped += 1;
+        }
+    }
+    results.into_iter().map(|r| r.expect("every operation completed")).collect()
+}
+
+/// A file whose data path is the ring.
+#[derive(Debug)]
+pub(crate) struct UringFile {
+    pub(crate) os: OsFile,
+    pub(crate) ring: Arc<Ring>,
+}
+
+impl UringFile {
+    fn fd(&self) -> types::Fd {
+        use std::os::fd::AsRawFd;
+        types::Fd(self.os.file.as_raw_fd())
+    }
+
+    fn write_entry(&self, offset: u64, buf: &[u8], fixed: Option<FixedSlot>, rw_flags: i32) -> squeue::Entry {
+        let len = u32::try_from(buf.len()).expect("op length checked by caller");
+        match fixed {
+            Some(slot) if slot.ring_id == self.ring.id => {
+                opcode::WriteFixed::new(self.fd(), buf.as_ptr(), len, slot.index)
+                    .offset(offset)
+                    .rw_flags(rw_flags)
+                    .build()
+            }
+            _ => opcode::Write::new(self.fd(), buf.as_ptr(), len).offset(offset).rw_flags(rw_flags).build(),
+        }
+    }
+
+    fn fsync_entry(&self) -> squeue::Entry {
+        opcode::Fsync::new(self.fd()).flags(types::FsyncFlags::DATASYNC).build()
+    }
+
+    /// Writes all of `buf` at `offset` with plain ring writes.
+    fn write_all(&self, offset: u64, buf: &[u8], fixed: Option<FixedSlot>) -> Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let end = buf.len().min(done + OP_BYTES_MAX);
+            let at = offset + done as u64;
+            let entry = self.write_entry(at, &buf[done..end], fixed, 0);
+            let res = submit_and_reap(&mut self.ring.lock(), &[entry])[0];
+            done += self.written(res, at)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes a write completion reports, 0 for a retryable interruption.
+    fn written(&self, res: i32, offset: u64) -> Result<usize> {
+        match res {
+            n if n > 0 => Ok(n as usize),
+            0 => Err(self.os.err("write", offset, io::Error::from(io::ErrorKind::WriteZero))),
+            e if e == -libc::EINTR || e == -libc::EAGAIN || e == -libc::ECANCELED => Ok(0),
+            e => Err(self.os.err("write", offset, io::Error::from_raw_os_error(-e))),
+        }
+    }
+
+    fn fsync(&self) -> Result<()> {
+        loop {
+            let res = submit_and_reap(&mut self.ring.lock(), &[self.fsync_entry()])[0];
+            match res {
+                0 => return Ok(()),
+                e if e == -libc::EINTR => continue,
+                e => return Err(self.os.err("fdatasync", 0, io::Error::from_raw_os_error(-e))),
+            }
+        }
+    }
+
+    /// One attempt at the commit chain for `buf`. Returns the bytes written
+    /// and whether a sync that followed all of them succeeded.
+    fn chain(&self, offset: u64, buf: &[u8], fixed: Option<FixedSlot>) -> Result<(usize, bool)> {
+        match self.ring.sync_mode {
+            SyncMode::LinkedFsync => {
+                let write = self.write_entry(offset, buf, fixed, 0).flags(squeue::Flags::IO_LINK);
+                let results = submit_and_reap(&mut self.ring.lock(), &[write, self.fsync_entry()]);
+                let written = self.written(results[0], offset)?;
+                let synced = match results[1] {
+                    0 => true,
+                    // Cancelled because the write came up short, or interrupted.
+                    e if e == -libc::ECANCELED || e == -libc::EINTR => false,
+                    e => return Err(self.os.err("fdatasync", 0, io::Error::from_raw_os_error(-e))),
+                };
+                Ok((written, synced && written == buf.len()))
+            }
+            SyncMode::RwfDsync => {
+                let write = self.write_entry(offset, buf, fixed, libc::RWF_DSYNC);
+                let written = self.written(submit_and_reap(&mut self.ring.lock(), &[write])[0], offset)?;
+                Ok((written, written == buf.len()))
+            }
+        }
+    }
+}
+
+impl File for UringFile {
+    fn path(&self) -> &Path {
+        &self.os.path
+    }
+
+    fn is_direct(&self) -> bool {
+        self.os.direct
+    }
+
+    fn size_bytes(&self) -> Result<u64> {
+        self.os.len()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.os.check_aligned(offset, buf.len(), buf.as_ptr());
+        self.os.check_in_bounds(offset, buf.len())?;
+        let mut done = 0;
+        while done < buf.len() {
+            let end = buf.len().min(done + OP_BYTES_MAX);
+            let at = offset + done as u64;
+            let part = &mut buf[done..end];
+            let len = u32::try_from(part.len()).expect("bounded by OP_BYTES_MAX");
+            let entry = opcode::Read::new(self.fd(), part.as_mut_ptr(), len).offset(at).build();
+            let res = submit_and_reap(&mut self.ring.lock(), &[entry])[0];
+            match res {
+                n if n > 0 => done += n as usize,
+                0 => {
+                    let file_bytes = self.os.len()?;
+                    return Err(Error::ReadPastEnd { path: self.os.path.clone(), offset, len: buf.len(), file_bytes });
+                }
+                e if e == -libc::EINTR || e == -libc::EAGAIN => {}
+                e => return Err(self.os.err("read", at, io::Error::from_raw_os_error(-e))),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        self.os.check_aligned(offset, buf.len(), buf.as_ptr());
+        self.write_all(offset, buf, None)
+    }
+
+    fn sync_data(&self) -> Result<()> {
+        self.fsync()
+    }
+
+    fn allocate(&self, len: u64) -> Result<()> {
+        self.os.allocate(len)
+    }
+
+    fn write_sync(&self, offset: u64, buf: &IoBuf, len: usize) -> Result<()> {
+        let data = &buf[..len];
+        self.os.check_aligned(offset, len, data.as_ptr());
+        if len > OP_BYTES_MAX {
+            self.write_all(offset, data, buf.fixed)?;
+            return self.fsync();
+        }
+        let (written, synced) = self.chain(offset, data, buf.fixed)?;
+        if synced {
+            return Ok(());
+        }
+        // The link broke (short write, cancellation, interruption): finish
+        // the writes, then a standalone sync that follows all of them.
+        self.write_all(offset + written as u64, &data[written..], buf.fixed)?;
+        self.fsync()
+    }
+}
