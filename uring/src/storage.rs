@@ -29,7 +29,9 @@ impl std::str::FromStr for Io {
             "auto" => Ok(Io::Auto),
             "uring" | "io_uring" => Ok(Io::Uring),
             "syscall" => Ok(Io::Syscall),
-            other => Err(format!("unknown I/O backend {other:?}: expected auto, uring or syscall")),
+            other => Err(format!(
+                "unknown I/O backend {other:?}: expected auto, uring or syscall"
+            )),
         }
     }
 }

@@ -1,0 +1,189 @@
+//! Walks frames across segments: the one decoding loop under recovery,
+//! the reader, and inspection.
+
+use std::sync::Arc;
+
+use uring::{OpenMode, Storage};
+
+use crate::constants::FRAME_HEADER_BYTES;
+use crate::error::Result;
+use crate::frame::{check_crc, decode_header, peek_lsn, FrameFault, FrameHeader, FrameKind};
+use crate::segment::{Segment, WindowReader};
+use crate::Lsn;
+
+/// What is at the cursor.
+pub(crate) enum Step<'a> {
+    /// A checked frame (batch or padding); the cursor has moved past it.
+    Frame(FrameHeader, &'a [u8]),
+    /// Bytes that are not a frame at `lsn`, in `segment` at `offset`.
+    Bad {
+        lsn: Lsn,
+        segment: usize,
+        offset: u64,
+        fault: FrameFault,
+    },
+    /// The last segment is used up.
+    End,
+}
+
+pub(crate) struct Cursor {
+    storage: Arc<dyn Storage>,
+    pub(crate) segments: Vec<Segment>,
+    seg: usize,
+    reader: Option<WindowReader>,
+    pub(crate) pos: Lsn,
+    payload_bytes_max: usize,
+}
+
+impl Cursor {
+    /// A cursor at `pos`, which must lie in one of `segments` (or at the end
+    /// of the last).
+    pub(crate) fn new(
+        storage: Arc<dyn Storage>,
+        segments: Vec<Segment>,
+        pos: Lsn,
+        payload_bytes_max: usize,
+    ) -> Cursor {
+        let seg = segments
+            .iter()
+            .position(|s| s.contains(pos))
+            .unwrap_or(segments.len());
+        Cursor {
+            storage,
+            segments,
+            seg,
+            reader: None,
+            pos,
+            payload_bytes_max,
+        }
+    }
+
+    fn reader(&mut self) -> Result<&mut WindowReader> {
+        if self.reader.is_none() {
+            let segment = &self.segments[self.seg];
+            let file = self.storage.open(&segment.path, OpenMode::Existing)?;
+            self.reader = Some(WindowReader::new(file, segment.size_bytes));
+        }
+        Ok(self.reader.as_mut().expect("just opened"))
+    }
+
+    fn next_segment(&mut self) {
+        self.pos = self.segments[self.seg].end();
+        self.seg += 1;
+        self.reader = None;
+    }
+
+    pub(crate) fn step(&mut self) -> Result<Step<'_>> {
+        loop {
+            let Some(segment) = self.segments.get(self.seg) else {
+                return Ok(Step::End);
+            };
+            let offset = self.pos.0 - segment.start.0;
+            let room = segment.size_bytes - offset;
+            if room < FRAME_HEADER_BYTES as u64 {
+                self.next_segment();
+                continue;
+            }
+            let (pos, seg, payload_max) = (self.pos, self.seg, self.payload_bytes_max);
+            let header = match decode_header(
+                self.reader()?.bytes(offset, FRAME_HEADER_BYTES)?,
+                pos,
+                payload_max,
+            ) {
+                Ok(h) if h.frame_bytes() > room => Err(FrameFault::PastSegment),
+                other => other,
+            };
+            let header = match header {
+                Ok(h) => h,
+                Err(fault) => {
+                    return Ok(Step::Bad {
+                        lsn: pos,
+                        segment: seg,
+                        offset,
+                        fault,
+                    })
+                }
+            };
+            let frame_len = header.frame_bytes() as usize;
+            if let Err(fault) = check_crc(self.reader()?.bytes(offset, frame_len)?) {
+                return Ok(Step::Bad {
+                    lsn: pos,
+                    segment: seg,
+                    offset,
+                    fault,
+                });
+            }
+            // Padding ends exactly at the segment's end; the next step moves on.
+            debug_assert!(header.kind != FrameKind::Padding || header.frame_bytes() == room);
+            self.pos = header.end();
+            let frame = self
+                .reader
+                .as_mut()
+                .expect("open")
+                .bytes(offset, frame_len)?;
+            return Ok(Step::Frame(header, frame));
+        }
+    }
+}
+
+/// What lies beyond a bad frame.
+#[derive(Debug, Default)]
+pub(crate) struct Beyond {
+    /// End of the furthest valid frame found, if any.
+    pub(crate) furthest_end: Option<Lsn>,
+    /// A valid frame that says the log was durable past the bad frame.
+    pub(crate) durable_witness: Option<FrameHeader>,
+}
+
+/// Searches every position after `bad` (in its segment and all later ones)
+/// for valid frames: one whose `durable_lsn` lies past `bad` proves the bad
+/// frame had been synced, so it is corruption, not a torn tail.
+pub(crate) fn look_beyond(
+    storage: &Arc<dyn Storage>,
+    segments: &[Segment],
+    bad: Lsn,
+    payload_bytes_max: usize,
+) -> Result<Beyond> {
+    let mut beyond = Beyond::default();
+    let first = segments
+        .iter()
+        .position(|s| s.contains(bad))
+        .unwrap_or(segments.len());
+    for segment in &segments[first..] {
+        let file = storage.open(&segment.path, OpenMode::Existing)?;
+        let mut reader = WindowReader::new(file, segment.size_bytes);
+        let mut offset = if segment.contains(bad) {
+            bad.0 - segment.start.0 + 1
+        } else {
+            0
+        };
+        while offset + FRAME_HEADER_BYTES as u64 <= segment.size_bytes {
+            let lsn = Lsn(segment.start.0 + offset);
+            if peek_lsn(reader.bytes(offset, FRAME_HEADER_BYTES)?) != lsn.0 {
+                offset += 1;
+                continue;
+            }
+            let header = match decode_header(
+                reader.bytes(offset, FRAME_HEADER_BYTES)?,
+                lsn,
+                payload_bytes_max,
+            ) {
+                Ok(h) if offset + h.frame_bytes() <= segment.size_bytes => h,
+                _ => {
+                    offset += 1;
+                    continue;
+                }
+            };
+            if check_crc(reader.bytes(offset, header.frame_bytes() as usize)?).is_err() {
+                offset += 1;
+                continue;
+            }
+            beyond.furthest_end = Some(header.end());
+            if header.durable_lsn > bad && beyond.durable_witness.is_none() {
+                beyond.durable_witness = Some(header);
+            }
+            offset += header.frame_bytes();
+        }
+    }
+    Ok(beyond)
+}

@@ -1,0 +1,66 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::Lsn;
+
+/// Everything that can go wrong in the log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The I/O layer failed.
+    #[error(transparent)]
+    Storage(#[from] uring::Error),
+    /// A frame that fails its checks is followed by frames that were already
+    /// durable when written: the log is damaged before its synced end.
+    #[error("corrupt WAL frame in {} at offset {offset} (LSN {lsn}): {reason}; later frames were already durable", path.display())]
+    Corrupt {
+        /// The segment file.
+        path: PathBuf,
+        /// Byte offset of the bad frame in that file.
+        offset: u64,
+        /// Its position in the log.
+        lsn: Lsn,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Segment files do not tile the log: one is missing or has a wrong size.
+    #[error("WAL segment {} does not follow the one before (expected it to start at LSN {expected})", path.display())]
+    SegmentGap {
+        /// The segment that does not fit.
+        path: PathBuf,
+        /// Where it should have started.
+        expected: Lsn,
+    },
+    /// Replay was asked to start where the log no longer reaches.
+    #[error("WAL in {} starts at LSN {start}, after the requested LSN {wanted}", dir.display())]
+    LogStartsLater {
+        /// The WAL directory.
+        dir: PathBuf,
+        /// The oldest LSN the log holds.
+        start: Lsn,
+        /// The LSN asked for.
+        wanted: Lsn,
+    },
+    /// A frame's payload is larger than this log accepts.
+    #[error("WAL frame payload of {bytes} bytes exceeds the limit of {limit} bytes")]
+    FrameTooLarge {
+        /// The payload's size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// An earlier write or sync failed; the log accepts no more writes
+    /// (a failed fsync is never retried).
+    #[error("WAL is poisoned by an earlier failure: {cause}")]
+    Poisoned {
+        /// The failure that poisoned it.
+        #[source]
+        cause: Arc<uring::Error>,
+    },
+    /// The log is shutting down.
+    #[error("WAL is closed")]
+    Closed,
+}
+
+/// Result of the log.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,187 @@
+//! Segment files: the log is cut into preallocated files named after the
+//! LSN they start at (`00000000000000000000.wal`), each covering
+//! `[start, start + file length)`. Reclaimed segments are renamed
+//! `recycle-<old start>.wal` and later renamed into place as new segments,
+//! so that appending never changes a file's size.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use uring::{AlignedBuf, File, OpenMode, Storage, BLOCK_BYTES};
+
+use crate::constants::{READ_WINDOW_BYTES, ZERO_FILL_CHUNK_BYTES};
+use crate::error::{Error, Result};
+use crate::Lsn;
+
+const SUFFIX: &str = ".wal";
+const RECYCLE_PREFIX: &str = "recycle-";
+
+/// One segment file.
+#[derive(Clone)]
+pub(crate) struct Segment {
+    pub(crate) start: Lsn,
+    pub(crate) size_bytes: u64,
+    pub(crate) path: PathBuf,
+}
+
+impl Segment {
+    pub(crate) fn end(&self) -> Lsn {
+        Lsn(self.start.0 + self.size_bytes)
+    }
+
+    pub(crate) fn contains(&self, lsn: Lsn) -> bool {
+        self.start <= lsn && lsn < self.end()
+    }
+}
+
+pub(crate) fn segment_path(dir: &Path, start: Lsn) -> PathBuf {
+    dir.join(format!("{:020}{SUFFIX}", start.0))
+}
+
+fn parse_name(name: &str) -> Option<Lsn> {
+    let digits = name.strip_suffix(SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().map(Lsn)
+}
+
+/// The segments of `dir` in log order, checked to tile the log without gaps.
+pub(crate) fn list(storage: &dyn Storage, dir: &Path) -> Result<Vec<Segment>> {
+    let mut segments = Vec::new();
+    for name in storage.list_dir(dir)? {
+        if let Some(start) = parse_name(&name) {
+            let path = dir.join(&name);
+            let size_bytes = storage.open(&path, OpenMode::Existing)?.size_bytes()?;
+            segments.push(Segment {
+                start,
+                size_bytes,
+                path,
+            });
+        }
+    }
+    segments.sort_by_key(|s| s.start);
+    for pair in segments.windows(2) {
+        if pair[1].start != pair[0].end() {
+            return Err(Error::SegmentGap {
+                path: pair[1].path.clone(),
+                expected: pair[0].end(),
+            });
+        }
+    }
+    Ok(segments)
+}
+
+/// Recycled segment files waiting for reuse, with their sizes.
+pub(crate) fn list_recycled(storage: &dyn Storage, dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut names: Vec<String> = storage
+        .list_dir(dir)?
+        .into_iter()
+        .filter(|n| n.starts_with(RECYCLE_PREFIX) && n.ends_with(SUFFIX))
+        .collect();
+    names.sort();
+    Ok(names.into_iter().map(|n| dir.join(n)).collect())
+}
+
+/// Makes the segment starting at `start`: a recycled file of the right size
+/// renamed into place, or a new file zero-filled and synced (so that
+/// `fdatasync` on the append path never has to commit size or extent
+/// changes). Durable in the directory on return.
+pub(crate) fn create(
+    storage: &dyn Storage,
+    dir: &Path,
+    start: Lsn,
+    size_bytes: u64,
+) -> Result<Segment> {
+    let path = segment_path(dir, start);
+    let mut recycled = None;
+    for candidate in list_recycled(storage, dir)? {
+        if storage.open(&candidate, OpenMode::Existing)?.size_bytes()? == size_bytes {
+            recycled = Some(candidate);
+            break;
+        }
+    }
+    match recycled {
+        Some(old) => storage.rename(&old, &path)?,
+        None => {
+            let tmp = dir.join(format!("{:020}.tmp", start.0));
+            let file = storage.open(&tmp, OpenMode::Create)?;
+            file.allocate(size_bytes)?;
+            zero_fill(file.as_ref(), size_bytes)?;
+            file.sync_data()?;
+            storage.rename(&tmp, &path)?;
+        }
+    }
+    storage.sync_dir(dir)?;
+    Ok(Segment {
+        start,
+        size_bytes,
+        path,
+    })
+}
+
+fn zero_fill(file: &dyn File, size_bytes: u64) -> Result<()> {
+    let zeros = AlignedBuf::new(ZERO_FILL_CHUNK_BYTES);
+    let mut at = 0;
+    while at < size_bytes {
+        let len = (size_bytes - at).min(ZERO_FILL_CHUNK_BYTES as u64) as usize;
+        file.write_at(at, &zeros[..len])?;
+        at += len as u64;
+    }
+    Ok(())
+}
+
+/// Moves a whole segment out of the log, for reuse.
+pub(crate) fn recycle(storage: &dyn Storage, segment: &Segment) -> Result<()> {
+    let dir = segment.path.parent().expect("segment has a directory");
+    let to = dir.join(format!("{RECYCLE_PREFIX}{:020}{SUFFIX}", segment.start.0));
+    storage.rename(&segment.path, &to)?;
+    Ok(())
+}
+
+/// Reads a segment through an aligned window, so that frame-sized reads
+/// of an O_DIRECT file cost one large read per window.
+pub(crate) struct WindowReader {
+    pub(crate) file: Arc<dyn File>,
+    size_bytes: u64,
+    window: AlignedBuf,
+    window_start: u64,
+    window_len: usize,
+}
+
+impl WindowReader {
+    pub(crate) fn new(file: Arc<dyn File>, size_bytes: u64) -> WindowReader {
+        WindowReader {
+            file,
+            size_bytes,
+            window: AlignedBuf::new(READ_WINDOW_BYTES),
+            window_start: 0,
+            window_len: 0,
+        }
+    }
+
+    /// `len` bytes at file offset `offset`; the range must lie in the file.
+    pub(crate) fn bytes(&mut self, offset: u64, len: usize) -> Result<&[u8]> {
+        let end = offset + len as u64;
+        assert!(end <= self.size_bytes, "read past the segment's end");
+        let window_end = self.window_start + self.window_len as u64;
+        if offset < self.window_start || end > window_end {
+            let block = BLOCK_BYTES as u64;
+            let start = offset / block * block;
+            let want = (end - start)
+                .max(READ_WINDOW_BYTES as u64)
+                .next_multiple_of(block);
+            let read_len = want.min(self.size_bytes - start) as usize;
+            if self.window.len() < read_len {
+                self.window = AlignedBuf::new(read_len);
+            }
+            let read_len_aligned = read_len.next_multiple_of(BLOCK_BYTES);
+            self.file
+                .read_at(start, &mut self.window[..read_len_aligned])?;
+            self.window_start = start;
+            self.window_len = read_len;
+        }
+        let at = (offset - self.window_start) as usize;
+        Ok(&self.window[at..at + len])
+    }
+}

@@ -1,0 +1,285 @@
+//! The log on the simulated disk: round trips, segment roll-over and
+//! recycling, and every row of the recovery table.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use uring::{OpenMode, SimStorage, Storage};
+use wal::{Error, FrameBuf, Lsn, RecoveryMode, Wal, WalOptions, SEGMENT_BYTES_MIN};
+
+const DIR: &str = "/db/wal";
+
+fn options() -> WalOptions {
+    WalOptions {
+        segment_bytes: SEGMENT_BYTES_MIN,
+        ..WalOptions::default()
+    }
+}
+
+fn frame(payload: &[u8]) -> FrameBuf {
+    let mut f = FrameBuf::new();
+    f.extend(payload);
+    f
+}
+
+fn payload(i: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|j| (i * 31 + j) as u8).collect()
+}
+
+/// Opens the log and returns it with every replayed (lsn, payload).
+fn open(disk: &SimStorage, options: WalOptions) -> wal::Result<(Wal, Vec<(Lsn, Vec<u8>)>)> {
+    let mut seen = Vec::new();
+    let wal = Wal::open(
+        Arc::new(disk.clone()),
+        Path::new(DIR),
+        options,
+        Lsn(0),
+        &mut |h, p| seen.push((h.lsn, p.to_vec())),
+    )?;
+    Ok((wal, seen))
+}
+
+fn segment_files(disk: &SimStorage) -> Vec<String> {
+    let mut names = disk.list_dir(Path::new(DIR)).unwrap();
+    names.sort();
+    names
+}
+
+#[test]
+fn frames_survive_reopen_in_order_across_segments() {
+    let disk = SimStorage::new();
+    let (wal, seen) = open(&disk, options()).unwrap();
+    assert!(seen.is_empty());
+    let mut written = Vec::new();
+    for i in 0..500 {
+        let p = payload(i, 100 + i * 7 % 3000);
+        let lsn = wal.append(frame(&p), i % 3 != 0).unwrap();
+        written.push((lsn, p));
+    }
+    drop(wal); // a clean close syncs what was not waited for
+    let (wal, seen) = open(&disk, options()).unwrap();
+    assert_eq!(seen, written);
+    assert!(
+        segment_files(&disk).len() >= 3,
+        "the log rolled over into new segments"
+    );
+    let read: Vec<_> = wal
+        .read_from(written[10].0)
+        .unwrap()
+        .map(|f| f.unwrap())
+        .collect();
+    assert_eq!(read.len(), written.len() - 10);
+    assert_eq!(read[0].payload, written[10].1);
+}
+
+#[test]
+fn reclaimed_segments_are_recycled_and_the_log_goes_on() {
+    let disk = SimStorage::new();
+    let (wal, _) = open(&disk, options()).unwrap();
+    let mut last = Lsn(0);
+    for i in 0..200 {
+        last = wal.append(frame(&payload(i, 4000)), true).unwrap();
+    }
+    let reclaimed = wal.reclaim_below(last).unwrap();
+    assert!(reclaimed >= 2, "reclaimed {reclaimed}");
+    assert!(wal.start_lsn() > Lsn(0));
+    for i in 0..200 {
+        wal.append(frame(&payload(i, 4000)), true).unwrap();
+    }
+    let names = segment_files(&disk);
+    assert!(
+        names.iter().all(|n| !n.starts_with("recycle-")) || reclaimed > 2,
+        "recycled files were reused: {names:?}"
+    );
+    let start = wal.start_lsn();
+    drop(wal);
+    // Reopening from before the oldest segment is refused with a typed error.
+    let err = Wal::open(
+        Arc::new(disk.clone()),
+        Path::new(DIR),
+        options(),
+        Lsn(0),
+        &mut |_, _| {},
+    );
+    assert!(
+        matches!(err, Err(Error::LogStartsLater { .. })),
+        "{:?}",
+        err.err()
+    );
+    let mut count = 0;
+    Wal::open(
+        Arc::new(disk),
+        Path::new(DIR),
+        options(),
+        start,
+        &mut |_, _| count += 1,
+    )
+    .unwrap();
+    assert!(count > 0);
+}
+
+/// Writes `n` durable frames and returns their LSNs and payloads.
+fn write_frames(disk: &SimStorage, n: usize) -> Vec<(Lsn, Vec<u8>)> {
+    let (wal, _) = open(disk, options()).unwrap();
+    let frames: Vec<_> = (0..n)
+        .map(|i| {
+            let p = payload(i, 200);
+            (wal.append(frame(&p), true).unwrap(), p)
+        })
+        .collect();
+    drop(wal);
+    frames
+}
+
+fn flip_bit(disk: &SimStorage, lsn: Lsn, byte: u64) {
+    // Segment 0 starts at LSN 0, so the file offset is the LSN.
+    let path = Path::new(DIR).join(format!("{:020}.wal", 0));
+    let file = disk.open(&path, OpenMode::Existing).unwrap();
+    let mut b = [0u8; 1];
+    file.read_at(lsn.0 + byte, &mut b).unwrap();
+    b[0] ^= 0x10;
+    file.write_at(lsn.0 + byte, &b).unwrap();
+    file.sync_data().unwrap();
+}
+
+#[test]
+fn flipped_bit_in_the_last_frame_is_a_torn_tail_and_is_truncated() {
+    let disk = SimStorage::new();
+    let frames = write_frames(&disk, 20);
+    flip_bit(&disk, frames[19].0, 40);
+    let (wal, seen) = open(&disk, options()).unwrap();
+    assert_eq!(seen, frames[..19]);
+    // New writes take the truncated frame's place, and survive.
+    let lsn = wal.append(frame(b"after"), true).unwrap();
+    assert_eq!(lsn, frames[19].0);
+    drop(wal);
+    let (_, seen) = open(&disk, options()).unwrap();
+    assert_eq!(seen.last().unwrap().1, b"after");
+    assert_eq!(seen.len(), 20);
+}
+
+#[test]
+fn flipped_bit_in_an_early_frame_is_corruption_naming_file_and_offset() {
+    let disk = SimStorage::new();
+    let frames = write_frames(&disk, 20);
+    flip_bit(&disk, frames[5].0, 50);
+    let err = open(&disk, options())
+        .err()
+        .expect("corruption must refuse to open");
+    match &err {
+        Error::Corrupt {
+            path, offset, lsn, ..
+        } => {
+            assert_eq!(*lsn, frames[5].0);
+            assert_eq!(*offset, frames[5].0 .0);
+            assert!(
+                path.ends_with("00000000000000000000.wal"),
+                "{}",
+                path.display()
+            );
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("00000000000000000000.wal")
+            && text.contains(&format!("offset {}", frames[5].0)),
+        "{text}"
+    );
+
+    // Point-in-time recovery keeps what came before the damage.
+    let pit = WalOptions {
+        recovery: RecoveryMode::PointInTime,
+        ..options()
+    };
+    let (_, seen) = open(&disk, pit).unwrap();
+    assert_eq!(seen, frames[..5]);
+}
+
+#[test]
+fn torn_unsynced_tail_is_truncated_and_stale_frames_never_come_back() {
+    // A batch torn by a power cut: frames at its end may survive while its
+    // start does not. They were never acknowledged and must not reappear,
+    // not even once later writes line up with them.
+    for seed in 0..200 {
+        let disk = SimStorage::new();
+        let (wal, _) = open(&disk, options()).unwrap();
+        let acked: Vec<_> = (0..5)
+            .map(|i| wal.append(frame(&payload(i, 300)), true).unwrap())
+            .collect();
+        for i in 5..40 {
+            wal.append(frame(&payload(i, 300)), false).unwrap();
+        }
+        disk.power_cut();
+        drop(wal);
+        let after = disk.after_power_cut(seed);
+        let (wal, seen) = open(&after, options()).unwrap();
+        assert!(
+            seen.len() >= acked.len(),
+            "seed={seed}: lost acknowledged frames"
+        );
+        for (i, (lsn, p)) in seen.iter().enumerate() {
+            assert_eq!(p, &payload(i, 300), "seed={seed}: frame {i} at {lsn}");
+        }
+        // Rewrite the same sizes: any stale frame would now sit exactly at a boundary.
+        let n = seen.len();
+        for i in n..40 {
+            wal.append(frame(&payload(i + 1000, 300)), true).unwrap();
+        }
+        drop(wal);
+        let (_, seen) = open(&after, options()).unwrap();
+        assert_eq!(seen.len(), 40, "seed={seed}");
+        for (i, (_, p)) in seen.iter().enumerate().skip(n) {
+            assert_eq!(
+                p,
+                &payload(i + 1000, 300),
+                "seed={seed}: a stale frame came back at {i}"
+            );
+        }
+    }
+}
+
+#[test]
+fn failed_sync_poisons_the_log() {
+    let disk = SimStorage::new();
+    let (wal, _) = open(&disk, options()).unwrap();
+    wal.append(frame(b"one"), true).unwrap();
+    disk.fail_call(disk.calls() + 2, libc::EIO);
+    let err = wal.append(frame(b"two"), true).unwrap_err();
+    assert!(matches!(err, Error::Poisoned { .. }), "{err:?}");
+    assert!(err.to_string().contains("fdatasync"), "{err}");
+    let again = wal.append(frame(b"three"), true).unwrap_err();
+    assert!(
+        matches!(again, Error::Poisoned { .. }),
+        "later writes are refused: {again:?}"
+    );
+}
+
+#[test]
+fn full_disk_on_write_is_a_typed_error() {
+    let disk = SimStorage::new();
+    let (wal, _) = open(&disk, options()).unwrap();
+    disk.fail_call(disk.calls() + 1, libc::ENOSPC);
+    let err = wal.append(frame(b"x"), true).unwrap_err();
+    let Error::Poisoned { cause } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(cause.raw_os_error(), Some(libc::ENOSPC));
+    assert!(
+        err.to_string().contains("/db/wal/00000000000000000000.wal"),
+        "{err}"
+    );
+}
+
+#[test]
+fn oversized_frame_is_refused() {
+    let disk = SimStorage::new();
+    let (wal, _) = open(&disk, options()).unwrap();
+    let big = vec![0u8; wal.payload_bytes_max() + 1];
+    assert!(matches!(
+        wal.append(frame(&big), true),
+        Err(Error::FrameTooLarge { .. })
+    ));
+    let max = vec![7u8; wal.payload_bytes_max()];
+    wal.append(frame(&max), true).unwrap();
+}
