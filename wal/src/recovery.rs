@@ -159,7 +159,7 @@ fn zero_range(storage: &Arc<dyn Storage>, segment: &Segment, from: u64, to: u64)
 mod tests {
     use std::path::Path;
 
-    use uring::{File, SimStorage};
+    use uring::SimStorage;
 
     use super::*;
     use crate::frame::{FrameBuf, FrameKind};

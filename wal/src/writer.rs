@@ -21,11 +21,14 @@ use crate::frame::{FrameBuf, FrameKind};
 use crate::segment::{self, Segment};
 use crate::{Lsn, WalOptions, WalStats};
 
+/// How the committer tells a writer its frame is durable, or why not.
+pub(crate) type Done = Result<(), Arc<uring::Error>>;
+
 /// A frame on its way to the committer.
 pub(crate) struct Pending {
     lsn: Lsn,
     frame: FrameBuf,
-    waiter: Option<Sender<Result<(), Arc<uring::Error>>>>,
+    waiter: Option<Sender<Done>>,
 }
 
 /// Where the next frame goes; guarded by the lock that orders the log.
@@ -113,7 +116,7 @@ impl Shared {
         &self,
         mut frame: FrameBuf,
         wait: bool,
-    ) -> Result<(Lsn, Option<Receiver<Result<(), Arc<uring::Error>>>>)> {
+    ) -> Result<(Lsn, Option<Receiver<Done>>)> {
         let payload_bytes = frame.payload_bytes();
         if payload_bytes > self.payload_bytes_max {
             return Err(Error::FrameTooLarge {
@@ -192,7 +195,7 @@ pub(crate) struct Committer {
     /// The LSN the next frame must have.
     next: Lsn,
     /// Writers waiting on the batch being gathered.
-    waiters: Vec<Sender<Result<(), Arc<uring::Error>>>>,
+    waiters: Vec<Sender<Done>>,
     /// Frames in the batch being gathered.
     frames: u64,
     carry: Option<Pending>,

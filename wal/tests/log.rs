@@ -27,7 +27,9 @@ fn payload(i: usize, len: usize) -> Vec<u8> {
 }
 
 /// Opens the log and returns it with every replayed (lsn, payload).
-fn open(disk: &SimStorage, options: WalOptions) -> wal::Result<(Wal, Vec<(Lsn, Vec<u8>)>)> {
+type Replayed = Vec<(Lsn, Vec<u8>)>;
+
+fn open(disk: &SimStorage, options: WalOptions) -> wal::Result<(Wal, Replayed)> {
     let mut seen = Vec::new();
     let wal = Wal::open(
         Arc::new(disk.clone()),
