@@ -78,11 +78,13 @@ impl Ring {
                 iov_len: b.len(),
             })
             .collect();
-        // SAFETY: every iovec points at a live AlignedBuf that `pool` keeps
-        // until after the ring is dropped (field order of Ring), and a buffer
-        // handed out as IoBuf comes back to the pool, never to the allocator.
-        unsafe { ring.submitter().register_buffers(&iovecs) }
-            .map_err(|e| unavailable("register_buffers", e))?;
+        if !iovecs.is_empty() {
+            // SAFETY: every iovec points at a live AlignedBuf that `pool` keeps
+            // until after the ring is dropped (field order of Ring), and a buffer
+            // handed out as IoBuf comes back to the pool, never to the allocator.
+            unsafe { ring.submitter().register_buffers(&iovecs) }
+                .map_err(|e| unavailable("register_buffers", e))?;
+        }
         let pool = buffers
             .into_iter()
             .enumerate()

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use uring::{OpenMode, Storage};
 
-use crate::constants::FRAME_HEADER_BYTES;
+use crate::constants::{FRAME_HEADER_BYTES, READ_WINDOW_BYTES};
 use crate::error::Result;
 use crate::frame::{check_crc, decode_header, peek_lsn, FrameFault, FrameHeader, FrameKind};
 use crate::segment::{Segment, WindowReader};
@@ -158,32 +158,58 @@ pub(crate) fn look_beyond(
             0
         };
         while offset + FRAME_HEADER_BYTES as u64 <= segment.size_bytes {
-            let lsn = Lsn(segment.start.0 + offset);
-            if peek_lsn(reader.bytes(offset, FRAME_HEADER_BYTES)?) != lsn.0 {
-                offset += 1;
+            let len = (segment.size_bytes - offset).min(READ_WINDOW_BYTES as u64) as usize;
+            let window = reader.bytes(offset, len)?;
+            let Some(at) = find_lsn_field(window, segment.start.0 + offset) else {
+                // Headers that straddle the window's end are looked at again.
+                offset += (len - FRAME_HEADER_BYTES + 1) as u64;
                 continue;
-            }
+            };
+            offset += at as u64;
+            let lsn = Lsn(segment.start.0 + offset);
             let header = match decode_header(
                 reader.bytes(offset, FRAME_HEADER_BYTES)?,
                 lsn,
                 payload_bytes_max,
             ) {
-                Ok(h) if offset + h.frame_bytes() <= segment.size_bytes => h,
-                _ => {
-                    offset += 1;
-                    continue;
-                }
+                Ok(h) if offset + h.frame_bytes() <= segment.size_bytes => Some(h),
+                _ => None,
             };
-            if check_crc(reader.bytes(offset, header.frame_bytes() as usize)?).is_err() {
-                offset += 1;
-                continue;
+            let valid = match header {
+                Some(h) => check_crc(reader.bytes(offset, h.frame_bytes() as usize)?).is_ok(),
+                None => false,
+            };
+            match header.filter(|_| valid) {
+                Some(h) => {
+                    beyond.furthest_end = Some(h.end());
+                    if h.durable_lsn > bad && beyond.durable_witness.is_none() {
+                        beyond.durable_witness = Some(h);
+                    }
+                    offset += h.frame_bytes();
+                }
+                None => offset += 1,
             }
-            beyond.furthest_end = Some(header.end());
-            if header.durable_lsn > bad && beyond.durable_witness.is_none() {
-                beyond.durable_witness = Some(header);
-            }
-            offset += header.frame_bytes();
         }
     }
     Ok(beyond)
+}
+
+/// The first index `i` of `window` (with a whole header after it) whose
+/// LSN field holds `base + i`: a candidate frame. Runs of zero bytes, where
+/// no LSN field past 0 can lie, are skipped in one go.
+fn find_lsn_field(window: &[u8], base: u64) -> Option<usize> {
+    let last = window.len().checked_sub(FRAME_HEADER_BYTES)?;
+    let mut i = 0;
+    while i <= last {
+        if peek_lsn(&window[i..]) == base + i as u64 {
+            return Some(i);
+        }
+        // The next non-zero byte at or after this LSN field: any LSN field
+        // (8 bytes, non-zero) that ends before it is all zero.
+        match window[i + 8..].iter().position(|&b| b != 0) {
+            Some(nonzero) => i = (i + 1).max((i + 8 + nonzero).saturating_sub(15)),
+            None => return None,
+        }
+    }
+    None
 }

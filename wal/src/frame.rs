@@ -197,6 +197,11 @@ impl FrameBuf {
         self.bytes.resize(FRAME_HEADER_BYTES + payload_bytes, 0);
     }
 
+    /// The payload so far.
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[FRAME_HEADER_BYTES..]
+    }
+
     /// Payload length in bytes.
     pub fn payload_bytes(&self) -> usize {
         self.bytes.len() - FRAME_HEADER_BYTES

@@ -47,7 +47,8 @@ use std::thread::JoinHandle;
 use uring::Storage;
 
 pub use constants::{
-    FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN,
+    COMMIT_BUFFER_BYTES, FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX, SEGMENT_BYTES_DEFAULT,
+    SEGMENT_BYTES_MIN,
 };
 pub use error::{Error, Result};
 pub use frame::{Frame, FrameBuf, FrameFault, FrameHeader, FrameKind};
@@ -388,8 +389,6 @@ fn remove_temporaries(storage: &dyn Storage, dir: &Path) -> Result<()> {
 /// What [`inspect`] found.
 #[derive(Clone, Debug)]
 pub struct Inspection {
-    /// Every valid frame (padding included), in order.
-    pub frames: Vec<FrameHeader>,
     /// The end of the valid log.
     pub end: Lsn,
     /// The frame that ended it, if one did.
@@ -401,24 +400,28 @@ pub struct Inspection {
     pub corrupt: bool,
 }
 
-/// Reads the whole log in `dir` without changing it: every frame, where it
-/// ends and why. The log must not be open for writing.
+/// Reads the whole log in `dir` without changing it, calling `on_frame`
+/// with every valid frame (padding included) and its payload, and says
+/// where it ends and why. The log must not be open for writing.
 ///
 /// # Errors
 /// Storage errors, [`Error::SegmentGap`].
-pub fn inspect(storage: Arc<dyn Storage>, dir: &Path, options: WalOptions) -> Result<Inspection> {
+pub fn inspect(
+    storage: Arc<dyn Storage>,
+    dir: &Path,
+    options: WalOptions,
+    on_frame: &mut dyn FnMut(&FrameHeader, &[u8]),
+) -> Result<Inspection> {
     let segments = segment::list(storage.as_ref(), dir)?;
     let from = segments.first().map_or(Lsn(0), |s| s.start);
-    let mut frames = Vec::new();
     let scanned = recovery::scan(
         &storage,
         &segments,
         from,
         options.payload_bytes_max(),
-        &mut |h, _| frames.push(*h),
+        &mut |h, frame| on_frame(h, &frame[FRAME_HEADER_BYTES..]),
     )?;
     Ok(Inspection {
-        frames,
         end: scanned.end,
         corrupt: scanned.witness.is_some(),
         bad: scanned.bad,

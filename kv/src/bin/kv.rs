@@ -1,0 +1,270 @@
+//! `kv`: look into and change a ringkv store from the command line.
+
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use kv::{Io, Kv, Options, RecoveryMode, WriteBatch};
+
+#[derive(Parser)]
+#[command(name = "kv", about = "Inspect and change a ringkv store", version)]
+struct Cli {
+    /// The store's directory.
+    #[arg(long, default_value = "ringkv-data")]
+    db: PathBuf,
+    /// I/O backend: auto (io_uring, falling back to syscalls), uring, syscall.
+    #[arg(long, default_value = "auto")]
+    io: Io,
+    /// What to do with a damaged log before its synced end.
+    #[arg(long, value_enum, default_value = "strict")]
+    recovery: Recovery,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Recovery {
+    /// Refuse to open, naming the file and offset.
+    Strict,
+    /// Keep everything before the damage, drop the rest.
+    PointInTime,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Set KEY to VALUE (durable when the command returns).
+    Put { key: String, value: String },
+    /// Print the value of KEY; exit status 1 if it has none.
+    Get { key: String },
+    /// Remove KEY.
+    Del { key: String },
+    /// Print `key<TAB>value` lines in key order.
+    Scan {
+        /// First key (inclusive).
+        #[arg(long)]
+        from: Option<String>,
+        /// Last key (exclusive).
+        #[arg(long)]
+        to: Option<String>,
+        /// At most this many lines.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Print the backend, the log's extent and the number of keys.
+    Stats,
+    /// Verify every WAL frame and batch; exit status 0 only if sound.
+    Check,
+    /// One line per WAL frame: LSN, kind, length, CRC.
+    WalDump,
+    /// Test helper: durable writes from several threads, printing `ack KEY...`
+    /// after each acknowledged write, until killed.
+    #[command(hide = true)]
+    CrashWriter {
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        #[arg(long, default_value_t = 0)]
+        round: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RINGKV_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kv: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn options(cli: &Cli) -> Options {
+    let recovery = match cli.recovery {
+        Recovery::Strict => RecoveryMode::Strict,
+        Recovery::PointInTime => RecoveryMode::PointInTime,
+    };
+    Options {
+        io: cli.io,
+        recovery,
+        ..Options::default()
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let options = options(&cli);
+    let open = || Kv::open(&cli.db, options);
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    match &cli.command {
+        Command::Put { key, value } => open()?.put(key, value)?,
+        Command::Del { key } => open()?.delete(key)?,
+        Command::Get { key } => match open()?.get(key)? {
+            Some(value) => writeln!(out, "{}", String::from_utf8_lossy(&value))?,
+            None => {
+                eprintln!("kv: {key:?} not found");
+                return Ok(ExitCode::from(1));
+            }
+        },
+        Command::Scan { from, to, limit } => {
+            let db = open()?;
+            let start = from
+                .clone()
+                .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Included);
+            let end = to
+                .clone()
+                .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+            for (k, v) in db.scan((start, end)).take(limit.unwrap_or(usize::MAX)) {
+                writeln!(
+                    out,
+                    "{}\t{}",
+                    String::from_utf8_lossy(&k),
+                    String::from_utf8_lossy(&v)
+                )?;
+            }
+        }
+        Command::Stats => {
+            let db = open()?;
+            let stats = db.stats();
+            writeln!(out, "dir\t{}", db.dir().display())?;
+            writeln!(out, "io_backend\t{}", stats.backend)?;
+            writeln!(out, "durable_lsn\t{}", stats.wal.durable_lsn)?;
+            writeln!(out, "live_keys\t{}", stats.live_keys)?;
+        }
+        Command::Check => return check(&cli, options, &mut out),
+        Command::WalDump => return wal_dump(&cli, options, &mut out),
+        Command::CrashWriter { threads, round } => {
+            crash_writer(Arc::new(open()?), *threads, *round)
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(
+    cli: &Cli,
+    options: Options,
+    out: &mut impl Write,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let (mut frames, mut ops, mut bad_batch) = (0u64, 0usize, None);
+    let inspection = kv::inspect_log(&cli.db, options, &mut |header, payload| {
+        if header.kind == wal::FrameKind::Batch {
+            frames += 1;
+            match kv::check_batch(header.lsn, payload) {
+                Ok(n) => ops += n,
+                Err(e) => {
+                    bad_batch.get_or_insert(e);
+                }
+            }
+        }
+    })?;
+    writeln!(
+        out,
+        "frames\t{frames}\noperations\t{ops}\nlog_end\t{}",
+        inspection.end
+    )?;
+    if let Some(e) = bad_batch {
+        writeln!(out, "UNSOUND: {e}")?;
+        return Ok(ExitCode::from(1));
+    }
+    match (&inspection.bad, inspection.corrupt) {
+        (Some(bad), true) => {
+            writeln!(
+                out,
+                "UNSOUND: corrupt frame in {} at offset {} (LSN {}): {}; durable frames follow it",
+                bad.path.display(),
+                bad.offset,
+                bad.lsn,
+                bad.fault.reason()
+            )?;
+            return Ok(ExitCode::from(1));
+        }
+        (Some(bad), false) if inspection.junk_end.is_some() => writeln!(
+            out,
+            "sound; torn unacknowledged tail at LSN {} ({}) will be truncated on open",
+            bad.lsn,
+            bad.fault.reason()
+        )?,
+        _ => writeln!(out, "sound")?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn wal_dump(
+    cli: &Cli,
+    options: Options,
+    out: &mut impl Write,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let mut lines = Vec::new();
+    let inspection = kv::inspect_log(&cli.db, options, &mut |h, _| {
+        lines.push(format!(
+            "{}\t{}\t{}\tcrc=ok",
+            h.lsn,
+            h.kind,
+            h.frame_bytes()
+        ));
+    })?;
+    writeln!(out, "lsn\tkind\tbytes\tcrc")?;
+    for line in lines {
+        writeln!(out, "{line}")?;
+    }
+    if let Some(bad) = &inspection.bad {
+        let what = if inspection.corrupt { "CORRUPT" } else { "end" };
+        writeln!(
+            out,
+            "{}\t-\t-\tcrc=bad ({}) {what} at {} offset {}",
+            bad.lsn,
+            bad.fault.reason(),
+            bad.path.display(),
+            bad.offset
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes until killed: every thread puts its own keys (every fifth write a
+/// batch of three), and prints the keys once the write is acknowledged.
+fn crash_writer(db: Arc<Kv>, threads: usize, round: u64) {
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                for seq in 0u64.. {
+                    let key = |part: &str| format!("r{round}-t{t}-{seq:09}{part}");
+                    let keys: Vec<String> = if seq % 5 == 4 {
+                        vec![key("a"), key("b"), key("c")]
+                    } else {
+                        vec![key("")]
+                    };
+                    let mut batch = WriteBatch::new();
+                    for k in &keys {
+                        batch.put(k, format!("value-of-{k}"));
+                    }
+                    if let Err(e) = db.write(batch) {
+                        eprintln!("kv: write failed: {e}");
+                        std::process::exit(2);
+                    }
+                    let line = format!("ack {}\n", keys.join(" "));
+                    let mut stdout = std::io::stdout().lock();
+                    if stdout
+                        .write_all(line.as_bytes())
+                        .and_then(|_| stdout.flush())
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.join();
+    }
+}

@@ -1,0 +1,25 @@
+//! Limits of the store, with their units.
+
+/// Largest key accepted.
+pub const KEY_BYTES_MAX: usize = 16 << 10;
+
+/// Largest value accepted.
+pub const VALUE_BYTES_MAX: usize = 1 << 20;
+
+/// Largest encoded batch accepted (one WAL frame's payload).
+pub const BATCH_BYTES_MAX: usize = wal::FRAME_PAYLOAD_BYTES_MAX;
+
+/// Bytes a batch's encoding spends besides keys and values: the op count.
+pub(crate) const BATCH_HEADER_BYTES: usize = 4;
+
+/// Bytes an operation's encoding spends besides its key and value: kind,
+/// key length, value length.
+pub(crate) const OP_HEADER_BYTES: usize = 9;
+
+/// Entries a scan copies out of the memtable per lock hold.
+pub(crate) const SCAN_CHUNK_ENTRIES: usize = 256;
+
+const _: () = assert!(
+    BATCH_HEADER_BYTES + OP_HEADER_BYTES + KEY_BYTES_MAX + VALUE_BYTES_MAX <= BATCH_BYTES_MAX
+);
+const _: () = assert!(BATCH_BYTES_MAX <= wal::FRAME_PAYLOAD_BYTES_MAX);

@@ -1,0 +1,310 @@
+//! The store: options, open and recovery, reads and writes.
+
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use uring::{Backend, DirLock, Io, Storage, StorageOptions, SyncMode};
+use wal::{Lsn, RecoveryMode, Wal, WalOptions, WalStats};
+
+use crate::batch::{self, WriteBatch};
+use crate::constants::{BATCH_BYTES_MAX, SCAN_CHUNK_ENTRIES};
+use crate::error::{Error, Result};
+use crate::memtable::Memtable;
+
+/// When a write returns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Once its bytes are on stable storage (fdatasync done).
+    #[default]
+    Sync,
+    /// Once it is ordered in the log; durable with the next sync (a later
+    /// `Sync` write, or closing the store). A crash may lose it.
+    NoSync,
+}
+
+/// How to open a store.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// I/O backend: io_uring with fallback (default), io_uring, or syscalls.
+    pub io: Io,
+    /// How io_uring makes commits durable.
+    pub sync_mode: SyncMode,
+    /// Durability of `put`, `delete` and `write`.
+    pub durability: Durability,
+    /// Create the directory if it does not exist.
+    pub create_if_missing: bool,
+    /// What recovery does with damage before the synced end of the log.
+    pub recovery: RecoveryMode,
+    /// Size of new WAL segment files.
+    pub segment_bytes: u64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            io: Io::Auto,
+            sync_mode: SyncMode::default(),
+            durability: Durability::Sync,
+            create_if_missing: true,
+            recovery: RecoveryMode::Strict,
+            segment_bytes: wal::SEGMENT_BYTES_DEFAULT,
+        }
+    }
+}
+
+/// What [`Kv::stats`] reports.
+#[derive(Clone, Copy, Debug)]
+pub struct Stats {
+    /// The I/O backend in use.
+    pub backend: Backend,
+    /// Group-commit counters of the WAL.
+    pub wal: WalStats,
+    /// Keys with a value.
+    pub live_keys: usize,
+}
+
+/// An open store. `Send + Sync`: share it by reference or `Arc`. Dropping it
+/// makes every written batch durable and releases the directory lock.
+pub struct Kv {
+    wal: Wal,
+    memtable: Memtable,
+    storage: Arc<dyn Storage>,
+    durability: Durability,
+    batch_bytes_max: usize,
+    dir: PathBuf,
+    // Dropped last: the lock outlives the WAL's committer.
+    _lock: DirLock,
+}
+
+const LOCK_FILE: &str = "LOCK";
+const WAL_DIR: &str = "wal";
+
+impl Kv {
+    /// Opens (or creates) the store in `dir` on the real file system,
+    /// replaying its log.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if `dir` is missing and `create_if_missing` is
+    /// off; [`Error::Locked`] naming the holder's pid if another process has
+    /// it open; [`Error::Wal`] with [`wal::Error::Corrupt`] (file, offset)
+    /// for a damaged log; storage errors naming the path.
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Kv> {
+        let storage_options = StorageOptions {
+            io: options.io,
+            sync_mode: options.sync_mode,
+            buffer_bytes: wal::COMMIT_BUFFER_BYTES,
+            buffer_count: 1,
+        };
+        let storage = uring::open_storage(storage_options)?;
+        Kv::open_on(storage, dir.as_ref(), options)
+    }
+
+    /// Opens the store in `dir` on the given storage: the simulated disk in
+    /// tests, or a storage shared by several stores.
+    ///
+    /// # Errors
+    /// As [`Kv::open`].
+    pub fn open_on(storage: Arc<dyn Storage>, dir: &Path, options: Options) -> Result<Kv> {
+        if !storage.exists(dir)? {
+            if !options.create_if_missing {
+                return Err(Error::NotFound {
+                    path: dir.to_owned(),
+                });
+            }
+            storage.create_dir_all(dir)?;
+        }
+        let lock = storage.lock(&dir.join(LOCK_FILE))?;
+        let wal_options = WalOptions {
+            segment_bytes: options.segment_bytes,
+            recovery: options.recovery,
+            term: 0,
+        };
+        let memtable = Memtable::default();
+        let mut replay_error = None;
+        let wal = Wal::open(
+            storage.clone(),
+            &dir.join(WAL_DIR),
+            wal_options,
+            Lsn(0),
+            &mut |header, payload| match batch::decode(header.lsn, payload) {
+                Ok(ops) => memtable.apply(header.lsn, ops),
+                Err(e) => {
+                    replay_error.get_or_insert(e);
+                }
+            },
+        )?;
+        if let Some(e) = replay_error {
+            return Err(e);
+        }
+        let batch_bytes_max = BATCH_BYTES_MAX.min(wal.payload_bytes_max());
+        tracing::debug!(dir = %dir.display(), backend = %storage.backend(), durable_lsn = %wal.durable_lsn(), "opened");
+        Ok(Kv {
+            wal,
+            memtable,
+            storage,
+            durability: options.durability,
+            batch_bytes_max,
+            dir: dir.to_owned(),
+            _lock: lock,
+        })
+    }
+
+    /// Sets `key` to `value`.
+    ///
+    /// # Errors
+    /// [`Error::KeyTooLarge`], [`Error::ValueTooLarge`]; [`Error::Wal`] if
+    /// the log failed (then the write may or may not be durable, and the
+    /// store refuses further writes).
+    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        batch.put(key, value);
+        self.write(batch)
+    }
+
+    /// Removes `key` (no error if absent).
+    ///
+    /// # Errors
+    /// As [`Kv::put`].
+    pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        batch.delete(key);
+        self.write(batch)
+    }
+
+    /// Applies every change of `batch`, or none, with the store's durability.
+    ///
+    /// # Errors
+    /// As [`Kv::put`], and [`Error::BatchTooLarge`].
+    pub fn write(&self, batch: WriteBatch) -> Result<()> {
+        self.write_with(batch, self.durability)
+    }
+
+    /// Applies `batch` with the given durability.
+    ///
+    /// # Errors
+    /// As [`Kv::write`].
+    pub fn write_with(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let frame = batch.encode(self.batch_bytes_max)?;
+        let lsn = self.wal.append(frame, durability == Durability::Sync)?;
+        self.memtable.apply(lsn, batch.ops);
+        Ok(())
+    }
+
+    /// The value of `key`, if it has one.
+    ///
+    /// # Errors
+    /// None yet (the page file will add read errors); kept for that.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        Ok(self.memtable.get(key.as_ref()))
+    }
+
+    /// Keys and values in `range`, in key order. Not a snapshot: a write
+    /// that commits during the scan may or may not be seen, but every item
+    /// is a committed value.
+    pub fn scan<K: AsRef<[u8]>>(&self, range: impl RangeBounds<K>) -> Scan<'_> {
+        let owned = |b: Bound<&K>| match b {
+            Bound::Included(k) => Bound::Included(k.as_ref().to_vec()),
+            Bound::Excluded(k) => Bound::Excluded(k.as_ref().to_vec()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        Scan {
+            kv: self,
+            next: owned(range.start_bound()),
+            end: owned(range.end_bound()),
+            chunk: Vec::new(),
+        }
+    }
+
+    /// The I/O backend in use.
+    pub fn io_backend(&self) -> Backend {
+        self.storage.backend()
+    }
+
+    /// Counters and sizes.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            backend: self.io_backend(),
+            wal: self.wal.stats(),
+            live_keys: self.memtable.live_keys(),
+        }
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Reads the log of the store in `dir` without changing it (for `kv check`
+/// and `kv wal-dump`): every valid frame with its payload, then where the
+/// log ends and why. Takes the store's lock for the duration.
+///
+/// # Errors
+/// [`Error::NotFound`], [`Error::Locked`], storage errors.
+pub fn inspect_log(
+    dir: &Path,
+    options: Options,
+    on_frame: &mut dyn FnMut(&wal::FrameHeader, &[u8]),
+) -> Result<wal::Inspection> {
+    let storage = uring::open_storage(StorageOptions {
+        io: options.io,
+        buffer_count: 0,
+        ..StorageOptions::default()
+    })?;
+    if !storage.exists(dir)? {
+        return Err(Error::NotFound {
+            path: dir.to_owned(),
+        });
+    }
+    let _lock = storage.lock(&dir.join(LOCK_FILE))?;
+    let wal_options = WalOptions {
+        segment_bytes: options.segment_bytes,
+        recovery: options.recovery,
+        term: 0,
+    };
+    Ok(wal::inspect(
+        storage,
+        &dir.join(WAL_DIR),
+        wal_options,
+        on_frame,
+    )?)
+}
+
+/// Checks that a WAL payload decodes as a batch.
+///
+/// # Errors
+/// [`Error::BadBatch`] naming the LSN.
+pub fn check_batch(lsn: Lsn, payload: &[u8]) -> Result<usize> {
+    Ok(batch::decode(lsn, payload)?.len())
+}
+
+/// An ordered scan; see [`Kv::scan`].
+pub struct Scan<'a> {
+    kv: &'a Kv,
+    next: Bound<Vec<u8>>,
+    end: Bound<Vec<u8>>,
+    /// Entries fetched but not yet returned, in reverse order.
+    chunk: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Iterator for Scan<'_> {
+    type Item = (Vec<u8>, Vec<u8>);
+
+    fn next(&mut self) -> Option<(Vec<u8>, Vec<u8>)> {
+        if self.chunk.is_empty() {
+            let start = self.next.as_ref().map(Vec::as_slice);
+            let end = self.end.as_ref().map(Vec::as_slice);
+            let mut chunk = self.kv.memtable.range(start, end, SCAN_CHUNK_ENTRIES);
+            if let Some((last, _)) = chunk.last() {
+                self.next = Bound::Excluded(last.clone());
+            }
+            chunk.reverse();
+            self.chunk = chunk;
+        }
+        self.chunk.pop()
+    }
+}

@@ -1,0 +1,82 @@
+//! The in-memory ordered map over the WAL.
+//!
+//! Every entry remembers the version (LSN, index in batch) that wrote it,
+//! and a change only lands if its version is newer. So writers may apply
+//! their acknowledged batches in any order and the map still ends as the log
+//! orders them, which is the state recovery rebuilds.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::RwLock;
+
+use wal::Lsn;
+
+use crate::batch::Op;
+
+/// (LSN of the batch, index of the op in it).
+type Version = (u64, u32);
+
+#[derive(Clone, Debug)]
+struct Entry {
+    version: Version,
+    /// None for a delete (a tombstone: it must outlive older puts).
+    value: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Memtable {
+    map: RwLock<BTreeMap<Vec<u8>, Entry>>,
+}
+
+impl Memtable {
+    /// Applies a batch's ops as of `lsn`, atomically for readers.
+    pub(crate) fn apply(&self, lsn: Lsn, ops: Vec<Op>) {
+        let mut map = self.map.write().expect("memtable lock");
+        for (index, op) in ops.into_iter().enumerate() {
+            let version = (lsn.0, index as u32);
+            let (key, value) = match op {
+                Op::Put(k, v) => (k, Some(v)),
+                Op::Delete(k) => (k, None),
+            };
+            match map.get_mut(&key) {
+                Some(entry) if entry.version >= version => {}
+                Some(entry) => *entry = Entry { version, value },
+                None => {
+                    map.insert(key, Entry { version, value });
+                }
+            }
+        }
+    }
+
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.map
+            .read()
+            .expect("memtable lock")
+            .get(key)
+            .and_then(|e| e.value.clone())
+    }
+
+    /// Up to `limit` live entries from `start`, below `end`.
+    pub(crate) fn range(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        limit: usize,
+    ) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let map = self.map.read().expect("memtable lock");
+        map.range::<[u8], _>((start, end))
+            .filter_map(|(k, e)| e.value.as_ref().map(|v| (k.clone(), v.clone())))
+            .take(limit)
+            .collect()
+    }
+
+    /// Live keys.
+    pub(crate) fn live_keys(&self) -> usize {
+        self.map
+            .read()
+            .expect("memtable lock")
+            .values()
+            .filter(|e| e.value.is_some())
+            .count()
+    }
+}
