@@ -20,6 +20,9 @@ struct Cli {
     /// What to do with a damaged log before its synced end.
     #[arg(long, value_enum, default_value = "strict")]
     recovery: Recovery,
+    /// Size of new WAL segment files, in bytes (a multiple of 4096, at least 262144).
+    #[arg(long, default_value_t = wal::SEGMENT_BYTES_DEFAULT, value_parser = parse_segment_bytes)]
+    segment_bytes: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -95,13 +98,30 @@ fn options(cli: &Cli) -> Options {
     Options {
         io: cli.io,
         recovery,
+        segment_bytes: cli.segment_bytes,
         ..Options::default()
     }
+}
+
+fn parse_segment_bytes(text: &str) -> Result<u64, String> {
+    let bytes: u64 = text.parse().map_err(|e| format!("{e}"))?;
+    if bytes < wal::SEGMENT_BYTES_MIN || bytes % 4096 != 0 {
+        return Err(format!(
+            "must be a multiple of 4096 and at least {}",
+            wal::SEGMENT_BYTES_MIN
+        ));
+    }
+    Ok(bytes)
 }
 
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let options = options(&cli);
     let open = || Kv::open(&cli.db, options);
+    if let Command::CrashWriter { threads, round } = cli.command {
+        // Its threads print themselves: stdout must not be held here.
+        crash_writer(Arc::new(open()?), threads, round);
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut out = BufWriter::new(std::io::stdout().lock());
     match &cli.command {
         Command::Put { key, value } => open()?.put(key, value)?,

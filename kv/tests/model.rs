@@ -1,0 +1,111 @@
+//! The store against a `BTreeMap` model: random puts, deletes, batches,
+//! gets and scans, with reopen in between, on every backend.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use kv::{Io, Kv, WriteBatch};
+use uring::{SimRng, SimStorage};
+
+fn key(rng: &mut SimRng) -> Vec<u8> {
+    format!("key-{:03}", rng.below(60)).into_bytes()
+}
+
+fn value(rng: &mut SimRng) -> Vec<u8> {
+    let len = rng.below(200) as usize;
+    (0..len).map(|_| rng.below(256) as u8).collect()
+}
+
+/// Runs `steps` random operations against `db` and `model`, reopening via
+/// `reopen` now and then.
+fn run(seed: u64, steps: usize, mut db: Kv, reopen: &dyn Fn(Kv) -> Kv) {
+    let mut rng = SimRng::new(seed);
+    let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for step in 0..steps {
+        let ctx = format!("seed={seed} step={step}");
+        match rng.below(100) {
+            0..=34 => {
+                let (k, v) = (key(&mut rng), value(&mut rng));
+                db.put(&k, &v).unwrap();
+                model.insert(k, v);
+            }
+            35..=49 => {
+                let k = key(&mut rng);
+                db.delete(&k).unwrap();
+                model.remove(&k);
+            }
+            50..=64 => {
+                let mut batch = WriteBatch::new();
+                for _ in 0..rng.below(8) {
+                    let k = key(&mut rng);
+                    if rng.below(3) == 0 {
+                        batch.delete(&k);
+                        model.remove(&k);
+                    } else {
+                        let v = value(&mut rng);
+                        batch.put(&k, &v);
+                        model.insert(k, v);
+                    }
+                }
+                db.write(batch).unwrap();
+            }
+            65..=84 => {
+                let k = key(&mut rng);
+                assert_eq!(db.get(&k).unwrap(), model.get(&k).cloned(), "{ctx}: get");
+            }
+            85..=95 => {
+                let (a, b) = (key(&mut rng), key(&mut rng));
+                let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+                let got: Vec<_> = db.scan(lo.clone()..hi.clone()).collect();
+                let want: Vec<_> = model
+                    .range(lo..hi)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                assert_eq!(got, want, "{ctx}: scan");
+            }
+            _ => {
+                db = reopen(db);
+                let all: Vec<_> = db.scan::<Vec<u8>>(..).collect();
+                let want: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                assert_eq!(all, want, "{ctx}: after reopen");
+            }
+        }
+    }
+}
+
+#[test]
+fn model_on_the_simulated_disk() {
+    for seed in 0..40 {
+        let disk = SimStorage::new();
+        let open = |disk: &SimStorage| {
+            Kv::open_on(
+                Arc::new(disk.clone()),
+                Path::new("/db"),
+                common::options(Io::Auto),
+            )
+            .unwrap()
+        };
+        let reopen = |db: Kv| {
+            drop(db);
+            open(&disk)
+        };
+        run(seed, 400, open(&disk), &reopen);
+    }
+}
+
+#[test]
+fn model_on_real_backends() {
+    for io in common::REAL_BACKENDS {
+        for seed in 0..3 {
+            let dir = common::temp_dir("model");
+            let reopen = |db: Kv| {
+                drop(db);
+                common::open(dir.path(), io)
+            };
+            run(seed, 300, common::open(dir.path(), io), &reopen);
+        }
+    }
+}
