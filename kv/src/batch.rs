@@ -63,6 +63,12 @@ impl WriteBatch {
 
     /// Checks limits and encodes the batch as one WAL frame.
     pub(crate) fn encode(&self, batch_bytes_max: usize) -> Result<FrameBuf> {
+        for op in &self.ops {
+            match op {
+                Op::Put(k, v) => check_sizes(k, v)?,
+                Op::Delete(k) => check_sizes(k, &[])?,
+            }
+        }
         let encoded = self.encoded_bytes.max(BATCH_HEADER_BYTES);
         if encoded > batch_bytes_max {
             return Err(Error::BatchTooLarge {
@@ -78,7 +84,6 @@ impl WriteBatch {
                 Op::Put(k, v) => (1, k, v),
                 Op::Delete(k) => (2, k, &[]),
             };
-            check_sizes(key, value)?;
             frame.extend(&[kind]);
             frame.extend(&(key.len() as u32).to_le_bytes());
             frame.extend(&(value.len() as u32).to_le_bytes());
