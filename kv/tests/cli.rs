@@ -1,0 +1,162 @@
+//! The `kv` command-line tool, end to end: on the work disk (ext4, O_DIRECT),
+//! on /dev/shm (tmpfs), and on ramfs, which refuses O_DIRECT, so the
+//! buffered fallback is taken and logged once.
+
+mod common;
+
+use std::ffi::CString;
+use std::path::Path;
+use std::process::Output;
+
+fn kv(dir: &Path, args: &[&str]) -> Output {
+    common::kv_bin()
+        .args(["--db", dir.to_str().unwrap(), "--segment-bytes", "262144"])
+        .args(args)
+        .output()
+        .expect("run kv")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ok(dir: &Path, args: &[&str]) -> Output {
+    let out = kv(dir, args);
+    assert!(
+        out.status.success(),
+        "kv {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Every command, and returns all stderr the commands wrote.
+fn round_trip(dir: &Path) -> String {
+    let mut stderr = String::new();
+    let mut run = |args: &[&str]| {
+        let out = ok(dir, args);
+        stderr.push_str(&String::from_utf8_lossy(&out.stderr));
+        stdout(&out)
+    };
+    run(&["put", "apple", "red"]);
+    run(&["put", "banana", "yellow"]);
+    run(&["put", "cherry", "dark red"]);
+    assert_eq!(run(&["get", "banana"]), "yellow\n");
+    run(&["del", "banana"]);
+    assert_eq!(run(&["scan"]), "apple\tred\ncherry\tdark red\n");
+    assert_eq!(
+        run(&["scan", "--from", "b", "--to", "d"]),
+        "cherry\tdark red\n"
+    );
+    assert_eq!(run(&["scan", "--limit", "1"]), "apple\tred\n");
+    let stats = run(&["stats"]);
+    assert!(stats.contains("io_backend\tio_uring"), "{stats}");
+    assert!(stats.contains("live_keys\t2"), "{stats}");
+    let check = run(&["check"]);
+    assert!(
+        check.contains("frames\t4") && check.ends_with("sound\n"),
+        "{check}"
+    );
+    let dump = run(&["wal-dump"]);
+    assert_eq!(
+        dump.lines()
+            .filter(|l| l.contains("\tbatch\t") && l.ends_with("crc=ok"))
+            .count(),
+        4,
+        "{dump}"
+    );
+
+    let missing = kv(dir, &["get", "banana"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+    stderr
+}
+
+#[test]
+fn round_trip_on_the_work_disk() {
+    let dir = common::temp_dir("cli");
+    let stderr = round_trip(dir.path());
+    assert!(
+        !stderr.contains("O_DIRECT"),
+        "ext4 takes O_DIRECT: {stderr}"
+    );
+}
+
+#[test]
+fn round_trip_on_dev_shm() {
+    let dir = tempfile::Builder::new()
+        .prefix("ringkv-cli")
+        .tempdir_in("/dev/shm")
+        .expect("a dir in /dev/shm");
+    let stderr = round_trip(dir.path());
+    // Kernels since 6.6 accept O_DIRECT on tmpfs; older ones refuse it.
+    let warnings = stderr.matches("refuses O_DIRECT").count();
+    assert!(warnings <= 8, "at most one warning per command: {stderr}");
+}
+
+#[test]
+fn errors_name_the_problem_and_exit_non_zero() {
+    let out = common::kv_bin()
+        .args(["--db", "/proc/no-such-store", "put", "k", "v"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/proc/no-such-store"), "{stderr}");
+    let out = common::kv_bin()
+        .args(["--io", "carrier-pigeon", "stats"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("carrier-pigeon"));
+}
+
+/// Mounts a ramfs (no O_DIRECT) for the test's life.
+struct Ramfs(tempfile::TempDir);
+
+impl Ramfs {
+    fn mount() -> Option<Ramfs> {
+        let dir = common::temp_dir("ramfs");
+        let target = CString::new(dir.path().to_str()?).ok()?;
+        let fstype = CString::new("ramfs").ok()?;
+        // SAFETY: all pointers are to NUL-terminated strings that live across
+        // the call; ramfs takes no data argument.
+        let rc = unsafe {
+            libc::mount(
+                fstype.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        (rc == 0).then_some(Ramfs(dir))
+    }
+}
+
+impl Drop for Ramfs {
+    fn drop(&mut self) {
+        let target = CString::new(self.0.path().to_str().unwrap()).unwrap();
+        // SAFETY: target is a NUL-terminated path that lives across the call.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+#[test]
+fn refused_o_direct_falls_back_to_buffered_io_and_says_so_once() {
+    let Some(ramfs) = Ramfs::mount() else {
+        eprintln!("skipped: this machine does not allow mounting a ramfs");
+        return;
+    };
+    let store = ramfs.0.path().join("store");
+    let out = ok(&store, &["put", "k", "v"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("refuses O_DIRECT").count(),
+        1,
+        "logged once per process: {stderr}"
+    );
+    assert_eq!(stdout(&ok(&store, &["get", "k"])), "v\n");
+    let check = stdout(&ok(&store, &["check"]));
+    assert!(check.ends_with("sound\n"), "{check}");
+}
