@@ -27,9 +27,10 @@ struct Args {
     /// Short runs (0.5 s each): a smoke test.
     #[arg(long)]
     quick: bool,
-    /// Also run io_uring with RWF_DSYNC writes instead of linked write → fdatasync.
+    /// Also run io_uring with linked write → Fsync(DATASYNC) chains (the
+    /// default commit is one write with RWF_DSYNC).
     #[arg(long)]
-    dsync: bool,
+    linked: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -54,31 +55,19 @@ const KEY_BYTES: usize = 16;
 const VALUE_BYTES: usize = 100;
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
     let args = Args::parse();
     let seconds = if args.quick { 0.5 } else { args.seconds };
     let mut systems = vec![
-        System {
-            name: "ringkv-io_uring",
-            io: Io::Uring,
-            sync_mode: SyncMode::LinkedFsync,
-        },
-        System {
-            name: "ringkv-syscall",
-            io: Io::Syscall,
-            sync_mode: SyncMode::LinkedFsync,
-        },
+        System { name: "ringkv-io_uring", io: Io::Uring, sync_mode: SyncMode::RwfDsync },
+        System { name: "ringkv-syscall", io: Io::Syscall, sync_mode: SyncMode::RwfDsync },
     ];
-    if args.dsync {
-        systems.push(System {
-            name: "ringkv-io_uring-dsync",
-            io: Io::Uring,
-            sync_mode: SyncMode::RwfDsync,
-        });
+    if args.linked {
+        systems.push(System { name: "ringkv-io_uring-linked", io: Io::Uring, sync_mode: SyncMode::LinkedFsync });
     }
-    println!("# group-commit: durable puts of {KEY_BYTES}-byte keys and {VALUE_BYTES}-byte values, {seconds} s per row");
+    println!(
+        "# group-commit: durable puts of {KEY_BYTES}-byte keys and {VALUE_BYTES}-byte values, {seconds} s per row"
+    );
     println!("# dir={} kernel={}", args.dir.display(), kernel());
     println!(
         "{:<24} {:>7} {:>12} {:>9} {:>9} {:>9} {:>9} {:>11}",
@@ -88,12 +77,7 @@ fn main() {
     // Interleave systems per thread count so drift on a shared machine hits both.
     for &threads in &args.threads {
         for system in &systems {
-            let row = run(
-                &args.dir,
-                *system,
-                threads,
-                Duration::from_secs_f64(seconds),
-            );
+            let row = run(&args.dir, *system, threads, Duration::from_secs_f64(seconds));
             print_row(&row);
             rows.push(row);
         }
@@ -103,22 +87,13 @@ fn main() {
 }
 
 fn kernel() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
 fn print_row(r: &Row) {
     println!(
         "{:<24} {:>7} {:>12.0} {:>9} {:>9} {:>9} {:>9} {:>11.1}",
-        r.system,
-        r.threads,
-        r.commits_per_second,
-        r.p50_us,
-        r.p99_us,
-        r.p999_us,
-        r.max_us,
-        r.batch_commits
+        r.system, r.threads, r.commits_per_second, r.p50_us, r.p99_us, r.p999_us, r.max_us, r.batch_commits
     );
 }
 
@@ -148,11 +123,7 @@ fn summary(rows: &[Row], threads: &[usize]) {
 fn run(base: &Path, system: System, threads: usize, duration: Duration) -> Row {
     let dir = base.join(format!("{}-{threads}", system.name));
     let _ = std::fs::remove_dir_all(&dir);
-    let options = Options {
-        io: system.io,
-        sync_mode: system.sync_mode,
-        ..Options::default()
-    };
+    let options = Options { io: system.io, sync_mode: system.sync_mode, ..Options::default() };
     let db = Kv::open(&dir, options).unwrap_or_else(|e| panic!("open {}: {e}", dir.display()));
     let stop = AtomicBool::new(false);
     let start = Barrier::new(threads + 1);
@@ -170,9 +141,7 @@ fn run(base: &Path, system: System, threads: usize, duration: Duration) -> Row {
         stop.store(true, Ordering::Relaxed);
         let mut total = Histogram::<u64>::new(3).expect("histogram");
         for worker in workers {
-            total
-                .add(worker.join().expect("writer"))
-                .expect("same bounds");
+            total.add(worker.join().expect("writer")).expect("same bounds");
         }
         (total, began.elapsed())
     });
@@ -189,11 +158,7 @@ fn run(base: &Path, system: System, threads: usize, duration: Duration) -> Row {
         p99_us: histogram.value_at_quantile(0.99),
         p999_us: histogram.value_at_quantile(0.999),
         max_us: histogram.max(),
-        batch_commits: if syncs == 0 {
-            0.0
-        } else {
-            commits as f64 / syncs as f64
-        },
+        batch_commits: if syncs == 0 { 0.0 } else { commits as f64 / syncs as f64 },
     }
 }
 
@@ -207,9 +172,7 @@ fn writer(db: &Kv, thread: usize, stop: &AtomicBool, start: &Barrier) -> Histogr
         debug_assert_eq!(key.len(), KEY_BYTES);
         let began = Instant::now();
         db.put(&key, value).expect("durable put");
-        histogram
-            .record(began.elapsed().as_micros() as u64)
-            .expect("in range");
+        histogram.record(began.elapsed().as_micros() as u64).expect("in range");
         i += 1;
     }
     histogram

@@ -29,10 +29,7 @@ pub struct WriteBatch {
 impl WriteBatch {
     /// An empty batch.
     pub fn new() -> WriteBatch {
-        WriteBatch {
-            ops: Vec::new(),
-            encoded_bytes: BATCH_HEADER_BYTES,
-        }
+        WriteBatch { ops: Vec::new(), encoded_bytes: BATCH_HEADER_BYTES }
     }
 
     /// Sets `key` to `value`.
@@ -71,10 +68,7 @@ impl WriteBatch {
         }
         let encoded = self.encoded_bytes.max(BATCH_HEADER_BYTES);
         if encoded > batch_bytes_max {
-            return Err(Error::BatchTooLarge {
-                bytes: encoded,
-                limit: batch_bytes_max,
-            });
+            return Err(Error::BatchTooLarge { bytes: encoded, limit: batch_bytes_max });
         }
         let mut frame = FrameBuf::with_capacity(encoded);
         let count = u32::try_from(self.ops.len()).expect("bounded by batch size");
@@ -90,27 +84,17 @@ impl WriteBatch {
             frame.extend(key);
             frame.extend(value);
         }
-        assert_eq!(
-            frame.payload_bytes(),
-            encoded,
-            "encoded size matches the running count"
-        );
+        assert_eq!(frame.payload_bytes(), encoded, "encoded size matches the running count");
         Ok(frame)
     }
 }
 
 pub(crate) fn check_sizes(key: &[u8], value: &[u8]) -> Result<()> {
     if key.len() > KEY_BYTES_MAX {
-        return Err(Error::KeyTooLarge {
-            bytes: key.len(),
-            limit: KEY_BYTES_MAX,
-        });
+        return Err(Error::KeyTooLarge { bytes: key.len(), limit: KEY_BYTES_MAX });
     }
     if value.len() > VALUE_BYTES_MAX {
-        return Err(Error::ValueTooLarge {
-            bytes: value.len(),
-            limit: VALUE_BYTES_MAX,
-        });
+        return Err(Error::ValueTooLarge { bytes: value.len(), limit: VALUE_BYTES_MAX });
     }
     Ok(())
 }
@@ -120,10 +104,7 @@ pub(crate) fn decode(lsn: Lsn, payload: &[u8]) -> Result<Vec<Op>> {
     let bad = |reason| Error::BadBatch { lsn, reason };
     let mut at = 0usize;
     let mut take = |n: usize| -> Result<&[u8]> {
-        let end = at
-            .checked_add(n)
-            .filter(|&end| end <= payload.len())
-            .ok_or(bad("truncated"))?;
+        let end = at.checked_add(n).filter(|&end| end <= payload.len()).ok_or(bad("truncated"))?;
         let bytes = &payload[at..end];
         at = end;
         Ok(bytes)
@@ -184,15 +165,6 @@ mod tests {
         batch.put("key", "value");
         let bytes = payload(&batch.encode(crate::BATCH_BYTES_MAX).unwrap());
         let err = decode(Lsn(99), &bytes[..bytes.len() - 1]).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::BadBatch {
-                    lsn: Lsn(99),
-                    reason: "truncated"
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, Error::BadBatch { lsn: Lsn(99), reason: "truncated" }), "{err:?}");
     }
 }

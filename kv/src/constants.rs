@@ -19,7 +19,5 @@ pub(crate) const OP_HEADER_BYTES: usize = 9;
 /// Entries a scan copies out of the memtable per lock hold.
 pub(crate) const SCAN_CHUNK_ENTRIES: usize = 256;
 
-const _: () = assert!(
-    BATCH_HEADER_BYTES + OP_HEADER_BYTES + KEY_BYTES_MAX + VALUE_BYTES_MAX <= BATCH_BYTES_MAX
-);
+const _: () = assert!(BATCH_HEADER_BYTES + OP_HEADER_BYTES + KEY_BYTES_MAX + VALUE_BYTES_MAX <= BATCH_BYTES_MAX);
 const _: () = assert!(BATCH_BYTES_MAX <= wal::FRAME_PAYLOAD_BYTES_MAX);

@@ -108,32 +108,22 @@ impl Kv {
     pub fn open_on(storage: Arc<dyn Storage>, dir: &Path, options: Options) -> Result<Kv> {
         if !storage.exists(dir)? {
             if !options.create_if_missing {
-                return Err(Error::NotFound {
-                    path: dir.to_owned(),
-                });
+                return Err(Error::NotFound { path: dir.to_owned() });
             }
             storage.create_dir_all(dir)?;
         }
         let lock = storage.lock(&dir.join(LOCK_FILE))?;
-        let wal_options = WalOptions {
-            segment_bytes: options.segment_bytes,
-            recovery: options.recovery,
-            term: 0,
-        };
+        let wal_options = WalOptions { segment_bytes: options.segment_bytes, recovery: options.recovery, term: 0 };
         let memtable = Memtable::default();
         let mut replay_error = None;
-        let wal = Wal::open(
-            storage.clone(),
-            &dir.join(WAL_DIR),
-            wal_options,
-            Lsn(0),
-            &mut |header, payload| match batch::decode(header.lsn, payload) {
+        let wal = Wal::open(storage.clone(), &dir.join(WAL_DIR), wal_options, Lsn(0), &mut |header, payload| {
+            match batch::decode(header.lsn, payload) {
                 Ok(ops) => memtable.apply(header.lsn, ops),
                 Err(e) => {
                     replay_error.get_or_insert(e);
                 }
-            },
-        )?;
+            }
+        })?;
         if let Some(e) = replay_error {
             return Err(e);
         }
@@ -211,12 +201,7 @@ impl Kv {
             Bound::Excluded(k) => Bound::Excluded(k.as_ref().to_vec()),
             Bound::Unbounded => Bound::Unbounded,
         };
-        Scan {
-            kv: self,
-            next: owned(range.start_bound()),
-            end: owned(range.end_bound()),
-            chunk: Vec::new(),
-        }
+        Scan { kv: self, next: owned(range.start_bound()), end: owned(range.end_bound()), chunk: Vec::new() }
     }
 
     /// The I/O backend in use.
@@ -226,11 +211,7 @@ impl Kv {
 
     /// Counters and sizes.
     pub fn stats(&self) -> Stats {
-        Stats {
-            backend: self.io_backend(),
-            wal: self.wal.stats(),
-            live_keys: self.memtable.live_keys(),
-        }
+        Stats { backend: self.io_backend(), wal: self.wal.stats(), live_keys: self.memtable.live_keys() }
     }
 
     /// The store's directory.
@@ -250,28 +231,13 @@ pub fn inspect_log(
     options: Options,
     on_frame: &mut dyn FnMut(&wal::FrameHeader, &[u8]),
 ) -> Result<wal::Inspection> {
-    let storage = uring::open_storage(StorageOptions {
-        io: options.io,
-        buffer_count: 0,
-        ..StorageOptions::default()
-    })?;
+    let storage = uring::open_storage(StorageOptions { io: options.io, buffer_count: 0, ..StorageOptions::default() })?;
     if !storage.exists(dir)? {
-        return Err(Error::NotFound {
-            path: dir.to_owned(),
-        });
+        return Err(Error::NotFound { path: dir.to_owned() });
     }
     let _lock = storage.lock(&dir.join(LOCK_FILE))?;
-    let wal_options = WalOptions {
-        segment_bytes: options.segment_bytes,
-        recovery: options.recovery,
-        term: 0,
-    };
-    Ok(wal::inspect(
-        storage,
-        &dir.join(WAL_DIR),
-        wal_options,
-        on_frame,
-    )?)
+    let wal_options = WalOptions { segment_bytes: options.segment_bytes, recovery: options.recovery, term: 0 };
+    Ok(wal::inspect(storage, &dir.join(WAL_DIR), wal_options, on_frame)?)
 }
 
 /// Checks that a WAL payload decodes as a batch.

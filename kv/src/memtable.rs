@@ -49,20 +49,11 @@ impl Memtable {
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.map
-            .read()
-            .expect("memtable lock")
-            .get(key)
-            .and_then(|e| e.value.clone())
+        self.map.read().expect("memtable lock").get(key).and_then(|e| e.value.clone())
     }
 
     /// Up to `limit` live entries from `start`, below `end`.
-    pub(crate) fn range(
-        &self,
-        start: Bound<&[u8]>,
-        end: Bound<&[u8]>,
-        limit: usize,
-    ) -> Vec<(Vec<u8>, Vec<u8>)> {
+    pub(crate) fn range(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
         let map = self.map.read().expect("memtable lock");
         map.range::<[u8], _>((start, end))
             .filter_map(|(k, e)| e.value.as_ref().map(|v| (k.clone(), v.clone())))
@@ -72,11 +63,6 @@ impl Memtable {
 
     /// Live keys.
     pub(crate) fn live_keys(&self) -> usize {
-        self.map
-            .read()
-            .expect("memtable lock")
-            .values()
-            .filter(|e| e.value.is_some())
-            .count()
+        self.map.read().expect("memtable lock").values().filter(|e| e.value.is_some()).count()
     }
 }

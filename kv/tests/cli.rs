@@ -22,11 +22,7 @@ fn stdout(out: &Output) -> String {
 
 fn ok(dir: &Path, args: &[&str]) -> Output {
     let out = kv(dir, args);
-    assert!(
-        out.status.success(),
-        "kv {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "kv {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     out
 }
 
@@ -44,27 +40,15 @@ fn round_trip(dir: &Path) -> String {
     assert_eq!(run(&["get", "banana"]), "yellow\n");
     run(&["del", "banana"]);
     assert_eq!(run(&["scan"]), "apple\tred\ncherry\tdark red\n");
-    assert_eq!(
-        run(&["scan", "--from", "b", "--to", "d"]),
-        "cherry\tdark red\n"
-    );
+    assert_eq!(run(&["scan", "--from", "b", "--to", "d"]), "cherry\tdark red\n");
     assert_eq!(run(&["scan", "--limit", "1"]), "apple\tred\n");
     let stats = run(&["stats"]);
     assert!(stats.contains("io_backend\tio_uring"), "{stats}");
     assert!(stats.contains("live_keys\t2"), "{stats}");
     let check = run(&["check"]);
-    assert!(
-        check.contains("frames\t4") && check.ends_with("sound\n"),
-        "{check}"
-    );
+    assert!(check.contains("frames\t4") && check.ends_with("sound\n"), "{check}");
     let dump = run(&["wal-dump"]);
-    assert_eq!(
-        dump.lines()
-            .filter(|l| l.contains("\tbatch\t") && l.ends_with("crc=ok"))
-            .count(),
-        4,
-        "{dump}"
-    );
+    assert_eq!(dump.lines().filter(|l| l.contains("\tbatch\t") && l.ends_with("crc=ok")).count(), 4, "{dump}");
 
     let missing = kv(dir, &["get", "banana"]);
     assert_eq!(missing.status.code(), Some(1));
@@ -76,18 +60,12 @@ fn round_trip(dir: &Path) -> String {
 fn round_trip_on_the_work_disk() {
     let dir = common::temp_dir("cli");
     let stderr = round_trip(dir.path());
-    assert!(
-        !stderr.contains("O_DIRECT"),
-        "ext4 takes O_DIRECT: {stderr}"
-    );
+    assert!(!stderr.contains("O_DIRECT"), "ext4 takes O_DIRECT: {stderr}");
 }
 
 #[test]
 fn round_trip_on_dev_shm() {
-    let dir = tempfile::Builder::new()
-        .prefix("ringkv-cli")
-        .tempdir_in("/dev/shm")
-        .expect("a dir in /dev/shm");
+    let dir = tempfile::Builder::new().prefix("ringkv-cli").tempdir_in("/dev/shm").expect("a dir in /dev/shm");
     let stderr = round_trip(dir.path());
     // Kernels since 6.6 accept O_DIRECT on tmpfs; older ones refuse it.
     let warnings = stderr.matches("refuses O_DIRECT").count();
@@ -96,17 +74,11 @@ fn round_trip_on_dev_shm() {
 
 #[test]
 fn errors_name_the_problem_and_exit_non_zero() {
-    let out = common::kv_bin()
-        .args(["--db", "/proc/no-such-store", "put", "k", "v"])
-        .output()
-        .unwrap();
+    let out = common::kv_bin().args(["--db", "/proc/no-such-store", "put", "k", "v"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("/proc/no-such-store"), "{stderr}");
-    let out = common::kv_bin()
-        .args(["--io", "carrier-pigeon", "stats"])
-        .output()
-        .unwrap();
+    let out = common::kv_bin().args(["--io", "carrier-pigeon", "stats"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("carrier-pigeon"));
 }
@@ -121,15 +93,7 @@ impl Ramfs {
         let fstype = CString::new("ramfs").ok()?;
         // SAFETY: all pointers are to NUL-terminated strings that live across
         // the call; ramfs takes no data argument.
-        let rc = unsafe {
-            libc::mount(
-                fstype.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
+        let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
         (rc == 0).then_some(Ramfs(dir))
     }
 }
@@ -151,11 +115,7 @@ fn refused_o_direct_falls_back_to_buffered_io_and_says_so_once() {
     let store = ramfs.0.path().join("store");
     let out = ok(&store, &["put", "k", "v"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        stderr.matches("refuses O_DIRECT").count(),
-        1,
-        "logged once per process: {stderr}"
-    );
+    assert_eq!(stderr.matches("refuses O_DIRECT").count(), 1, "logged once per process: {stderr}");
     assert_eq!(stdout(&ok(&store, &["get", "k"])), "v\n");
     let check = stdout(&ok(&store, &["check"]));
     assert!(check.ends_with("sound\n"), "{check}");

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use kv::{Durability, Io, Kv, WriteBatch};
+use kv::{Durability, Kv, WriteBatch};
 use uring::{SimRng, SimStorage};
 
 const THREADS: u64 = 4;
@@ -41,16 +41,10 @@ fn writer(db: &Kv, t: u64, seed: u64) -> Log {
     let mut rng = SimRng::new(seed ^ (t + 1).wrapping_mul(0x9E37_79B9));
     let mut log = Log::default();
     for i in 0..OPS_PER_THREAD {
-        let durability = if rng.below(5) == 0 {
-            Durability::NoSync
-        } else {
-            Durability::Sync
-        };
+        let durability = if rng.below(5) == 0 { Durability::NoSync } else { Durability::Sync };
         let acked_durable = |r: kv::Result<()>| r.is_ok() && durability == Durability::Sync;
         if rng.below(3) == 0 {
-            let keys: Vec<Vec<u8>> = (0..3)
-                .map(|j| format!("batch-{t}-{i}-{j}").into_bytes())
-                .collect();
+            let keys: Vec<Vec<u8>> = (0..3).map(|j| format!("batch-{t}-{i}-{j}").into_bytes()).collect();
             let mut batch = WriteBatch::new();
             for k in &keys {
                 batch.put(k, k);
@@ -93,25 +87,16 @@ fn check(seed: u64, db: &Kv, logs: &[Log]) {
                     .iter()
                     .copied()
                     .find(|&i| slot_value(key, i) == *v)
-                    .unwrap_or_else(|| {
-                        panic!("seed={seed}: {key:?} holds a value never written: {v:?}")
-                    })
+                    .unwrap_or_else(|| panic!("seed={seed}: {key:?} holds a value never written: {v:?}"))
             });
             if let Some(acked) = acked {
-                let version = version
-                    .unwrap_or_else(|| panic!("seed={seed}: acknowledged {key:?}@{acked} lost"));
-                assert!(
-                    version >= *acked,
-                    "seed={seed}: {key:?} went back from @{acked} to @{version}"
-                );
+                let version = version.unwrap_or_else(|| panic!("seed={seed}: acknowledged {key:?}@{acked} lost"));
+                assert!(version >= *acked, "seed={seed}: {key:?} went back from @{acked} to @{version}");
             }
             expected_keys += usize::from(got.is_some());
         }
         for (keys, acked) in &log.batches {
-            let present: Vec<bool> = keys
-                .iter()
-                .map(|k| db.get(k).unwrap().is_some_and(|v| v == *k))
-                .collect();
+            let present: Vec<bool> = keys.iter().map(|k| db.get(k).unwrap().is_some_and(|v| v == *k)).collect();
             assert!(
                 present.iter().all(|&p| p) || present.iter().all(|&p| !p),
                 "seed={seed}: batch half-applied: {keys:?} {present:?}"
@@ -124,10 +109,7 @@ fn check(seed: u64, db: &Kv, logs: &[Log]) {
         }
     }
     for (key, _) in db.scan::<Vec<u8>>(..) {
-        assert!(
-            known.contains(&key),
-            "seed={seed}: key {key:?} was never written"
-        );
+        assert!(known.contains(&key), "seed={seed}: key {key:?} was never written");
     }
     assert_eq!(db.scan::<Vec<u8>>(..).count(), expected_keys, "seed={seed}");
 }
@@ -135,7 +117,7 @@ fn check(seed: u64, db: &Kv, logs: &[Log]) {
 fn one_seed(seed: u64) {
     let disk = SimStorage::new();
     let dir = Path::new("/db");
-    let options = common::options(Io::Auto);
+    let options = common::options(common::AUTO);
     let db = Kv::open_on(Arc::new(disk.clone()), dir, options).unwrap();
     let mut rng = SimRng::new(seed);
     // Each write costs a few calls; some seeds cut past the end of the workload.
@@ -149,10 +131,7 @@ fn one_seed(seed: u64) {
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("writer thread"))
-            .collect()
+        handles.into_iter().map(|h| h.join().expect("writer thread")).collect()
     });
     disk.power_cut();
     drop(db);
@@ -161,30 +140,19 @@ fn one_seed(seed: u64) {
         .unwrap_or_else(|e| panic!("seed={seed}: recovery failed: {e}"));
     check(seed, &db, &logs);
     // The recovered store takes new writes, and they survive another cut.
-    db.put("after", "crash")
-        .unwrap_or_else(|e| panic!("seed={seed}: write after recovery: {e}"));
+    db.put("after", "crash").unwrap_or_else(|e| panic!("seed={seed}: write after recovery: {e}"));
     after.power_cut();
     drop(db);
     let again = Kv::open_on(Arc::new(after.after_power_cut(seed + 1)), dir, options).unwrap();
-    assert_eq!(
-        again.get("after").unwrap(),
-        Some(b"crash".to_vec()),
-        "seed={seed}"
-    );
+    assert_eq!(again.get("after").unwrap(), Some(b"crash".to_vec()), "seed={seed}");
     again.delete("after").unwrap();
     check(seed, &again, &logs);
 }
 
 #[test]
 fn acknowledged_writes_survive_power_cuts_at_any_point() {
-    let seeds: u64 = std::env::var("RINGKV_CRASH_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
-    let first: u64 = std::env::var("RINGKV_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let seeds: u64 = std::env::var("RINGKV_CRASH_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let first: u64 = std::env::var("RINGKV_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     for seed in first..first + seeds {
         one_seed(seed);
     }

@@ -32,24 +32,14 @@ fn forbid_io_uring() -> std::io::Result<()> {
         insn(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | libc::EPERM as u32),
         insn(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
     ];
-    let fprog = libc::sock_fprog {
-        len: program.len() as u16,
-        filter: program.as_mut_ptr(),
-    };
+    let fprog = libc::sock_fprog { len: program.len() as u16, filter: program.as_mut_ptr() };
     // SAFETY: prctl with integer arguments only changes this process's flags.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: fprog points at `program`, which outlives the call; the kernel
     // copies the filter before returning.
-    if unsafe {
-        libc::prctl(
-            libc::PR_SET_SECCOMP,
-            SECCOMP_MODE_FILTER,
-            &fprog as *const libc::sock_fprog,
-        )
-    } != 0
-    {
+    if unsafe { libc::prctl(libc::PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &fprog as *const libc::sock_fprog) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
@@ -67,10 +57,7 @@ fn shrink_memlock() -> std::io::Result<()> {
             return Err(e);
         }
     }
-    let limit = libc::rlimit {
-        rlim_cur: 64 << 10,
-        rlim_max: 64 << 10,
-    };
+    let limit = libc::rlimit { rlim_cur: 64 << 10, rlim_max: 64 << 10 };
     // SAFETY: limit is a valid rlimit that lives across the call.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
         return Err(std::io::Error::last_os_error());
@@ -80,16 +67,7 @@ fn shrink_memlock() -> std::io::Result<()> {
 
 fn kv_under(dir: &Path, io: &str, args: &[&str], restrict: fn() -> std::io::Result<()>) -> Output {
     let mut command: Command = common::kv_bin();
-    command
-        .args([
-            "--db",
-            dir.to_str().unwrap(),
-            "--io",
-            io,
-            "--segment-bytes",
-            "262144",
-        ])
-        .args(args);
+    command.args(["--db", dir.to_str().unwrap(), "--io", io, "--segment-bytes", "262144"]).args(args);
     // SAFETY: the hook runs between fork and exec and only makes prctl and
     // setrlimit system calls, which are async-signal-safe.
     unsafe { command.pre_exec(restrict) };
@@ -101,13 +79,7 @@ fn check_fallback(restrict: fn() -> std::io::Result<()>, reason: &str) {
     let put = kv_under(dir.path(), "auto", &["put", "k", "v"], restrict);
     let stderr = String::from_utf8_lossy(&put.stderr);
     assert!(put.status.success(), "{stderr}");
-    assert_eq!(
-        stderr
-            .matches("falling back to the syscall backend")
-            .count(),
-        1,
-        "{stderr}"
-    );
+    assert_eq!(stderr.matches("falling back to the syscall backend").count(), 1, "{stderr}");
     assert!(stderr.contains(reason), "names the failed step: {stderr}");
 
     let stats = kv_under(dir.path(), "auto", &["stats"], restrict);
@@ -119,16 +91,10 @@ fn check_fallback(restrict: fn() -> std::io::Result<()>, reason: &str) {
     let strict = kv_under(dir.path(), "uring", &["stats"], restrict);
     let stderr = String::from_utf8_lossy(&strict.stderr);
     assert_eq!(strict.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("io_uring is not available") && stderr.contains(reason),
-        "{stderr}"
-    );
+    assert!(stderr.contains("io_uring is not available") && stderr.contains(reason), "{stderr}");
 
     // Unrestricted, the same store opens on io_uring.
-    let out = common::kv_bin()
-        .args(["--db", dir.path().to_str().unwrap(), "stats"])
-        .output()
-        .unwrap();
+    let out = common::kv_bin().args(["--db", dir.path().to_str().unwrap(), "stats"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("io_backend\tio_uring"));
 }
 

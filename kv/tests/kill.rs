@@ -9,36 +9,15 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-use kv::Io;
 use uring::SimRng;
-
-fn io_name(io: Io) -> &'static str {
-    match io {
-        Io::Uring => "uring",
-        Io::Syscall => "syscall",
-        Io::Auto => "auto",
-    }
-}
 
 /// Runs one child until `acks` acknowledgements, kills it, and returns
 /// every key it acknowledged (including lines still in the pipe).
-fn run_child(dir: &std::path::Path, io: Io, round: u64, acks: usize) -> Vec<String> {
+fn run_child(dir: &std::path::Path, backend: common::Backend, round: u64, acks: usize) -> Vec<String> {
     let mut child = common::kv_bin()
-        .args([
-            "--db",
-            dir.to_str().unwrap(),
-            "--io",
-            io_name(io),
-            "--segment-bytes",
-            "262144",
-        ])
-        .args([
-            "crash-writer",
-            "--threads",
-            "4",
-            "--round",
-            &round.to_string(),
-        ])
+        .args(["--db", dir.to_str().unwrap(), "--segment-bytes", "262144"])
+        .args(backend.flags())
+        .args(["crash-writer", "--threads", "4", "--round", &round.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -47,16 +26,8 @@ fn run_child(dir: &std::path::Path, io: Io, round: u64, acks: usize) -> Vec<Stri
     let mut keys = Vec::new();
     let mut seen = 0;
     while seen < acks {
-        let line = lines
-            .next()
-            .expect("child ended early")
-            .expect("read child output");
-        keys.extend(
-            line.strip_prefix("ack ")
-                .expect("ack line")
-                .split(' ')
-                .map(str::to_owned),
-        );
+        let line = lines.next().expect("child ended early").expect("read child output");
+        keys.extend(line.strip_prefix("ack ").expect("ack line").split(' ').map(str::to_owned));
         seen += 1;
     }
     child.kill().expect("SIGKILL the child");
@@ -72,30 +43,26 @@ fn run_child(dir: &std::path::Path, io: Io, round: u64, acks: usize) -> Vec<Stri
 
 #[test]
 fn acknowledged_writes_survive_sigkill() {
-    for io in common::REAL_BACKENDS {
+    for backend in common::REAL_BACKENDS {
         let dir = common::temp_dir("kill");
         let mut rng = SimRng::new(0x5EED);
         let mut all_acked = Vec::new();
         for round in 0..20 {
             let acks = 1 + rng.below(400) as usize;
-            let acked = run_child(dir.path(), io, round, acks);
+            let acked = run_child(dir.path(), backend, round, acks);
             all_acked.extend(acked);
-            let db = common::open(dir.path(), io);
+            let db = common::open(dir.path(), backend);
             for key in &all_acked {
                 let value = db.get(key).unwrap();
                 assert_eq!(
                     value.as_deref(),
                     Some(format!("value-of-{key}").as_bytes()),
-                    "{io:?} round {round}: acknowledged key {key} lost"
+                    "{backend:?} round {round}: acknowledged key {key} lost"
                 );
             }
             for (key, value) in db.scan::<Vec<u8>>(..) {
                 let key = String::from_utf8(key).expect("utf-8 key");
-                assert_eq!(
-                    value,
-                    format!("value-of-{key}").into_bytes(),
-                    "{io:?}: {key} has a value never written"
-                );
+                assert_eq!(value, format!("value-of-{key}").into_bytes(), "{backend:?}: {key} has a value never written");
             }
         }
     }

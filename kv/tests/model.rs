@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use kv::{Io, Kv, WriteBatch};
+use kv::{Kv, WriteBatch};
 use uring::{SimRng, SimStorage};
 
 fn key(rng: &mut SimRng) -> Vec<u8> {
@@ -60,10 +60,7 @@ fn run(seed: u64, steps: usize, mut db: Kv, reopen: &dyn Fn(Kv) -> Kv) {
                 let (a, b) = (key(&mut rng), key(&mut rng));
                 let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
                 let got: Vec<_> = db.scan(lo.clone()..hi.clone()).collect();
-                let want: Vec<_> = model
-                    .range(lo..hi)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
+                let want: Vec<_> = model.range(lo..hi).map(|(k, v)| (k.clone(), v.clone())).collect();
                 assert_eq!(got, want, "{ctx}: scan");
             }
             _ => {
@@ -81,12 +78,7 @@ fn model_on_the_simulated_disk() {
     for seed in 0..40 {
         let disk = SimStorage::new();
         let open = |disk: &SimStorage| {
-            Kv::open_on(
-                Arc::new(disk.clone()),
-                Path::new("/db"),
-                common::options(Io::Auto),
-            )
-            .unwrap()
+            Kv::open_on(Arc::new(disk.clone()), Path::new("/db"), common::options(common::AUTO)).unwrap()
         };
         let reopen = |db: Kv| {
             drop(db);

@@ -10,47 +10,34 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Stdio;
 
-use kv::{Error, Io, Kv, Options, RecoveryMode};
+use kv::{Error, Kv, Options, RecoveryMode};
 
 /// Writes `n` keys, one durable put each, and returns the store's frames
 /// as (lsn, frame bytes) read back through `kv wal-dump`'s library call.
-fn fill(dir: &Path, io: Io, n: usize) -> Vec<(u64, u64)> {
+fn fill(dir: &Path, io: common::Backend, n: usize) -> Vec<(u64, u64)> {
     let db = common::open(dir, io);
     for i in 0..n {
-        db.put(format!("key-{i:03}"), format!("value-{i:03}"))
-            .unwrap();
+        db.put(format!("key-{i:03}"), format!("value-{i:03}")).unwrap();
     }
     drop(db);
     let mut frames = Vec::new();
-    kv::inspect_log(dir, common::options(io), &mut |h, _| {
-        frames.push((h.lsn.0, h.frame_bytes()))
-    })
-    .unwrap();
+    kv::inspect_log(dir, common::options(io), &mut |h, _| frames.push((h.lsn.0, h.frame_bytes()))).unwrap();
     assert_eq!(frames.len(), n);
     frames
 }
 
 fn keys(db: &Kv) -> Vec<String> {
-    db.scan::<Vec<u8>>(..)
-        .map(|(k, _)| String::from_utf8(k).unwrap())
-        .collect()
+    db.scan::<Vec<u8>>(..).map(|(k, _)| String::from_utf8(k).unwrap()).collect()
 }
 
 fn patch(dir: &Path, offset: u64, bytes: &[u8]) {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(common::first_segment(dir))
-        .unwrap();
+    let file = OpenOptions::new().write(true).open(common::first_segment(dir)).unwrap();
     file.write_all_at(bytes, offset).unwrap();
     file.sync_all().unwrap();
 }
 
 fn flip(dir: &Path, offset: u64) {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(common::first_segment(dir))
-        .unwrap();
+    let file = OpenOptions::new().read(true).write(true).open(common::first_segment(dir)).unwrap();
     let mut b = [0u8];
     file.read_exact_at(&mut b, offset).unwrap();
     file.write_all_at(&[b[0] ^ 0x04], offset).unwrap();
@@ -64,21 +51,13 @@ fn torn_tail_is_truncated() {
         let frames = fill(dir.path(), io, 10);
         let (lsn, len) = frames[9];
         // The last frame's second half never reached the disk.
-        patch(
-            dir.path(),
-            lsn + len / 2,
-            &vec![0u8; (len - len / 2) as usize],
-        );
+        patch(dir.path(), lsn + len / 2, &vec![0u8; (len - len / 2) as usize]);
         let db = common::open(dir.path(), io);
         assert_eq!(keys(&db).len(), 9, "{io:?}");
         db.put("key-009", "again").unwrap();
         drop(db);
         let db = common::open(dir.path(), io);
-        assert_eq!(
-            db.get("key-009").unwrap(),
-            Some(b"again".to_vec()),
-            "{io:?}"
-        );
+        assert_eq!(db.get("key-009").unwrap(), Some(b"again".to_vec()), "{io:?}");
     }
 }
 
@@ -101,9 +80,7 @@ fn flipped_bit_in_an_early_frame_is_a_typed_error_naming_file_and_offset() {
         let frames = fill(dir.path(), io, 10);
         let (lsn, _) = frames[3];
         flip(dir.path(), lsn + 36);
-        let err = Kv::open(dir.path(), common::options(io))
-            .err()
-            .expect("must refuse");
+        let err = Kv::open(dir.path(), common::options(io)).err().expect("must refuse");
         match &err {
             Error::Wal(wal::Error::Corrupt { path, offset, .. }) => {
                 assert_eq!(path, &common::first_segment(dir.path()));
@@ -112,26 +89,17 @@ fn flipped_bit_in_an_early_frame_is_a_typed_error_naming_file_and_offset() {
             other => panic!("{io:?}: expected Corrupt, got {other:?}"),
         }
         let text = err.to_string();
-        assert!(
-            text.contains(&common::first_segment(dir.path()).display().to_string()),
-            "{text}"
-        );
+        assert!(text.contains(&common::first_segment(dir.path()).display().to_string()), "{text}");
         assert!(text.contains(&format!("offset {lsn}")), "{text}");
 
         // `kv check` says the same and fails.
-        let out = common::kv_bin()
-            .args(["--db", dir.path().to_str().unwrap(), "check"])
-            .output()
-            .unwrap();
+        let out = common::kv_bin().args(["--db", dir.path().to_str().unwrap(), "check"]).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(1), "{stdout}");
         assert!(stdout.contains(&format!("offset {lsn}")), "{stdout}");
 
         // Point-in-time recovery opens with the frames before the damage.
-        let options = Options {
-            recovery: RecoveryMode::PointInTime,
-            ..common::options(io)
-        };
+        let options = Options { recovery: RecoveryMode::PointInTime, ..common::options(io) };
         let db = Kv::open(dir.path(), options).unwrap();
         assert_eq!(keys(&db), ["key-000", "key-001", "key-002"]);
     }
@@ -140,7 +108,7 @@ fn flipped_bit_in_an_early_frame_is_a_typed_error_naming_file_and_offset() {
 #[test]
 fn empty_directory_opens_as_an_empty_store() {
     let dir = common::temp_dir("empty");
-    let db = common::open(dir.path(), Io::Auto);
+    let db = common::open(dir.path(), common::AUTO);
     assert_eq!(keys(&db).len(), 0);
 }
 
@@ -148,16 +116,13 @@ fn empty_directory_opens_as_an_empty_store() {
 fn missing_directory_is_created_or_refused() {
     let dir = common::temp_dir("missing");
     let path = dir.path().join("a/b/store");
-    let strict = Options {
-        create_if_missing: false,
-        ..common::options(Io::Auto)
-    };
+    let strict = Options { create_if_missing: false, ..common::options(common::AUTO) };
     match Kv::open(&path, strict) {
         Err(Error::NotFound { path: p }) => assert_eq!(p, path),
         Err(other) => panic!("expected NotFound, got {other:?}"),
         Ok(_) => panic!("opened a missing directory"),
     }
-    let db = common::open(&path, Io::Auto);
+    let db = common::open(&path, common::AUTO);
     db.put("k", "v").unwrap();
 }
 
@@ -166,9 +131,7 @@ fn path_that_is_a_file_is_an_error_naming_it() {
     let dir = common::temp_dir("file");
     let path = dir.path().join("not-a-dir");
     std::fs::write(&path, b"hello").unwrap();
-    let err = Kv::open(&path, common::options(Io::Auto))
-        .err()
-        .expect("must fail");
+    let err = Kv::open(&path, common::options(common::AUTO)).err().expect("must fail");
     assert!(err.to_string().contains("not-a-dir"), "{err}");
 }
 
@@ -176,25 +139,15 @@ fn path_that_is_a_file_is_an_error_naming_it() {
 fn directory_locked_by_another_process_names_its_pid() {
     let dir = common::temp_dir("locked");
     let mut child = common::kv_bin()
-        .args([
-            "--db",
-            dir.path().to_str().unwrap(),
-            "--segment-bytes",
-            "262144",
-            "crash-writer",
-            "--threads",
-            "1",
-        ])
+        .args(["--db", dir.path().to_str().unwrap(), "--segment-bytes", "262144", "crash-writer", "--threads", "1"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     // The first acknowledged write proves the child holds the lock.
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     assert!(line.starts_with("ack "), "{line}");
-    let result = Kv::open(dir.path(), common::options(Io::Auto));
+    let result = Kv::open(dir.path(), common::options(common::AUTO));
     child.kill().unwrap();
     child.wait().unwrap();
     match result {
@@ -206,33 +159,24 @@ fn directory_locked_by_another_process_names_its_pid() {
         Ok(_) => panic!("opened a store another process holds"),
     }
     // Once the holder is gone, the store opens.
-    common::open(dir.path(), Io::Auto);
+    common::open(dir.path(), common::AUTO);
 }
 
 #[test]
 fn same_process_cannot_open_a_store_twice() {
     let dir = common::temp_dir("twice");
-    let _db = common::open(dir.path(), Io::Auto);
-    assert!(matches!(
-        Kv::open(dir.path(), common::options(Io::Auto)),
-        Err(Error::Locked { .. })
-    ));
+    let _db = common::open(dir.path(), common::AUTO);
+    assert!(matches!(Kv::open(dir.path(), common::options(common::AUTO)), Err(Error::Locked { .. })));
 }
 
 #[test]
 fn limits_are_enforced_with_typed_errors() {
     let dir = common::temp_dir("limits");
-    let db = common::open(dir.path(), Io::Auto);
+    let db = common::open(dir.path(), common::AUTO);
     let big_key = vec![b'k'; kv::KEY_BYTES_MAX + 1];
-    assert!(matches!(
-        db.put(&big_key, "v"),
-        Err(Error::KeyTooLarge { .. })
-    ));
+    assert!(matches!(db.put(&big_key, "v"), Err(Error::KeyTooLarge { .. })));
     let big_value = vec![0u8; kv::VALUE_BYTES_MAX + 1];
-    assert!(matches!(
-        db.put("k", &big_value),
-        Err(Error::ValueTooLarge { .. })
-    ));
+    assert!(matches!(db.put("k", &big_value), Err(Error::ValueTooLarge { .. })));
     let mut batch = kv::WriteBatch::new();
     for i in 0..200 {
         batch.put(format!("k{i}"), vec![0u8; 4096]);

@@ -26,9 +26,7 @@ impl AlignedBuf {
         let layout = Self::layout(len);
         // SAFETY: the layout has a non-zero size (len >= BLOCK_BYTES).
         let raw = unsafe { alloc::alloc_zeroed(layout) };
-        let Some(ptr) = NonNull::new(raw) else {
-            alloc::handle_alloc_error(layout)
-        };
+        let Some(ptr) = NonNull::new(raw) else { alloc::handle_alloc_error(layout) };
         AlignedBuf { ptr, len }
     }
 
@@ -90,19 +88,11 @@ pub(crate) struct FixedSlot {
 impl IoBuf {
     /// A buffer registered nowhere.
     pub fn plain(len: usize) -> IoBuf {
-        IoBuf {
-            buf: Some(AlignedBuf::new(len)),
-            fixed: None,
-            home: None,
-        }
+        IoBuf { buf: Some(AlignedBuf::new(len)), fixed: None, home: None }
     }
 
     pub(crate) fn registered(buf: AlignedBuf, fixed: FixedSlot, home: Arc<dyn BufHome>) -> IoBuf {
-        IoBuf {
-            buf: Some(buf),
-            fixed: Some(fixed),
-            home: Some(home),
-        }
+        IoBuf { buf: Some(buf), fixed: Some(fixed), home: Some(home) }
     }
 
     /// Whether this buffer is registered with a ring.
@@ -111,9 +101,7 @@ impl IoBuf {
     }
 
     fn inner(&self) -> &AlignedBuf {
-        self.buf
-            .as_ref()
-            .expect("IoBuf holds its buffer until drop")
+        self.buf.as_ref().expect("IoBuf holds its buffer until drop")
     }
 }
 
@@ -126,9 +114,7 @@ impl Deref for IoBuf {
 
 impl DerefMut for IoBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
-        self.buf
-            .as_mut()
-            .expect("IoBuf holds its buffer until drop")
+        self.buf.as_mut().expect("IoBuf holds its buffer until drop")
     }
 }
 
@@ -136,8 +122,7 @@ impl Drop for IoBuf {
     fn drop(&mut self) {
         // A registered buffer goes back to its ring's pool, never to the
         // allocator: the ring still refers to its memory by index.
-        if let (Some(home), Some(buf), Some(slot)) = (self.home.take(), self.buf.take(), self.fixed)
-        {
+        if let (Some(home), Some(buf), Some(slot)) = (self.home.take(), self.buf.take(), self.fixed) {
             home.give_back(buf, slot);
         }
     }
@@ -145,11 +130,6 @@ impl Drop for IoBuf {
 
 impl std::fmt::Debug for IoBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "IoBuf({} bytes, fixed={:?})",
-            self.inner().len(),
-            self.fixed
-        )
+        write!(f, "IoBuf({} bytes, fixed={:?})", self.inner().len(), self.fixed)
     }
 }

@@ -50,26 +50,14 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(
-        op: &'static str,
-        path: impl Into<PathBuf>,
-        offset: u64,
-        source: io::Error,
-    ) -> Error {
-        Error::Io {
-            op,
-            path: path.into(),
-            offset,
-            source,
-        }
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, offset: u64, source: io::Error) -> Error {
+        Error::Io { op, path: path.into(), offset, source }
     }
 
     /// The OS error code behind this error, if there is one.
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
-            Error::Io { source, .. } | Error::UringUnavailable { source, .. } => {
-                source.raw_os_error()
-            }
+            Error::Io { source, .. } | Error::UringUnavailable { source, .. } => source.raw_os_error(),
             _ => None,
         }
     }

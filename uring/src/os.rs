@@ -26,17 +26,10 @@ pub(crate) struct OsFile {
 impl OsFile {
     pub(crate) fn open(path: &Path, mode: OpenMode) -> Result<OsFile> {
         let mut options = OpenOptions::new();
-        options
-            .read(true)
-            .write(true)
-            .create(mode == OpenMode::Create);
+        options.read(true).write(true).create(mode == OpenMode::Create);
         let direct = options.clone().custom_flags(libc::O_DIRECT).open(path);
         match direct {
-            Ok(file) => Ok(OsFile {
-                file,
-                path: path.to_owned(),
-                direct: true,
-            }),
+            Ok(file) => Ok(OsFile { file, path: path.to_owned(), direct: true }),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 if !DIRECT_FALLBACK_LOGGED.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
@@ -44,14 +37,8 @@ impl OsFile {
                         "the file system refuses O_DIRECT; using buffered I/O (durability still comes from fdatasync)"
                     );
                 }
-                let file = options
-                    .open(path)
-                    .map_err(|e| Error::io("open", path, 0, e))?;
-                Ok(OsFile {
-                    file,
-                    path: path.to_owned(),
-                    direct: false,
-                })
+                let file = options.open(path).map_err(|e| Error::io("open", path, 0, e))?;
+                Ok(OsFile { file, path: path.to_owned(), direct: false })
             }
             Err(e) => Err(Error::io("open", path, 0, e)),
         }
@@ -69,33 +56,17 @@ impl OsFile {
     pub(crate) fn check_aligned(&self, offset: u64, len: usize, addr: *const u8) {
         if self.direct {
             let block = crate::BLOCK_BYTES;
-            assert_eq!(
-                offset % block as u64,
-                0,
-                "O_DIRECT offset {offset} is not block-aligned"
-            );
+            assert_eq!(offset % block as u64, 0, "O_DIRECT offset {offset} is not block-aligned");
             assert_eq!(len % block, 0, "O_DIRECT length {len} is not block-aligned");
-            assert_eq!(
-                addr as usize % block,
-                0,
-                "O_DIRECT buffer is not block-aligned"
-            );
+            assert_eq!(addr as usize % block, 0, "O_DIRECT buffer is not block-aligned");
         }
     }
 
     /// Fails with `ReadPastEnd` unless `[offset, offset + len)` lies inside the file.
     pub(crate) fn check_in_bounds(&self, offset: u64, len: usize) -> Result<()> {
         let file_bytes = self.len()?;
-        if offset
-            .checked_add(len as u64)
-            .is_none_or(|end| end > file_bytes)
-        {
-            return Err(Error::ReadPastEnd {
-                path: self.path.clone(),
-                offset,
-                len,
-                file_bytes,
-            });
+        if offset.checked_add(len as u64).is_none_or(|end| end > file_bytes) {
+            return Err(Error::ReadPastEnd { path: self.path.clone(), offset, len, file_bytes });
         }
         Ok(())
     }
@@ -104,24 +75,18 @@ impl OsFile {
         self.check_aligned(offset, buf.len(), buf.as_ptr());
         self.check_in_bounds(offset, buf.len())?;
         // read_exact_at retries EINTR and short reads.
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|e| self.err("pread", offset, e))
+        self.file.read_exact_at(buf, offset).map_err(|e| self.err("pread", offset, e))
     }
 
     pub(crate) fn pwrite(&self, offset: u64, buf: &[u8]) -> Result<()> {
         self.check_aligned(offset, buf.len(), buf.as_ptr());
         // write_all_at retries EINTR and short writes.
-        self.file
-            .write_all_at(buf, offset)
-            .map_err(|e| self.err("pwrite", offset, e))
+        self.file.write_all_at(buf, offset).map_err(|e| self.err("pwrite", offset, e))
     }
 
     pub(crate) fn fdatasync(&self) -> Result<()> {
         // sync_data is fdatasync(2); it is not retried on failure (see File::sync_data).
-        self.file
-            .sync_data()
-            .map_err(|e| self.err("fdatasync", 0, e))
+        self.file.sync_data().map_err(|e| self.err("fdatasync", 0, e))
     }
 
     pub(crate) fn allocate(&self, len: u64) -> Result<()> {
@@ -138,10 +103,7 @@ impl OsFile {
         let e = io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
             // Some file systems (ramfs) have no fallocate: a size change still zero-fills.
-            return self
-                .file
-                .set_len(len)
-                .map_err(|e| self.err("ftruncate", len, e));
+            return self.file.set_len(len).map_err(|e| self.err("ftruncate", len, e));
         }
         Err(self.err("fallocate", len, e))
     }
@@ -205,10 +167,7 @@ pub(crate) fn lock(path: &Path) -> Result<DirLock> {
             let mut text = String::new();
             let _ = file.read_to_string(&mut text);
             let pid = text.trim().parse().unwrap_or(0);
-            return Err(Error::Locked {
-                path: path.to_owned(),
-                pid,
-            });
+            return Err(Error::Locked { path: path.to_owned(), pid });
         }
         return Err(Error::io("flock", path, 0, e));
     }

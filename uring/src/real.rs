@@ -27,12 +27,7 @@ pub struct StorageOptions {
 
 impl Default for StorageOptions {
     fn default() -> StorageOptions {
-        StorageOptions {
-            io: Io::Auto,
-            sync_mode: SyncMode::default(),
-            buffer_bytes: 4 << 20,
-            buffer_count: 1,
-        }
+        StorageOptions { io: Io::Auto, sync_mode: SyncMode::default(), buffer_bytes: 4 << 20, buffer_count: 1 }
     }
 }
 
@@ -47,16 +42,8 @@ impl Default for StorageOptions {
 pub fn open_storage(options: StorageOptions) -> Result<Arc<dyn Storage>> {
     let ring = match options.io {
         Io::Syscall => None,
-        Io::Uring => Some(Ring::new(
-            options.sync_mode,
-            options.buffer_bytes,
-            options.buffer_count,
-        )?),
-        Io::Auto => match Ring::new(
-            options.sync_mode,
-            options.buffer_bytes,
-            options.buffer_count,
-        ) {
+        Io::Uring => Some(Ring::new(options.sync_mode, options.buffer_bytes, options.buffer_count)?),
+        Io::Auto => match Ring::new(options.sync_mode, options.buffer_bytes, options.buffer_count) {
             Ok(ring) => Some(ring),
             Err(e) => {
                 if !URING_FALLBACK_LOGGED.swap(true, Ordering::Relaxed) {
@@ -66,9 +53,7 @@ pub fn open_storage(options: StorageOptions) -> Result<Arc<dyn Storage>> {
             }
         },
     };
-    Ok(Arc::new(OsStorage {
-        ring: ring.map(Arc::new),
-    }))
+    Ok(Arc::new(OsStorage { ring: ring.map(Arc::new) }))
 }
 
 /// A real file system, with a ring (io_uring backend) or without (syscall).
@@ -89,19 +74,13 @@ impl Storage for OsStorage {
     fn open(&self, path: &Path, mode: OpenMode) -> Result<Arc<dyn File>> {
         let os = OsFile::open(path, mode)?;
         Ok(match &self.ring {
-            Some(ring) => Arc::new(UringFile {
-                os,
-                ring: ring.clone(),
-            }),
+            Some(ring) => Arc::new(UringFile { os, ring: ring.clone() }),
             None => Arc::new(os),
         })
     }
 
     fn io_buffer(&self, len: usize) -> IoBuf {
-        self.ring
-            .as_ref()
-            .and_then(|ring| ring.take_buffer(len))
-            .unwrap_or_else(|| IoBuf::plain(len))
+        self.ring.as_ref().and_then(|ring| ring.take_buffer(len)).unwrap_or_else(|| IoBuf::plain(len))
     }
 
     fn create_dir_all(&self, path: &Path) -> Result<()> {

@@ -41,20 +41,14 @@ impl Ring {
     /// `UringUnavailable` naming the step that failed: setup (ENOSYS, EPERM
     /// from seccomp or `kernel.io_uring_disabled`), probe, or buffer
     /// registration (ENOMEM under a small `RLIMIT_MEMLOCK`).
-    pub(crate) fn new(
-        sync_mode: SyncMode,
-        buffer_bytes: usize,
-        buffer_count: usize,
-    ) -> Result<Ring> {
+    pub(crate) fn new(sync_mode: SyncMode, buffer_bytes: usize, buffer_count: usize) -> Result<Ring> {
         let unavailable = |reason, source| Error::UringUnavailable { reason, source };
         let ring = IoUring::builder()
             .setup_cqsize(RING_COMPLETION_ENTRIES)
             .build(RING_ENTRIES)
             .map_err(|e| unavailable("io_uring_setup", e))?;
         let mut probe = Probe::new();
-        ring.submitter()
-            .register_probe(&mut probe)
-            .map_err(|e| unavailable("probe", e))?;
+        ring.submitter().register_probe(&mut probe).map_err(|e| unavailable("probe", e))?;
         for (code, name) in [
             (opcode::WriteFixed::CODE, "WriteFixed"),
             (opcode::Write::CODE, "Write"),
@@ -62,48 +56,28 @@ impl Ring {
             (opcode::Fsync::CODE, "Fsync"),
         ] {
             if !probe.is_supported(code) {
-                let e =
-                    io::Error::new(io::ErrorKind::Unsupported, format!("opcode {name} missing"));
+                let e = io::Error::new(io::ErrorKind::Unsupported, format!("opcode {name} missing"));
                 return Err(unavailable("probe", e));
             }
         }
         let id = NEXT_RING_ID.fetch_add(1, Ordering::Relaxed);
-        let buffers: Vec<AlignedBuf> = (0..buffer_count)
-            .map(|_| AlignedBuf::new(buffer_bytes))
-            .collect();
+        let buffers: Vec<AlignedBuf> = (0..buffer_count).map(|_| AlignedBuf::new(buffer_bytes)).collect();
         let iovecs: Vec<libc::iovec> = buffers
             .iter()
-            .map(|b| libc::iovec {
-                iov_base: b.as_ptr() as *mut libc::c_void,
-                iov_len: b.len(),
-            })
+            .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() })
             .collect();
         if !iovecs.is_empty() {
             // SAFETY: every iovec points at a live AlignedBuf that `pool` keeps
             // until after the ring is dropped (field order of Ring), and a buffer
             // handed out as IoBuf comes back to the pool, never to the allocator.
-            unsafe { ring.submitter().register_buffers(&iovecs) }
-                .map_err(|e| unavailable("register_buffers", e))?;
+            unsafe { ring.submitter().register_buffers(&iovecs) }.map_err(|e| unavailable("register_buffers", e))?;
         }
         let pool = buffers
             .into_iter()
             .enumerate()
-            .map(|(i, b)| {
-                (
-                    b,
-                    FixedSlot {
-                        ring_id: id,
-                        index: u16::try_from(i).expect("few buffers"),
-                    },
-                )
-            })
+            .map(|(i, b)| (b, FixedSlot { ring_id: id, index: u16::try_from(i).expect("few buffers") }))
             .collect();
-        Ok(Ring {
-            ring: Mutex::new(ring),
-            id,
-            sync_mode,
-            pool: Mutex::new(pool),
-        })
+        Ok(Ring { ring: Mutex::new(ring), id, sync_mode, pool: Mutex::new(pool) })
     }
 
     pub(crate) fn take_buffer(self: &Arc<Ring>, len: usize) -> Option<IoBuf> {
@@ -121,10 +95,7 @@ impl Ring {
 
 impl BufHome for Ring {
     fn give_back(&self, buf: AlignedBuf, slot: FixedSlot) {
-        self.pool
-            .lock()
-            .expect("buffer pool lock")
-            .push((buf, slot));
+        self.pool.lock().expect("buffer pool lock").push((buf, slot));
     }
 }
 
@@ -136,11 +107,7 @@ impl BufHome for Ring {
 /// buffers the entries point at stay borrowed until the kernel is done.
 fn submit_and_reap(ring: &mut IoUring, entries: &[squeue::Entry]) -> Vec<i32> {
     let n = entries.len();
-    let tagged: Vec<squeue::Entry> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| e.clone().user_data(i as u64))
-        .collect();
+    let tagged: Vec<squeue::Entry> = entries.iter().enumerate().map(|(i, e)| e.clone().user_data(i as u64)).collect();
     // SAFETY: the entries' buffers are borrowed by our caller for this whole
     // call, and we do not return before every completion has been reaped.
     // push_multiple pushes the chain whole or not at all.
@@ -150,11 +117,7 @@ fn submit_and_reap(ring: &mut IoUring, entries: &[squeue::Entry]) -> Vec<i32> {
     while reaped < n {
         match ring.submit_and_wait(n - reaped) {
             Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-                ) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => {}
             Err(e) => {
                 // Operations may be in flight on memory we would hand back:
                 // there is no safe way to go on.
@@ -170,10 +133,7 @@ fn submit_and_reap(ring: &mut IoUring, entries: &[squeue::Entry]) -> Vec<i32> {
             reaped += 1;
         }
     }
-    results
-        .into_iter()
-        .map(|r| r.expect("every operation completed"))
-        .collect()
+    results.into_iter().map(|r| r.expect("every operation completed")).collect()
 }
 
 /// A file whose data path is the ring.
@@ -189,13 +149,7 @@ impl UringFile {
         types::Fd(self.os.file.as_raw_fd())
     }
 
-    fn write_entry(
-        &self,
-        offset: u64,
-        buf: &[u8],
-        fixed: Option<FixedSlot>,
-        rw_flags: i32,
-    ) -> squeue::Entry {
+    fn write_entry(&self, offset: u64, buf: &[u8], fixed: Option<FixedSlot>, rw_flags: i32) -> squeue::Entry {
         let len = u32::try_from(buf.len()).expect("op length checked by caller");
         match fixed {
             Some(slot) if slot.ring_id == self.ring.id => {
@@ -204,17 +158,12 @@ impl UringFile {
                     .rw_flags(rw_flags)
                     .build()
             }
-            _ => opcode::Write::new(self.fd(), buf.as_ptr(), len)
-                .offset(offset)
-                .rw_flags(rw_flags)
-                .build(),
+            _ => opcode::Write::new(self.fd(), buf.as_ptr(), len).offset(offset).rw_flags(rw_flags).build(),
         }
     }
 
     fn fsync_entry(&self) -> squeue::Entry {
-        opcode::Fsync::new(self.fd())
-            .flags(types::FsyncFlags::DATASYNC)
-            .build()
+        opcode::Fsync::new(self.fd()).flags(types::FsyncFlags::DATASYNC).build()
     }
 
     /// Writes all of `buf` at `offset` with plain ring writes.
@@ -234,13 +183,9 @@ impl UringFile {
     fn written(&self, res: i32, offset: u64) -> Result<usize> {
         match res {
             n if n > 0 => Ok(n as usize),
-            0 => Err(self
-                .os
-                .err("write", offset, io::Error::from(io::ErrorKind::WriteZero))),
+            0 => Err(self.os.err("write", offset, io::Error::from(io::ErrorKind::WriteZero))),
             e if e == -libc::EINTR || e == -libc::EAGAIN || e == -libc::ECANCELED => Ok(0),
-            e => Err(self
-                .os
-                .err("write", offset, io::Error::from_raw_os_error(-e))),
+            e => Err(self.os.err("write", offset, io::Error::from_raw_os_error(-e))),
         }
     }
 
@@ -250,11 +195,7 @@ impl UringFile {
             match res {
                 0 => return Ok(()),
                 e if e == -libc::EINTR => continue,
-                e => {
-                    return Err(self
-                        .os
-                        .err("fdatasync", 0, io::Error::from_raw_os_error(-e)))
-                }
+                e => return Err(self.os.err("fdatasync", 0, io::Error::from_raw_os_error(-e))),
             }
         }
     }
@@ -264,27 +205,20 @@ impl UringFile {
     fn chain(&self, offset: u64, buf: &[u8], fixed: Option<FixedSlot>) -> Result<(usize, bool)> {
         match self.ring.sync_mode {
             SyncMode::LinkedFsync => {
-                let write = self
-                    .write_entry(offset, buf, fixed, 0)
-                    .flags(squeue::Flags::IO_LINK);
+                let write = self.write_entry(offset, buf, fixed, 0).flags(squeue::Flags::IO_LINK);
                 let results = submit_and_reap(&mut self.ring.lock(), &[write, self.fsync_entry()]);
                 let written = self.written(results[0], offset)?;
                 let synced = match results[1] {
                     0 => true,
                     // Cancelled because the write came up short, or interrupted.
                     e if e == -libc::ECANCELED || e == -libc::EINTR => false,
-                    e => {
-                        return Err(self
-                            .os
-                            .err("fdatasync", 0, io::Error::from_raw_os_error(-e)))
-                    }
+                    e => return Err(self.os.err("fdatasync", 0, io::Error::from_raw_os_error(-e))),
                 };
                 Ok((written, synced && written == buf.len()))
             }
             SyncMode::RwfDsync => {
                 let write = self.write_entry(offset, buf, fixed, libc::RWF_DSYNC);
-                let written =
-                    self.written(submit_and_reap(&mut self.ring.lock(), &[write])[0], offset)?;
+                let written = self.written(submit_and_reap(&mut self.ring.lock(), &[write])[0], offset)?;
                 Ok((written, written == buf.len()))
             }
         }
@@ -313,20 +247,13 @@ impl File for UringFile {
             let at = offset + done as u64;
             let part = &mut buf[done..end];
             let len = u32::try_from(part.len()).expect("bounded by OP_BYTES_MAX");
-            let entry = opcode::Read::new(self.fd(), part.as_mut_ptr(), len)
-                .offset(at)
-                .build();
+            let entry = opcode::Read::new(self.fd(), part.as_mut_ptr(), len).offset(at).build();
             let res = submit_and_reap(&mut self.ring.lock(), &[entry])[0];
             match res {
                 n if n > 0 => done += n as usize,
                 0 => {
                     let file_bytes = self.os.len()?;
-                    return Err(Error::ReadPastEnd {
-                        path: self.os.path.clone(),
-                        offset,
-                        len: buf.len(),
-                        file_bytes,
-                    });
+                    return Err(Error::ReadPastEnd { path: self.os.path.clone(), offset, len: buf.len(), file_bytes });
                 }
                 e if e == -libc::EINTR || e == -libc::EAGAIN => {}
                 e => return Err(self.os.err("read", at, io::Error::from_raw_os_error(-e))),

@@ -150,14 +150,7 @@ impl SimStorage {
             for (offset, bytes) in &file.pending {
                 survive(&mut rng, &mut image, *offset, bytes);
             }
-            inodes.insert(
-                inode,
-                SimFileData {
-                    current: image.clone(),
-                    durable: image,
-                    pending: Vec::new(),
-                },
-            );
+            inodes.insert(inode, SimFileData { current: image.clone(), durable: image, pending: Vec::new() });
         }
         let next = SimState {
             inodes,
@@ -166,9 +159,7 @@ impl SimStorage {
             next_inode: state.next_inode,
             ..SimState::default()
         };
-        SimStorage {
-            state: Arc::new(Mutex::new(next)),
-        }
+        SimStorage { state: Arc::new(Mutex::new(next)) }
     }
 }
 
@@ -229,11 +220,7 @@ impl Storage for SimStorage {
                 inode
             }
         };
-        Ok(Arc::new(SimFile {
-            storage: self.clone(),
-            path: path.to_owned(),
-            inode,
-        }))
+        Ok(Arc::new(SimFile { storage: self.clone(), path: path.to_owned(), inode }))
     }
 
     fn io_buffer(&self, len: usize) -> IoBuf {
@@ -260,29 +247,19 @@ impl Storage for SimStorage {
         }
         let files = state.names.keys().filter(|p| p.parent() == Some(path));
         let dirs = state.dirs.iter().filter(|p| p.parent() == Some(path));
-        Ok(files
-            .chain(dirs)
-            .filter_map(|p| p.file_name())
-            .map(|n| n.to_string_lossy().into_owned())
-            .collect())
+        Ok(files.chain(dirs).filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect())
     }
 
     fn remove_file(&self, path: &Path) -> Result<()> {
         let mut state = self.lock_state();
-        let inode = state
-            .names
-            .remove(path)
-            .ok_or_else(|| not_found("unlink", path))?;
+        let inode = state.names.remove(path).ok_or_else(|| not_found("unlink", path))?;
         state.inodes.remove(&inode);
         Ok(())
     }
 
     fn rename(&self, from: &Path, to: &Path) -> Result<()> {
         let mut state = self.lock_state();
-        let inode = state
-            .names
-            .remove(from)
-            .ok_or_else(|| not_found("rename", from))?;
+        let inode = state.names.remove(from).ok_or_else(|| not_found("rename", from))?;
         if let Some(old) = state.names.insert(to.to_owned(), inode) {
             state.inodes.remove(&old);
         }
@@ -297,15 +274,9 @@ impl Storage for SimStorage {
     fn lock(&self, path: &Path) -> Result<DirLock> {
         let mut state = self.lock_state();
         if !state.locks.insert(path.to_owned()) {
-            return Err(Error::Locked {
-                path: path.to_owned(),
-                pid: std::process::id(),
-            });
+            return Err(Error::Locked { path: path.to_owned(), pid: std::process::id() });
         }
-        Ok(Box::new(SimLock {
-            storage: self.clone(),
-            path: path.to_owned(),
-        }))
+        Ok(Box::new(SimLock { storage: self.clone(), path: path.to_owned() }))
     }
 }
 
@@ -328,20 +299,10 @@ struct SimFile {
 }
 
 impl SimFile {
-    fn with<T>(
-        &self,
-        op: &'static str,
-        offset: u64,
-        f: impl FnOnce(&mut SimFileData) -> Result<T>,
-    ) -> Result<T> {
+    fn with<T>(&self, op: &'static str, offset: u64, f: impl FnOnce(&mut SimFileData) -> Result<T>) -> Result<T> {
         let mut state = self.storage.lock_state();
-        state
-            .tick()
-            .map_err(|e| Error::io(op, &self.path, offset, e))?;
-        let data = state
-            .inodes
-            .get_mut(&self.inode)
-            .ok_or_else(|| not_found(op, &self.path))?;
+        state.tick().map_err(|e| Error::io(op, &self.path, offset, e))?;
+        let data = state.inodes.get_mut(&self.inode).ok_or_else(|| not_found(op, &self.path))?;
         f(data)
     }
 
@@ -372,26 +333,16 @@ impl File for SimFile {
 
     fn size_bytes(&self) -> Result<u64> {
         let state = self.storage.lock_state();
-        let data = state
-            .inodes
-            .get(&self.inode)
-            .ok_or_else(|| not_found("fstat", &self.path))?;
+        let data = state.inodes.get(&self.inode).ok_or_else(|| not_found("fstat", &self.path))?;
         Ok(data.current.len() as u64)
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.with("pread", offset, |data| {
             let file_bytes = data.current.len() as u64;
-            let end = offset
-                .checked_add(buf.len() as u64)
-                .filter(|&end| end <= file_bytes);
+            let end = offset.checked_add(buf.len() as u64).filter(|&end| end <= file_bytes);
             let Some(end) = end else {
-                return Err(Error::ReadPastEnd {
-                    path: self.path.clone(),
-                    offset,
-                    len: buf.len(),
-                    file_bytes,
-                });
+                return Err(Error::ReadPastEnd { path: self.path.clone(), offset, len: buf.len(), file_bytes });
             };
             buf.copy_from_slice(&data.current[offset as usize..end as usize]);
             Ok(())

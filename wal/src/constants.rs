@@ -25,9 +25,7 @@ pub const READ_WINDOW_BYTES: usize = 1 << 20;
 /// Chunk used to zero-fill a new segment.
 pub const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
 
-const _: () = assert!(
-    COMMIT_BUFFER_BYTES >= BLOCK_BYTES + FRAME_HEADER_BYTES + FRAME_PAYLOAD_BYTES_MAX + BLOCK_BYTES
-);
+const _: () = assert!(COMMIT_BUFFER_BYTES >= BLOCK_BYTES + FRAME_HEADER_BYTES + FRAME_PAYLOAD_BYTES_MAX + BLOCK_BYTES);
 const _: () = assert!(COMMIT_BUFFER_BYTES % BLOCK_BYTES == 0);
 const _: () = assert!(SEGMENT_BYTES_MIN % BLOCK_BYTES as u64 == 0);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT % BLOCK_BYTES as u64 == 0);

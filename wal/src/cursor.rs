@@ -16,12 +16,7 @@ pub(crate) enum Step<'a> {
     /// A checked frame (batch or padding); the cursor has moved past it.
     Frame(FrameHeader, &'a [u8]),
     /// Bytes that are not a frame at `lsn`, in `segment` at `offset`.
-    Bad {
-        lsn: Lsn,
-        segment: usize,
-        offset: u64,
-        fault: FrameFault,
-    },
+    Bad { lsn: Lsn, segment: usize, offset: u64, fault: FrameFault },
     /// The last segment is used up.
     End,
 }
@@ -38,24 +33,9 @@ pub(crate) struct Cursor {
 impl Cursor {
     /// A cursor at `pos`, which must lie in one of `segments` (or at the end
     /// of the last).
-    pub(crate) fn new(
-        storage: Arc<dyn Storage>,
-        segments: Vec<Segment>,
-        pos: Lsn,
-        payload_bytes_max: usize,
-    ) -> Cursor {
-        let seg = segments
-            .iter()
-            .position(|s| s.contains(pos))
-            .unwrap_or(segments.len());
-        Cursor {
-            storage,
-            segments,
-            seg,
-            reader: None,
-            pos,
-            payload_bytes_max,
-        }
+    pub(crate) fn new(storage: Arc<dyn Storage>, segments: Vec<Segment>, pos: Lsn, payload_bytes_max: usize) -> Cursor {
+        let seg = segments.iter().position(|s| s.contains(pos)).unwrap_or(segments.len());
+        Cursor { storage, segments, seg, reader: None, pos, payload_bytes_max }
     }
 
     fn reader(&mut self) -> Result<&mut WindowReader> {
@@ -85,42 +65,22 @@ impl Cursor {
                 continue;
             }
             let (pos, seg, payload_max) = (self.pos, self.seg, self.payload_bytes_max);
-            let header = match decode_header(
-                self.reader()?.bytes(offset, FRAME_HEADER_BYTES)?,
-                pos,
-                payload_max,
-            ) {
+            let header = match decode_header(self.reader()?.bytes(offset, FRAME_HEADER_BYTES)?, pos, payload_max) {
                 Ok(h) if h.frame_bytes() > room => Err(FrameFault::PastSegment),
                 other => other,
             };
             let header = match header {
                 Ok(h) => h,
-                Err(fault) => {
-                    return Ok(Step::Bad {
-                        lsn: pos,
-                        segment: seg,
-                        offset,
-                        fault,
-                    })
-                }
+                Err(fault) => return Ok(Step::Bad { lsn: pos, segment: seg, offset, fault }),
             };
             let frame_len = header.frame_bytes() as usize;
             if let Err(fault) = check_crc(self.reader()?.bytes(offset, frame_len)?) {
-                return Ok(Step::Bad {
-                    lsn: pos,
-                    segment: seg,
-                    offset,
-                    fault,
-                });
+                return Ok(Step::Bad { lsn: pos, segment: seg, offset, fault });
             }
             // Padding ends exactly at the segment's end; the next step moves on.
             debug_assert!(header.kind != FrameKind::Padding || header.frame_bytes() == room);
             self.pos = header.end();
-            let frame = self
-                .reader
-                .as_mut()
-                .expect("open")
-                .bytes(offset, frame_len)?;
+            let frame = self.reader.as_mut().expect("open").bytes(offset, frame_len)?;
             return Ok(Step::Frame(header, frame));
         }
     }
@@ -145,18 +105,11 @@ pub(crate) fn look_beyond(
     payload_bytes_max: usize,
 ) -> Result<Beyond> {
     let mut beyond = Beyond::default();
-    let first = segments
-        .iter()
-        .position(|s| s.contains(bad))
-        .unwrap_or(segments.len());
+    let first = segments.iter().position(|s| s.contains(bad)).unwrap_or(segments.len());
     for segment in &segments[first..] {
         let file = storage.open(&segment.path, OpenMode::Existing)?;
         let mut reader = WindowReader::new(file, segment.size_bytes);
-        let mut offset = if segment.contains(bad) {
-            bad.0 - segment.start.0 + 1
-        } else {
-            0
-        };
+        let mut offset = if segment.contains(bad) { bad.0 - segment.start.0 + 1 } else { 0 };
         while offset + FRAME_HEADER_BYTES as u64 <= segment.size_bytes {
             let len = (segment.size_bytes - offset).min(READ_WINDOW_BYTES as u64) as usize;
             let window = reader.bytes(offset, len)?;
@@ -167,11 +120,7 @@ pub(crate) fn look_beyond(
             };
             offset += at as u64;
             let lsn = Lsn(segment.start.0 + offset);
-            let header = match decode_header(
-                reader.bytes(offset, FRAME_HEADER_BYTES)?,
-                lsn,
-                payload_bytes_max,
-            ) {
+            let header = match decode_header(reader.bytes(offset, FRAME_HEADER_BYTES)?, lsn, payload_bytes_max) {
                 Ok(h) if offset + h.frame_bytes() <= segment.size_bytes => Some(h),
                 _ => None,
             };

@@ -122,11 +122,7 @@ pub(crate) fn peek_lsn(bytes: &[u8]) -> u64 {
 
 /// Checks the header in `header` as a frame at `lsn`, whose payload may be
 /// at most `payload_bytes_max`. The CRC is checked by [`check_crc`].
-pub(crate) fn decode_header(
-    header: &[u8],
-    lsn: Lsn,
-    payload_bytes_max: usize,
-) -> Result<FrameHeader, FrameFault> {
+pub(crate) fn decode_header(header: &[u8], lsn: Lsn, payload_bytes_max: usize) -> Result<FrameHeader, FrameFault> {
     let header = &header[..FRAME_HEADER_BYTES];
     if header.iter().all(|&b| b == 0) {
         return Err(FrameFault::Zero);
@@ -139,13 +135,7 @@ pub(crate) fn decode_header(
     if payload_bytes as usize > payload_bytes_max || header[25..28] != [0, 0, 0] {
         return Err(FrameFault::BadHeader);
     }
-    Ok(FrameHeader {
-        payload_bytes,
-        lsn,
-        durable_lsn: Lsn(u64_at(header, 16)),
-        kind,
-        term: u32_at(header, 28),
-    })
+    Ok(FrameHeader { payload_bytes, lsn, durable_lsn: Lsn(u64_at(header, 16)), kind, term: u32_at(header, 28) })
 }
 
 /// Checks a whole frame's CRC: `frame` is header then payload.
@@ -218,14 +208,7 @@ impl FrameBuf {
     }
 
     /// Writes the header and finishes the CRC begun by `payload_crc`.
-    pub(crate) fn seal(
-        &mut self,
-        payload_crc: u32,
-        lsn: Lsn,
-        durable_lsn: Lsn,
-        kind: FrameKind,
-        term: u32,
-    ) {
+    pub(crate) fn seal(&mut self, payload_crc: u32, lsn: Lsn, durable_lsn: Lsn, kind: FrameKind, term: u32) {
         let payload_bytes = u32::try_from(self.payload_bytes()).expect("payload length checked");
         let header = &mut self.bytes[..FRAME_HEADER_BYTES];
         header[4..8].copy_from_slice(&payload_bytes.to_le_bytes());
@@ -273,15 +256,11 @@ mod tests {
         assert_eq!(header.durable_lsn, Lsn(1000));
         assert_eq!(header.term, 7);
         assert_eq!(check_crc(&bytes), Ok(()));
-        assert_eq!(
-            decode_header(&bytes, Lsn(4097), 1 << 20),
-            Err(FrameFault::WrongLsn)
-        );
+        assert_eq!(decode_header(&bytes, Lsn(4097), 1 << 20), Err(FrameFault::WrongLsn));
         for bit in 0..bytes.len() * 8 {
             let mut bad = bytes.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
-            let caught =
-                decode_header(&bad, Lsn(4096), 1 << 20).is_err() || check_crc(&bad).is_err();
+            let caught = decode_header(&bad, Lsn(4096), 1 << 20).is_err() || check_crc(&bad).is_err();
             assert!(caught, "flipped bit {bit} went unnoticed");
         }
     }

@@ -47,8 +47,7 @@ use std::thread::JoinHandle;
 use uring::Storage;
 
 pub use constants::{
-    COMMIT_BUFFER_BYTES, FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX, SEGMENT_BYTES_DEFAULT,
-    SEGMENT_BYTES_MIN,
+    COMMIT_BUFFER_BYTES, FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN,
 };
 pub use error::{Error, Result};
 pub use frame::{Frame, FrameBuf, FrameFault, FrameHeader, FrameKind};
@@ -92,11 +91,7 @@ pub struct WalOptions {
 
 impl Default for WalOptions {
     fn default() -> WalOptions {
-        WalOptions {
-            segment_bytes: SEGMENT_BYTES_DEFAULT,
-            recovery: RecoveryMode::Strict,
-            term: 0,
-        }
+        WalOptions { segment_bytes: SEGMENT_BYTES_DEFAULT, recovery: RecoveryMode::Strict, term: 0 }
     }
 }
 
@@ -154,53 +149,27 @@ impl Wal {
         from: Lsn,
         on_frame: &mut dyn FnMut(&FrameHeader, &[u8]),
     ) -> Result<Wal> {
-        assert!(
-            options.segment_bytes >= SEGMENT_BYTES_MIN,
-            "segment_bytes below SEGMENT_BYTES_MIN"
-        );
-        assert_eq!(
-            options.segment_bytes % uring::BLOCK_BYTES as u64,
-            0,
-            "segment_bytes not block-aligned"
-        );
+        assert!(options.segment_bytes >= SEGMENT_BYTES_MIN, "segment_bytes below SEGMENT_BYTES_MIN");
+        assert_eq!(options.segment_bytes % uring::BLOCK_BYTES as u64, 0, "segment_bytes not block-aligned");
         storage.create_dir_all(dir)?;
         remove_temporaries(storage.as_ref(), dir)?;
         let payload_bytes_max = options.payload_bytes_max();
         let mut segments = segment::list(storage.as_ref(), dir)?;
         if segments.is_empty() {
             if from != Lsn(0) {
-                return Err(Error::LogStartsLater {
-                    dir: dir.to_owned(),
-                    start: Lsn(0),
-                    wanted: from,
-                });
+                return Err(Error::LogStartsLater { dir: dir.to_owned(), start: Lsn(0), wanted: from });
             }
-            segments.push(segment::create(
-                storage.as_ref(),
-                dir,
-                from,
-                options.segment_bytes,
-            )?);
+            segments.push(segment::create(storage.as_ref(), dir, from, options.segment_bytes)?);
         }
         let start = segments[0].start;
         if from < start || from > segments.last().expect("non-empty").end() {
-            return Err(Error::LogStartsLater {
-                dir: dir.to_owned(),
-                start,
-                wanted: from,
-            });
+            return Err(Error::LogStartsLater { dir: dir.to_owned(), start, wanted: from });
         }
-        let scanned = recovery::scan(
-            &storage,
-            &segments,
-            from,
-            payload_bytes_max,
-            &mut |header, frame| {
-                if header.kind == FrameKind::Batch {
-                    on_frame(header, &frame[FRAME_HEADER_BYTES..]);
-                }
-            },
-        )?;
+        let scanned = recovery::scan(&storage, &segments, from, payload_bytes_max, &mut |header, frame| {
+            if header.kind == FrameKind::Batch {
+                on_frame(header, &frame[FRAME_HEADER_BYTES..]);
+            }
+        })?;
         recovery::settle(&storage, &segments, &scanned, options.recovery)?;
         let end = scanned.end;
         // Segments wholly past the end hold nothing of the log: recycle them.
@@ -208,32 +177,17 @@ impl Wal {
             segment::recycle(storage.as_ref(), &segments.pop().expect("non-empty"))?;
         }
         if segments.last().expect("non-empty").end() == end {
-            segments.push(segment::create(
-                storage.as_ref(),
-                dir,
-                end,
-                options.segment_bytes,
-            )?);
+            segments.push(segment::create(storage.as_ref(), dir, end, options.segment_bytes)?);
         }
         storage.sync_dir(dir)?;
         let tail_segment = segments.last().expect("non-empty").clone();
-        let (shared, rx) = Shared::new(
-            storage,
-            dir.to_owned(),
-            options,
-            payload_bytes_max,
-            segments,
-            end,
-        );
+        let (shared, rx) = Shared::new(storage, dir.to_owned(), options, payload_bytes_max, segments, end);
         let committer = Committer::new(shared.clone(), rx, tail_segment, end)?;
         let handle = std::thread::Builder::new()
             .name("ringkv-wal-committer".into())
             .spawn(move || committer.run())
             .expect("spawn the WAL committer");
-        Ok(Wal {
-            shared,
-            committer: Some(handle),
-        })
+        Ok(Wal { shared, committer: Some(handle) })
     }
 
     /// Appends one frame. With `wait`, returns once the frame is durable;
@@ -289,19 +243,10 @@ impl Wal {
         let segments = self.shared.lock_segments().clone();
         let start = segments[0].start;
         if from < start {
-            return Err(Error::LogStartsLater {
-                dir: self.shared.dir.clone(),
-                start,
-                wanted: from,
-            });
+            return Err(Error::LogStartsLater { dir: self.shared.dir.clone(), start, wanted: from });
         }
         let end = self.durable_lsn();
-        let cursor = Cursor::new(
-            self.shared.storage.clone(),
-            segments,
-            from,
-            self.shared.payload_bytes_max,
-        );
+        let cursor = Cursor::new(self.shared.storage.clone(), segments, from, self.shared.payload_bytes_max);
         Ok(WalReader { cursor, end })
     }
 
@@ -358,19 +303,9 @@ impl Iterator for WalReader {
                     let payload = bytes[FRAME_HEADER_BYTES..].to_vec();
                     return Some(Ok(Frame { header, payload }));
                 }
-                Ok(Step::Bad {
-                    lsn,
-                    segment,
-                    offset,
-                    fault,
-                }) => {
+                Ok(Step::Bad { lsn, segment, offset, fault }) => {
                     let path = segments[segment].path.clone();
-                    return Some(Err(Error::Corrupt {
-                        path,
-                        offset,
-                        lsn,
-                        reason: fault.reason(),
-                    }));
+                    return Some(Err(Error::Corrupt { path, offset, lsn, reason: fault.reason() }));
                 }
             }
         }
@@ -414,13 +349,9 @@ pub fn inspect(
 ) -> Result<Inspection> {
     let segments = segment::list(storage.as_ref(), dir)?;
     let from = segments.first().map_or(Lsn(0), |s| s.start);
-    let scanned = recovery::scan(
-        &storage,
-        &segments,
-        from,
-        options.payload_bytes_max(),
-        &mut |h, frame| on_frame(h, &frame[FRAME_HEADER_BYTES..]),
-    )?;
+    let scanned = recovery::scan(&storage, &segments, from, options.payload_bytes_max(), &mut |h, frame| {
+        on_frame(h, &frame[FRAME_HEADER_BYTES..])
+    })?;
     Ok(Inspection {
         end: scanned.end,
         corrupt: scanned.witness.is_some(),

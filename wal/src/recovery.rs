@@ -60,28 +60,11 @@ pub(crate) fn scan(
     loop {
         match cursor.step()? {
             Step::Frame(header, bytes) => on_frame(&header, bytes),
-            Step::End => {
-                return Ok(Scanned {
-                    end: cursor.pos,
-                    junk_end: None,
-                    bad: None,
-                    witness: None,
-                })
-            }
-            Step::Bad {
-                lsn,
-                segment,
-                offset,
-                fault,
-            } => {
+            Step::End => return Ok(Scanned { end: cursor.pos, junk_end: None, bad: None, witness: None }),
+            Step::Bad { lsn, segment, offset, fault } => {
                 let path = segments[segment].path.clone();
                 let beyond = look_beyond(storage, segments, lsn, payload_bytes_max)?;
-                let bad = BadFrame {
-                    lsn,
-                    path,
-                    offset,
-                    fault,
-                };
+                let bad = BadFrame { lsn, path, offset, fault };
                 return Ok(Scanned {
                     end: lsn,
                     junk_end: beyond.furthest_end,
@@ -129,12 +112,7 @@ pub(crate) fn settle(
         let start = scanned.end.max(segment.start);
         let end = junk_end.min(segment.end());
         if start < end {
-            zero_range(
-                storage,
-                segment,
-                start.0 - segment.start.0,
-                end.0 - segment.start.0,
-            )?;
+            zero_range(storage, segment, start.0 - segment.start.0, end.0 - segment.start.0)?;
         }
     }
     Ok(())
@@ -167,13 +145,8 @@ mod tests {
 
     fn replay(disk: &SimStorage, options: WalOptions) -> (Wal, Vec<Vec<u8>>) {
         let mut seen = Vec::new();
-        let wal = Wal::open(
-            Arc::new(disk.clone()),
-            Path::new("/w"),
-            options,
-            Lsn(0),
-            &mut |_, p| seen.push(p.to_vec()),
-        );
+        let wal =
+            Wal::open(Arc::new(disk.clone()), Path::new("/w"), options, Lsn(0), &mut |_, p| seen.push(p.to_vec()));
         (wal.unwrap(), seen)
     }
 
@@ -189,10 +162,7 @@ mod tests {
     /// later frame ending exactly where one of them began brought it back.
     #[test]
     fn torn_tail_is_zeroed_so_a_stale_frame_cannot_return_at_a_new_boundary() {
-        let options = WalOptions {
-            segment_bytes: SEGMENT_BYTES_MIN,
-            ..WalOptions::default()
-        };
+        let options = WalOptions { segment_bytes: SEGMENT_BYTES_MIN, ..WalOptions::default() };
         let disk = SimStorage::new();
         let (wal, _) = replay(&disk, options);
         let mut a = FrameBuf::new();
@@ -201,16 +171,10 @@ mod tests {
         drop(wal);
         // A batch torn by a power cut: its first frame (at t) is garbage, a
         // later one (at block boundary b, made when the log was durable to t) survived.
-        let file = disk
-            .open(
-                Path::new("/w/00000000000000000000.wal"),
-                uring::OpenMode::Existing,
-            )
-            .unwrap();
+        let file = disk.open(Path::new("/w/00000000000000000000.wal"), uring::OpenMode::Existing).unwrap();
         let b = Lsn(2 * uring::BLOCK_BYTES as u64);
         file.write_at(t.0, &[0xAB; 100]).unwrap();
-        file.write_at(b.0, &sealed(b"never acknowledged", b, t))
-            .unwrap();
+        file.write_at(b.0, &sealed(b"never acknowledged", b, t)).unwrap();
         file.sync_data().unwrap();
 
         let (wal, seen) = replay(&disk, options);

@@ -53,20 +53,13 @@ pub(crate) fn list(storage: &dyn Storage, dir: &Path) -> Result<Vec<Segment>> {
         if let Some(start) = parse_name(&name) {
             let path = dir.join(&name);
             let size_bytes = storage.open(&path, OpenMode::Existing)?.size_bytes()?;
-            segments.push(Segment {
-                start,
-                size_bytes,
-                path,
-            });
+            segments.push(Segment { start, size_bytes, path });
         }
     }
     segments.sort_by_key(|s| s.start);
     for pair in segments.windows(2) {
         if pair[1].start != pair[0].end() {
-            return Err(Error::SegmentGap {
-                path: pair[1].path.clone(),
-                expected: pair[0].end(),
-            });
+            return Err(Error::SegmentGap { path: pair[1].path.clone(), expected: pair[0].end() });
         }
     }
     Ok(segments)
@@ -74,11 +67,8 @@ pub(crate) fn list(storage: &dyn Storage, dir: &Path) -> Result<Vec<Segment>> {
 
 /// Recycled segment files waiting for reuse, with their sizes.
 pub(crate) fn list_recycled(storage: &dyn Storage, dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut names: Vec<String> = storage
-        .list_dir(dir)?
-        .into_iter()
-        .filter(|n| n.starts_with(RECYCLE_PREFIX) && n.ends_with(SUFFIX))
-        .collect();
+    let mut names: Vec<String> =
+        storage.list_dir(dir)?.into_iter().filter(|n| n.starts_with(RECYCLE_PREFIX) && n.ends_with(SUFFIX)).collect();
     names.sort();
     Ok(names.into_iter().map(|n| dir.join(n)).collect())
 }
@@ -87,12 +77,7 @@ pub(crate) fn list_recycled(storage: &dyn Storage, dir: &Path) -> Result<Vec<Pat
 /// renamed into place, or a new file zero-filled and synced (so that
 /// `fdatasync` on the append path never has to commit size or extent
 /// changes). Durable in the directory on return.
-pub(crate) fn create(
-    storage: &dyn Storage,
-    dir: &Path,
-    start: Lsn,
-    size_bytes: u64,
-) -> Result<Segment> {
+pub(crate) fn create(storage: &dyn Storage, dir: &Path, start: Lsn, size_bytes: u64) -> Result<Segment> {
     let path = segment_path(dir, start);
     let mut recycled = None;
     for candidate in list_recycled(storage, dir)? {
@@ -113,11 +98,7 @@ pub(crate) fn create(
         }
     }
     storage.sync_dir(dir)?;
-    Ok(Segment {
-        start,
-        size_bytes,
-        path,
-    })
+    Ok(Segment { start, size_bytes, path })
 }
 
 fn zero_fill(file: &dyn File, size_bytes: u64) -> Result<()> {
@@ -151,13 +132,7 @@ pub(crate) struct WindowReader {
 
 impl WindowReader {
     pub(crate) fn new(file: Arc<dyn File>, size_bytes: u64) -> WindowReader {
-        WindowReader {
-            file,
-            size_bytes,
-            window: AlignedBuf::new(READ_WINDOW_BYTES),
-            window_start: 0,
-            window_len: 0,
-        }
+        WindowReader { file, size_bytes, window: AlignedBuf::new(READ_WINDOW_BYTES), window_start: 0, window_len: 0 }
     }
 
     /// `len` bytes at file offset `offset`; the range must lie in the file.
@@ -168,16 +143,13 @@ impl WindowReader {
         if offset < self.window_start || end > window_end {
             let block = BLOCK_BYTES as u64;
             let start = offset / block * block;
-            let want = (end - start)
-                .max(READ_WINDOW_BYTES as u64)
-                .next_multiple_of(block);
+            let want = (end - start).max(READ_WINDOW_BYTES as u64).next_multiple_of(block);
             let read_len = want.min(self.size_bytes - start) as usize;
             if self.window.len() < read_len {
                 self.window = AlignedBuf::new(read_len);
             }
             let read_len_aligned = read_len.next_multiple_of(BLOCK_BYTES);
-            self.file
-                .read_at(start, &mut self.window[..read_len_aligned])?;
+            self.file.read_at(start, &mut self.window[..read_len_aligned])?;
             self.window_start = start;
             self.window_len = read_len;
         }

@@ -70,12 +70,7 @@ impl Shared {
     ) -> (Arc<Shared>, Receiver<Pending>) {
         let (tx, rx) = crossbeam_channel::unbounded();
         let segment_end = segments.last().expect("a live segment").end();
-        let tail = Tail {
-            next: end,
-            segment_end,
-            poisoned: None,
-            tx: Some(tx),
-        };
+        let tail = Tail { next: end, segment_end, poisoned: None, tx: Some(tx) };
         let shared = Shared {
             storage,
             dir,
@@ -112,17 +107,10 @@ impl Shared {
 
     /// Seals `frame` at the next position and hands it to the committer.
     /// Returns its LSN and, if `wait`, the channel its durability is told on.
-    pub(crate) fn submit(
-        &self,
-        mut frame: FrameBuf,
-        wait: bool,
-    ) -> Result<(Lsn, Option<Receiver<Done>>)> {
+    pub(crate) fn submit(&self, mut frame: FrameBuf, wait: bool) -> Result<(Lsn, Option<Receiver<Done>>)> {
         let payload_bytes = frame.payload_bytes();
         if payload_bytes > self.payload_bytes_max {
-            return Err(Error::FrameTooLarge {
-                bytes: payload_bytes,
-                limit: self.payload_bytes_max,
-            });
+            return Err(Error::FrameTooLarge { bytes: payload_bytes, limit: self.payload_bytes_max });
         }
         let crc = frame.payload_crc();
         let (waiter, done) = if wait {
@@ -134,9 +122,7 @@ impl Shared {
         let term = self.options.term;
         let mut tail = self.lock_tail();
         if let Some(cause) = &tail.poisoned {
-            return Err(Error::Poisoned {
-                cause: cause.clone(),
-            });
+            return Err(Error::Poisoned { cause: cause.clone() });
         }
         let len = frame.frame_bytes() as u64;
         let durable = self.durable_lsn();
@@ -148,12 +134,7 @@ impl Shared {
                 let pad_crc = pad.payload_crc();
                 pad.seal(pad_crc, tail.next, durable, FrameKind::Padding, term);
                 let tx = tail.tx.as_ref().ok_or(Error::Closed)?;
-                tx.send(Pending {
-                    lsn: tail.next,
-                    frame: pad,
-                    waiter: None,
-                })
-                .map_err(|_| Error::Closed)?;
+                tx.send(Pending { lsn: tail.next, frame: pad, waiter: None }).map_err(|_| Error::Closed)?;
             }
             tail.next = tail.segment_end;
             tail.segment_end = Lsn(tail.segment_end.0 + self.options.segment_bytes);
@@ -162,8 +143,7 @@ impl Shared {
         frame.seal(crc, lsn, durable, FrameKind::Batch, term);
         tail.next = Lsn(lsn.0 + len);
         let tx = tail.tx.as_ref().ok_or(Error::Closed)?;
-        tx.send(Pending { lsn, frame, waiter })
-            .map_err(|_| Error::Closed)?;
+        tx.send(Pending { lsn, frame, waiter }).map_err(|_| Error::Closed)?;
         Ok((lsn, done))
     }
 
@@ -204,12 +184,7 @@ pub(crate) struct Committer {
 
 impl Committer {
     /// A committer whose log ends at `end`, inside `segment`.
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        rx: Receiver<Pending>,
-        segment: Segment,
-        end: Lsn,
-    ) -> Result<Committer> {
+    pub(crate) fn new(shared: Arc<Shared>, rx: Receiver<Pending>, segment: Segment, end: Lsn) -> Result<Committer> {
         assert!(segment.contains(end), "the tail lies in the tail segment");
         let file = shared.storage.open(&segment.path, OpenMode::Existing)?;
         let mut buf = shared.storage.io_buffer(COMMIT_BUFFER_BYTES);
@@ -276,10 +251,7 @@ impl Committer {
             self.carry = Some(pending);
             return false;
         }
-        assert_eq!(
-            pending.lsn, self.next,
-            "frames reach the committer in LSN order"
-        );
+        assert_eq!(pending.lsn, self.next, "frames reach the committer in LSN order");
         let bytes = pending.frame.as_bytes();
         if (self.fill + bytes.len()).next_multiple_of(BLOCK_BYTES) > self.buf.len() {
             assert!(self.frames > 0, "an empty buffer holds any frame");
@@ -302,12 +274,7 @@ impl Committer {
             let result = self.write_batch();
             self.answer(result);
         }
-        if self
-            .carry
-            .as_ref()
-            .is_some_and(|c| c.lsn >= self.segment.end())
-            && self.poisoned.is_none()
-        {
+        if self.carry.as_ref().is_some_and(|c| c.lsn >= self.segment.end()) && self.poisoned.is_none() {
             let result = self.switch_segment();
             if let Err(e) = result {
                 self.poison(e);
@@ -319,22 +286,14 @@ impl Committer {
         let padded = self.fill.next_multiple_of(BLOCK_BYTES);
         self.buf[self.fill..padded].fill(0);
         let end_offset = self.block_base + padded as u64;
-        assert!(
-            end_offset <= self.segment.size_bytes,
-            "a batch stays inside its segment"
-        );
+        assert!(end_offset <= self.segment.size_bytes, "a batch stays inside its segment");
         self.file.write_sync(self.block_base, &self.buf, padded)?;
         let counters = &self.shared.counters;
         counters.syncs.fetch_add(1, Ordering::Relaxed);
         counters.commits.fetch_add(self.frames, Ordering::Relaxed);
         let durable_before = self.shared.durable_lsn();
-        counters
-            .bytes
-            .fetch_add(self.next.0 - durable_before.0, Ordering::Relaxed);
-        assert!(
-            self.next > durable_before,
-            "a batch moves the durable end forward"
-        );
+        counters.bytes.fetch_add(self.next.0 - durable_before.0, Ordering::Relaxed);
+        assert!(self.next > durable_before, "a batch moves the durable end forward");
         self.shared.durable.store(self.next.0, Ordering::Release);
         // Keep the partial last block: the next batch rewrites it whole.
         let keep_from = self.fill / BLOCK_BYTES * BLOCK_BYTES;
@@ -375,18 +334,10 @@ impl Committer {
     fn switch_segment(&mut self) -> Result<()> {
         let start = self.segment.end();
         // Padding filled the old segment, or less than a header was left.
-        assert!(
-            start.0 - self.next.0 < FRAME_HEADER_BYTES as u64,
-            "the old segment is full"
-        );
+        assert!(start.0 - self.next.0 < FRAME_HEADER_BYTES as u64, "the old segment is full");
         self.next = start;
         let shared = &self.shared;
-        let segment = segment::create(
-            shared.storage.as_ref(),
-            &shared.dir,
-            start,
-            shared.options.segment_bytes,
-        )?;
+        let segment = segment::create(shared.storage.as_ref(), &shared.dir, start, shared.options.segment_bytes)?;
         self.file = shared.storage.open(&segment.path, OpenMode::Existing)?;
         shared.lock_segments().push(segment.clone());
         self.segment = segment;

@@ -10,10 +10,7 @@ use wal::{Error, FrameBuf, Lsn, RecoveryMode, Wal, WalOptions, SEGMENT_BYTES_MIN
 const DIR: &str = "/db/wal";
 
 fn options() -> WalOptions {
-    WalOptions {
-        segment_bytes: SEGMENT_BYTES_MIN,
-        ..WalOptions::default()
-    }
+    WalOptions { segment_bytes: SEGMENT_BYTES_MIN, ..WalOptions::default() }
 }
 
 fn frame(payload: &[u8]) -> FrameBuf {
@@ -31,13 +28,8 @@ type Replayed = Vec<(Lsn, Vec<u8>)>;
 
 fn open(disk: &SimStorage, options: WalOptions) -> wal::Result<(Wal, Replayed)> {
     let mut seen = Vec::new();
-    let wal = Wal::open(
-        Arc::new(disk.clone()),
-        Path::new(DIR),
-        options,
-        Lsn(0),
-        &mut |h, p| seen.push((h.lsn, p.to_vec())),
-    )?;
+    let wal =
+        Wal::open(Arc::new(disk.clone()), Path::new(DIR), options, Lsn(0), &mut |h, p| seen.push((h.lsn, p.to_vec())))?;
     Ok((wal, seen))
 }
 
@@ -61,15 +53,8 @@ fn frames_survive_reopen_in_order_across_segments() {
     drop(wal); // a clean close syncs what was not waited for
     let (wal, seen) = open(&disk, options()).unwrap();
     assert_eq!(seen, written);
-    assert!(
-        segment_files(&disk).len() >= 3,
-        "the log rolled over into new segments"
-    );
-    let read: Vec<_> = wal
-        .read_from(written[10].0)
-        .unwrap()
-        .map(|f| f.unwrap())
-        .collect();
+    assert!(segment_files(&disk).len() >= 3, "the log rolled over into new segments");
+    let read: Vec<_> = wal.read_from(written[10].0).unwrap().map(|f| f.unwrap()).collect();
     assert_eq!(read.len(), written.len() - 10);
     assert_eq!(read[0].payload, written[10].1);
 }
@@ -89,34 +74,14 @@ fn reclaimed_segments_are_recycled_and_the_log_goes_on() {
         wal.append(frame(&payload(i, 4000)), true).unwrap();
     }
     let names = segment_files(&disk);
-    assert!(
-        names.iter().all(|n| !n.starts_with("recycle-")) || reclaimed > 2,
-        "recycled files were reused: {names:?}"
-    );
+    assert!(names.iter().all(|n| !n.starts_with("recycle-")) || reclaimed > 2, "recycled files were reused: {names:?}");
     let start = wal.start_lsn();
     drop(wal);
     // Reopening from before the oldest segment is refused with a typed error.
-    let err = Wal::open(
-        Arc::new(disk.clone()),
-        Path::new(DIR),
-        options(),
-        Lsn(0),
-        &mut |_, _| {},
-    );
-    assert!(
-        matches!(err, Err(Error::LogStartsLater { .. })),
-        "{:?}",
-        err.err()
-    );
+    let err = Wal::open(Arc::new(disk.clone()), Path::new(DIR), options(), Lsn(0), &mut |_, _| {});
+    assert!(matches!(err, Err(Error::LogStartsLater { .. })), "{:?}", err.err());
     let mut count = 0;
-    Wal::open(
-        Arc::new(disk),
-        Path::new(DIR),
-        options(),
-        start,
-        &mut |_, _| count += 1,
-    )
-    .unwrap();
+    Wal::open(Arc::new(disk), Path::new(DIR), options(), start, &mut |_, _| count += 1).unwrap();
     assert!(count > 0);
 }
 
@@ -165,35 +130,20 @@ fn flipped_bit_in_an_early_frame_is_corruption_naming_file_and_offset() {
     let disk = SimStorage::new();
     let frames = write_frames(&disk, 20);
     flip_bit(&disk, frames[5].0, 50);
-    let err = open(&disk, options())
-        .err()
-        .expect("corruption must refuse to open");
+    let err = open(&disk, options()).err().expect("corruption must refuse to open");
     match &err {
-        Error::Corrupt {
-            path, offset, lsn, ..
-        } => {
+        Error::Corrupt { path, offset, lsn, .. } => {
             assert_eq!(*lsn, frames[5].0);
             assert_eq!(*offset, frames[5].0 .0);
-            assert!(
-                path.ends_with("00000000000000000000.wal"),
-                "{}",
-                path.display()
-            );
+            assert!(path.ends_with("00000000000000000000.wal"), "{}", path.display());
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
     let text = err.to_string();
-    assert!(
-        text.contains("00000000000000000000.wal")
-            && text.contains(&format!("offset {}", frames[5].0)),
-        "{text}"
-    );
+    assert!(text.contains("00000000000000000000.wal") && text.contains(&format!("offset {}", frames[5].0)), "{text}");
 
     // Point-in-time recovery keeps what came before the damage.
-    let pit = WalOptions {
-        recovery: RecoveryMode::PointInTime,
-        ..options()
-    };
+    let pit = WalOptions { recovery: RecoveryMode::PointInTime, ..options() };
     let (_, seen) = open(&disk, pit).unwrap();
     assert_eq!(seen, frames[..5]);
 }
@@ -206,9 +156,7 @@ fn torn_unsynced_tail_is_truncated_and_stale_frames_never_come_back() {
     for seed in 0..200 {
         let disk = SimStorage::new();
         let (wal, _) = open(&disk, options()).unwrap();
-        let acked: Vec<_> = (0..5)
-            .map(|i| wal.append(frame(&payload(i, 300)), true).unwrap())
-            .collect();
+        let acked: Vec<_> = (0..5).map(|i| wal.append(frame(&payload(i, 300)), true).unwrap()).collect();
         for i in 5..40 {
             wal.append(frame(&payload(i, 300)), false).unwrap();
         }
@@ -216,10 +164,7 @@ fn torn_unsynced_tail_is_truncated_and_stale_frames_never_come_back() {
         drop(wal);
         let after = disk.after_power_cut(seed);
         let (wal, seen) = open(&after, options()).unwrap();
-        assert!(
-            seen.len() >= acked.len(),
-            "seed={seed}: lost acknowledged frames"
-        );
+        assert!(seen.len() >= acked.len(), "seed={seed}: lost acknowledged frames");
         for (i, (lsn, p)) in seen.iter().enumerate() {
             assert_eq!(p, &payload(i, 300), "seed={seed}: frame {i} at {lsn}");
         }
@@ -232,11 +177,7 @@ fn torn_unsynced_tail_is_truncated_and_stale_frames_never_come_back() {
         let (_, seen) = open(&after, options()).unwrap();
         assert_eq!(seen.len(), 40, "seed={seed}");
         for (i, (_, p)) in seen.iter().enumerate().skip(n) {
-            assert_eq!(
-                p,
-                &payload(i + 1000, 300),
-                "seed={seed}: a stale frame came back at {i}"
-            );
+            assert_eq!(p, &payload(i + 1000, 300), "seed={seed}: a stale frame came back at {i}");
         }
     }
 }
@@ -251,10 +192,7 @@ fn failed_sync_poisons_the_log() {
     assert!(matches!(err, Error::Poisoned { .. }), "{err:?}");
     assert!(err.to_string().contains("fdatasync"), "{err}");
     let again = wal.append(frame(b"three"), true).unwrap_err();
-    assert!(
-        matches!(again, Error::Poisoned { .. }),
-        "later writes are refused: {again:?}"
-    );
+    assert!(matches!(again, Error::Poisoned { .. }), "later writes are refused: {again:?}");
 }
 
 #[test]
@@ -263,14 +201,9 @@ fn full_disk_on_write_is_a_typed_error() {
     let (wal, _) = open(&disk, options()).unwrap();
     disk.fail_call(disk.calls() + 1, libc::ENOSPC);
     let err = wal.append(frame(b"x"), true).unwrap_err();
-    let Error::Poisoned { cause } = &err else {
-        panic!("{err:?}")
-    };
+    let Error::Poisoned { cause } = &err else { panic!("{err:?}") };
     assert_eq!(cause.raw_os_error(), Some(libc::ENOSPC));
-    assert!(
-        err.to_string().contains("/db/wal/00000000000000000000.wal"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("/db/wal/00000000000000000000.wal"), "{err}");
 }
 
 #[test]
@@ -278,10 +211,7 @@ fn oversized_frame_is_refused() {
     let disk = SimStorage::new();
     let (wal, _) = open(&disk, options()).unwrap();
     let big = vec![0u8; wal.payload_bytes_max() + 1];
-    assert!(matches!(
-        wal.append(frame(&big), true),
-        Err(Error::FrameTooLarge { .. })
-    ));
+    assert!(matches!(wal.append(frame(&big), true), Err(Error::FrameTooLarge { .. })));
     let max = vec![7u8; wal.payload_bytes_max()];
     wal.append(frame(&max), true).unwrap();
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use kv::{Io, Kv, Options, RecoveryMode, WriteBatch};
+use kv::{Io, Kv, Options, RecoveryMode, SyncMode, WriteBatch};
 
 #[derive(Parser)]
 #[command(name = "kv", about = "Inspect and change a ringkv store", version)]
@@ -17,6 +17,9 @@ struct Cli {
     /// I/O backend: auto (io_uring, falling back to syscalls), uring, syscall.
     #[arg(long, default_value = "auto")]
     io: Io,
+    /// How io_uring commits: dsync (one RWF_DSYNC write) or linked (write → fdatasync chain).
+    #[arg(long, default_value = "dsync")]
+    sync_mode: SyncMode,
     /// What to do with a damaged log before its synced end.
     #[arg(long, value_enum, default_value = "strict")]
     recovery: Recovery,
@@ -74,10 +77,7 @@ enum Command {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RINGKV_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RINGKV_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -96,21 +96,13 @@ fn options(cli: &Cli) -> Options {
         Recovery::Strict => RecoveryMode::Strict,
         Recovery::PointInTime => RecoveryMode::PointInTime,
     };
-    Options {
-        io: cli.io,
-        recovery,
-        segment_bytes: cli.segment_bytes,
-        ..Options::default()
-    }
+    Options { io: cli.io, sync_mode: cli.sync_mode, recovery, segment_bytes: cli.segment_bytes, ..Options::default() }
 }
 
 fn parse_segment_bytes(text: &str) -> Result<u64, String> {
     let bytes: u64 = text.parse().map_err(|e| format!("{e}"))?;
     if bytes < wal::SEGMENT_BYTES_MIN || bytes % 4096 != 0 {
-        return Err(format!(
-            "must be a multiple of 4096 and at least {}",
-            wal::SEGMENT_BYTES_MIN
-        ));
+        return Err(format!("must be a multiple of 4096 and at least {}", wal::SEGMENT_BYTES_MIN));
     }
     Ok(bytes)
 }
@@ -136,19 +128,10 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         },
         Command::Scan { from, to, limit } => {
             let db = open()?;
-            let start = from
-                .clone()
-                .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Included);
-            let end = to
-                .clone()
-                .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+            let start = from.clone().map_or(std::ops::Bound::Unbounded, std::ops::Bound::Included);
+            let end = to.clone().map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
             for (k, v) in db.scan((start, end)).take(limit.unwrap_or(usize::MAX)) {
-                writeln!(
-                    out,
-                    "{}\t{}",
-                    String::from_utf8_lossy(&k),
-                    String::from_utf8_lossy(&v)
-                )?;
+                writeln!(out, "{}\t{}", String::from_utf8_lossy(&k), String::from_utf8_lossy(&v))?;
             }
         }
         Command::Stats => {
@@ -161,19 +144,13 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
         Command::Check => return check(&cli, options, &mut out),
         Command::WalDump => return wal_dump(&cli, options, &mut out),
-        Command::CrashWriter { threads, round } => {
-            crash_writer(Arc::new(open()?), *threads, *round)
-        }
+        Command::CrashWriter { threads, round } => crash_writer(Arc::new(open()?), *threads, *round),
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(
-    cli: &Cli,
-    options: Options,
-    out: &mut impl Write,
-) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn check(cli: &Cli, options: Options, out: &mut impl Write) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let (mut frames, mut ops, mut bad_batch) = (0u64, 0usize, None);
     let inspection = kv::inspect_log(&cli.db, options, &mut |header, payload| {
         if header.kind == wal::FrameKind::Batch {
@@ -186,11 +163,7 @@ fn check(
             }
         }
     })?;
-    writeln!(
-        out,
-        "frames\t{frames}\noperations\t{ops}\nlog_end\t{}",
-        inspection.end
-    )?;
+    writeln!(out, "frames\t{frames}\noperations\t{ops}\nlog_end\t{}", inspection.end)?;
     if let Some(e) = bad_batch {
         writeln!(out, "UNSOUND: {e}")?;
         return Ok(ExitCode::from(1));
@@ -218,19 +191,10 @@ fn check(
     Ok(ExitCode::SUCCESS)
 }
 
-fn wal_dump(
-    cli: &Cli,
-    options: Options,
-    out: &mut impl Write,
-) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn wal_dump(cli: &Cli, options: Options, out: &mut impl Write) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut lines = Vec::new();
     let inspection = kv::inspect_log(&cli.db, options, &mut |h, _| {
-        lines.push(format!(
-            "{}\t{}\t{}\tcrc=ok",
-            h.lsn,
-            h.kind,
-            h.frame_bytes()
-        ));
+        lines.push(format!("{}\t{}\t{}\tcrc=ok", h.lsn, h.kind, h.frame_bytes()));
     })?;
     writeln!(out, "lsn\tkind\tbytes\tcrc")?;
     for line in lines {
@@ -259,11 +223,8 @@ fn crash_writer(db: Arc<Kv>, threads: usize, round: u64) {
             std::thread::spawn(move || {
                 for seq in 0u64.. {
                     let key = |part: &str| format!("r{round}-t{t}-{seq:09}{part}");
-                    let keys: Vec<String> = if seq % 5 == 4 {
-                        vec![key("a"), key("b"), key("c")]
-                    } else {
-                        vec![key("")]
-                    };
+                    let keys: Vec<String> =
+                        if seq % 5 == 4 { vec![key("a"), key("b"), key("c")] } else { vec![key("")] };
                     let mut batch = WriteBatch::new();
                     for k in &keys {
                         batch.put(k, format!("value-of-{k}"));
@@ -274,11 +235,7 @@ fn crash_writer(db: Arc<Kv>, threads: usize, round: u64) {
                     }
                     let line = format!("ack {}\n", keys.join(" "));
                     let mut stdout = std::io::stdout().lock();
-                    if stdout
-                        .write_all(line.as_bytes())
-                        .and_then(|_| stdout.flush())
-                        .is_err()
-                    {
+                    if stdout.write_all(line.as_bytes()).and_then(|_| stdout.flush()).is_err() {
                         return;
                     }
                 }

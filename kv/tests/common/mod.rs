@@ -3,15 +3,46 @@
 
 use std::path::{Path, PathBuf};
 
-use kv::{Io, Kv, Options};
+use kv::{Io, Kv, Options, SyncMode};
 
-/// The real backends every durability test runs over.
-pub const REAL_BACKENDS: [Io; 2] = [Io::Uring, Io::Syscall];
+/// A real backend configuration the durability tests run over.
+#[derive(Clone, Copy, Debug)]
+pub struct Backend {
+    pub io: Io,
+    pub sync_mode: SyncMode,
+}
+
+impl Backend {
+    /// The `kv` CLI flags that select it.
+    pub fn flags(&self) -> [&'static str; 4] {
+        let io = match self.io {
+            Io::Uring => "uring",
+            Io::Syscall => "syscall",
+            Io::Auto => "auto",
+        };
+        let sync_mode = match self.sync_mode {
+            SyncMode::LinkedFsync => "linked",
+            SyncMode::RwfDsync => "dsync",
+        };
+        ["--io", io, "--sync-mode", sync_mode]
+    }
+}
+
+/// io_uring with either commit primitive, and plain system calls.
+pub const REAL_BACKENDS: [Backend; 3] = [
+    Backend { io: Io::Uring, sync_mode: SyncMode::RwfDsync },
+    Backend { io: Io::Uring, sync_mode: SyncMode::LinkedFsync },
+    Backend { io: Io::Syscall, sync_mode: SyncMode::RwfDsync },
+];
+
+/// The default configuration.
+pub const AUTO: Backend = Backend { io: Io::Auto, sync_mode: SyncMode::RwfDsync };
 
 /// Options for tests: small segments so the log rolls over often.
-pub fn options(io: Io) -> Options {
+pub fn options(backend: Backend) -> Options {
     Options {
-        io,
+        io: backend.io,
+        sync_mode: backend.sync_mode,
         segment_bytes: wal::SEGMENT_BYTES_MIN,
         ..Options::default()
     }
@@ -21,17 +52,14 @@ pub fn options(io: Io) -> Options {
 /// removed on drop.
 pub fn temp_dir(name: &str) -> tempfile::TempDir {
     let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    tempfile::Builder::new()
-        .prefix(name)
-        .tempdir_in(base)
-        .expect("temp dir")
+    tempfile::Builder::new().prefix(name).tempdir_in(base).expect("temp dir")
 }
 
-pub fn open(dir: &Path, io: Io) -> Kv {
-    Kv::open(dir, options(io)).unwrap_or_else(|e| panic!("open {} with {io:?}: {e}", dir.display()))
+pub fn open(dir: &Path, backend: Backend) -> Kv {
+    Kv::open(dir, options(backend)).unwrap_or_else(|e| panic!("open {} with {backend:?}: {e}", dir.display()))
 }
 
-/// The only segment a small test log has.
+/// The first segment of a test log.
 pub fn first_segment(dir: &Path) -> PathBuf {
     dir.join("wal").join(format!("{:020}.wal", 0))
 }
