@@ -62,7 +62,11 @@ fn acknowledged_writes_survive_sigkill() {
             }
             for (key, value) in db.scan::<Vec<u8>>(..) {
                 let key = String::from_utf8(key).expect("utf-8 key");
-                assert_eq!(value, format!("value-of-{key}").into_bytes(), "{backend:?}: {key} has a value never written");
+                assert_eq!(
+                    value,
+                    format!("value-of-{key}").into_bytes(),
+                    "{backend:?}: {key} has a value never written"
+                );
             }
         }
     }

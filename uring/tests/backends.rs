@@ -1,0 +1,161 @@
+//! The File contract on every backend: what is written and synced reads
+//! back, reads past the end fail with a typed error, growth reads as zeros;
+//! and the simulated disk's power cut keeps synced bytes and tears unsynced
+//! ones only at sector boundaries.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use uring::{
+    open_storage, AlignedBuf, Backend, Error, Io, OpenMode, SimRng, SimStorage, Storage, StorageOptions, SyncMode,
+    BLOCK_BYTES, SECTOR_BYTES,
+};
+
+fn real(io: Io, sync_mode: SyncMode) -> Arc<dyn Storage> {
+    open_storage(StorageOptions { io, sync_mode, buffer_bytes: 1 << 20, buffer_count: 2 }).unwrap()
+}
+
+fn storages() -> Vec<(String, Arc<dyn Storage>)> {
+    vec![
+        ("uring-dsync".into(), real(Io::Uring, SyncMode::RwfDsync)),
+        ("uring-linked".into(), real(Io::Uring, SyncMode::LinkedFsync)),
+        ("syscall".into(), real(Io::Syscall, SyncMode::RwfDsync)),
+        ("sim".into(), Arc::new(SimStorage::new())),
+    ]
+}
+
+fn contract(name: &str, storage: &dyn Storage, dir: &Path) {
+    storage.create_dir_all(dir).unwrap();
+    let path = dir.join("f");
+    let file = storage.open(&path, OpenMode::Create).unwrap();
+    assert_eq!(file.size_bytes().unwrap(), 0, "{name}");
+    let mut buf = storage.io_buffer(3 * BLOCK_BYTES);
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    file.write_sync(BLOCK_BYTES as u64, &buf, 2 * BLOCK_BYTES).unwrap();
+    assert_eq!(file.size_bytes().unwrap(), 3 * BLOCK_BYTES as u64, "{name}");
+    let mut back = AlignedBuf::new(3 * BLOCK_BYTES);
+    file.read_at(0, &mut back).unwrap();
+    assert!(back[..BLOCK_BYTES].iter().all(|&b| b == 0), "{name}: the hole reads as zeros");
+    assert_eq!(&back[BLOCK_BYTES..], &buf[..2 * BLOCK_BYTES], "{name}");
+
+    match file.read_at(2 * BLOCK_BYTES as u64, &mut back[..2 * BLOCK_BYTES]) {
+        Err(Error::ReadPastEnd { path: p, offset, file_bytes, .. }) => {
+            assert_eq!(p, path);
+            assert_eq!(offset, 2 * BLOCK_BYTES as u64);
+            assert_eq!(file_bytes, 3 * BLOCK_BYTES as u64);
+        }
+        other => panic!("{name}: expected ReadPastEnd, got {other:?}"),
+    }
+
+    file.allocate(8 * BLOCK_BYTES as u64).unwrap();
+    assert_eq!(file.size_bytes().unwrap(), 8 * BLOCK_BYTES as u64, "{name}");
+    file.read_at(5 * BLOCK_BYTES as u64, &mut back).unwrap();
+    assert!(back.iter().all(|&b| b == 0), "{name}: growth reads as zeros");
+
+    file.write_at(4 * BLOCK_BYTES as u64, &buf[..BLOCK_BYTES]).unwrap();
+    file.sync_data().unwrap();
+    file.read_at(4 * BLOCK_BYTES as u64, &mut back[..BLOCK_BYTES]).unwrap();
+    assert_eq!(&back[..BLOCK_BYTES], &buf[..BLOCK_BYTES], "{name}");
+
+    let missing = storage.open(&dir.join("missing"), OpenMode::Existing).err().expect("missing file");
+    assert!(missing.to_string().contains("missing"), "{name}: {missing}");
+    storage.rename(&path, &dir.join("g")).unwrap();
+    storage.sync_dir(dir).unwrap();
+    assert_eq!(storage.list_dir(dir).unwrap(), vec!["g".to_string()], "{name}");
+    storage.remove_file(&dir.join("g")).unwrap();
+}
+
+#[test]
+fn every_backend_keeps_the_file_contract() {
+    for (name, storage) in storages() {
+        let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let dir =
+            if storage.backend() == Backend::Simulated { Path::new("/sim").to_owned() } else { tmp.path().join("d") };
+        contract(&name, storage.as_ref(), &dir);
+    }
+}
+
+#[test]
+fn io_uring_hands_out_registered_buffers_and_takes_them_back() {
+    let storage = real(Io::Uring, SyncMode::RwfDsync);
+    assert_eq!(storage.backend(), Backend::Uring);
+    let a = storage.io_buffer(4096);
+    let b = storage.io_buffer(4096);
+    assert!(a.is_registered() && b.is_registered());
+    let c = storage.io_buffer(4096);
+    assert!(!c.is_registered(), "two buffers were registered; the third is plain");
+    drop(a);
+    assert!(storage.io_buffer(4096).is_registered(), "a dropped buffer returns to the pool");
+    assert!(!storage.io_buffer(2 << 20).is_registered(), "larger than any registered buffer");
+}
+
+#[test]
+fn directory_lock_is_exclusive_and_names_the_holder() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let storage = real(Io::Syscall, SyncMode::RwfDsync);
+    let lock_path = tmp.path().join("LOCK");
+    let held = storage.lock(&lock_path).unwrap();
+    match storage.lock(&lock_path) {
+        Err(Error::Locked { pid, .. }) => assert_eq!(pid, std::process::id()),
+        other => panic!("expected Locked, got {:?}", other.err()),
+    }
+    drop(held);
+    storage.lock(&lock_path).unwrap();
+}
+
+#[test]
+fn power_cut_keeps_synced_bytes_and_tears_unsynced_writes_only_at_sectors() {
+    for seed in 0..300 {
+        let disk = SimStorage::new();
+        let dir = Path::new("/d");
+        disk.create_dir_all(dir).unwrap();
+        let file = disk.open(&dir.join("f"), OpenMode::Create).unwrap();
+        let synced = vec![1u8; 4 * BLOCK_BYTES];
+        file.write_at(0, &synced).unwrap();
+        file.sync_data().unwrap();
+        let mut rng = SimRng::new(seed);
+        let offset = rng.below(3 * BLOCK_BYTES as u64);
+        let len = 1 + rng.below(BLOCK_BYTES as u64) as usize;
+        file.write_at(offset, &vec![2u8; len]).unwrap();
+        disk.power_cut();
+        assert!(file.sync_data().is_err(), "seed={seed}: the disk is dead after a power cut");
+        let after = disk.after_power_cut(seed);
+        let back_file = after.open(&dir.join("f"), OpenMode::Existing).unwrap();
+        let mut back = vec![0u8; 4 * BLOCK_BYTES];
+        back_file.read_at(0, &mut back).unwrap();
+        for (i, &b) in back.iter().enumerate() {
+            let inside = (offset as usize..offset as usize + len).contains(&i);
+            assert!(b == 1 || (inside && b == 2), "seed={seed}: byte {i} is {b}");
+        }
+        // Within one sector, the write survived whole or not at all.
+        for sector in back.chunks(SECTOR_BYTES).enumerate() {
+            let start = sector.0 * SECTOR_BYTES;
+            let in_write: Vec<u8> = sector
+                .1
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| (offset as usize..offset as usize + len).contains(&(start + j)))
+                .map(|(_, &b)| b)
+                .collect();
+            assert!(
+                in_write.iter().all(|&b| b == in_write[0]) || in_write.is_empty(),
+                "seed={seed}: sector {} torn",
+                sector.0
+            );
+        }
+    }
+}
+
+#[test]
+fn injected_errors_name_the_call() {
+    let disk = SimStorage::new();
+    disk.create_dir_all(Path::new("/d")).unwrap();
+    let file = disk.open(Path::new("/d/f"), OpenMode::Create).unwrap();
+    disk.fail_call(disk.calls() + 1, libc::ENOSPC);
+    let err = file.write_at(0, b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+    assert!(err.to_string().contains("pwrite /d/f at offset 0"), "{err}");
+    file.write_at(0, b"x").unwrap();
+}
