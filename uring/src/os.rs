@@ -80,8 +80,18 @@ impl OsFile {
 
     pub(crate) fn pwrite(&self, offset: u64, buf: &[u8]) -> Result<()> {
         self.check_aligned(offset, buf.len(), buf.as_ptr());
-        // write_all_at retries EINTR and short writes.
-        self.file.write_all_at(buf, offset).map_err(|e| self.err("pwrite", offset, e))
+        // Finish short writes; an error names the offset where writing stopped.
+        let mut done = 0;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            match self.file.write_at(&buf[done..], at) {
+                Ok(0) => return Err(self.err("pwrite", at, io::Error::from(io::ErrorKind::WriteZero))),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.err("pwrite", at, e)),
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn fdatasync(&self) -> Result<()> {
