@@ -1,0 +1,299 @@
+//! The report: a table on the terminal, CSV and JSON files, SVG plots, and
+//! the machine it was measured on.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::workloads::Measurement;
+
+/// Where and when the run happened.
+#[derive(Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub cpu: String,
+    pub kernel: String,
+    pub filesystem: String,
+    pub device: String,
+    pub date_utc: String,
+    pub command: String,
+}
+
+impl Machine {
+    pub fn probe(dir: &Path) -> Machine {
+        let (device, filesystem) = mount_of(dir);
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+            .unwrap_or_default();
+        Machine {
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cpu,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
+            filesystem,
+            device,
+            date_utc: date_utc(),
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+        }
+    }
+}
+
+/// The device and file system type of the mount holding `dir`.
+fn mount_of(dir: &Path) -> (String, String) {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut best = (0, String::new(), String::new());
+    for line in mounts.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() >= 3 && dir.starts_with(fields[1]) && fields[1].len() >= best.0 {
+            best = (fields[1].len(), fields[0].to_owned(), fields[2].to_owned());
+        }
+    }
+    (best.1, best.2)
+}
+
+fn date_utc() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// One row as written to CSV and JSON.
+#[derive(Serialize)]
+pub struct Row {
+    pub workload: String,
+    pub system: String,
+    pub threads: usize,
+    pub ops_per_second: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub syncs_per_second: Option<f64>,
+    pub batch_avg: Option<f64>,
+    pub megabytes_per_second: Option<f64>,
+    pub seconds: f64,
+    /// ops/s divided by the baseline's in the same workload and thread count.
+    pub vs_baseline: Option<f64>,
+    /// ops/s divided by ringkv-syscall's in the same workload and thread count.
+    pub vs_ringkv_syscall: Option<f64>,
+}
+
+pub fn rows(measurements: &[Measurement]) -> Vec<Row> {
+    let ops = |system: &str, m: &Measurement| {
+        measurements
+            .iter()
+            .find(|o| o.system == system && o.workload == m.workload && o.threads == m.threads)
+            .map(|o| m.ops_per_second / o.ops_per_second)
+    };
+    measurements
+        .iter()
+        .map(|m| Row {
+            workload: m.workload.to_owned(),
+            system: m.system.clone(),
+            threads: m.threads,
+            ops_per_second: m.ops_per_second,
+            p50_us: m.latency_us.value_at_quantile(0.50),
+            p99_us: m.latency_us.value_at_quantile(0.99),
+            p999_us: m.latency_us.value_at_quantile(0.999),
+            max_us: m.latency_us.max(),
+            syncs_per_second: m.syncs_per_second,
+            batch_avg: m.batch_avg,
+            megabytes_per_second: m.megabytes_per_second,
+            seconds: m.seconds,
+            vs_baseline: ops("baseline", m),
+            vs_ringkv_syscall: ops("ringkv-syscall", m),
+        })
+        .collect()
+}
+
+fn opt(v: Option<f64>, precision: usize) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.precision$}"))
+}
+
+pub fn table_header() -> String {
+    format!(
+        "{:<8} {:<16} {:>3} {:>11} {:>8} {:>8} {:>9} {:>8} {:>9} {:>6} {:>7} {:>7} {:>7}",
+        "workload", "system", "thr", "ops/s", "p50_us", "p99_us", "p99.9_us", "max_us", "syncs/s", "batch", "MB/s", "x_base", "x_sysc"
+    )
+}
+
+pub fn table_line(r: &Row) -> String {
+    format!(
+        "{:<8} {:<16} {:>3} {:>11.0} {:>8} {:>8} {:>9} {:>8} {:>9} {:>6} {:>7} {:>7} {:>7}",
+        r.workload,
+        r.system,
+        r.threads,
+        r.ops_per_second,
+        r.p50_us,
+        r.p99_us,
+        r.p999_us,
+        r.max_us,
+        opt(r.syncs_per_second, 0),
+        opt(r.batch_avg, 1),
+        opt(r.megabytes_per_second, 1),
+        opt(r.vs_baseline, 2),
+        opt(r.vs_ringkv_syscall, 2)
+    )
+}
+
+pub fn csv(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "workload,system,threads,ops_per_second,p50_us,p99_us,p999_us,max_us,syncs_per_second,batch_avg,megabytes_per_second,seconds,vs_baseline,vs_ringkv_syscall\n",
+    );
+    for r in rows {
+        let o = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
+        let _ = writeln!(
+            out,
+            "{},{},{},{:.1},{},{},{},{},{},{},{},{:.3},{},{}",
+            r.workload,
+            r.system,
+            r.threads,
+            r.ops_per_second,
+            r.p50_us,
+            r.p99_us,
+            r.p999_us,
+            r.max_us,
+            o(r.syncs_per_second),
+            o(r.batch_avg),
+            o(r.megabytes_per_second),
+            r.seconds,
+            o(r.vs_baseline),
+            o(r.vs_ringkv_syscall)
+        );
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct Json<'a> {
+    machine: &'a Machine,
+    setup: Vec<(&'static str, &'static str)>,
+    rows: &'a [Row],
+}
+
+pub fn json(machine: &Machine, rows: &[Row]) -> String {
+    serde_json::to_string_pretty(&Json { machine, setup: crate::systems::setup_notes(), rows }).expect("serialisable")
+}
+
+const COLORS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+fn color(systems: &[&str], system: &str) -> RGBColor {
+    COLORS[systems.iter().position(|s| *s == system).unwrap_or(0) % COLORS.len()]
+}
+
+/// Commits/s against writer threads, one line per system.
+pub fn plot_throughput(path: &Path, measurements: &[Measurement], systems: &[&str]) -> Result<(), Box<dyn std::error::Error>> {
+    let commit: Vec<&Measurement> = measurements.iter().filter(|m| m.workload == "commit").collect();
+    let max_ops = commit.iter().map(|m| m.ops_per_second).fold(1.0, f64::max);
+    let max_threads = commit.iter().map(|m| m.threads).max().unwrap_or(1) as f64;
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("durable commits/s vs writer threads (16 B keys, 100 B values)", ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((1f64..max_threads * 1.2).log_scale(), 0f64..max_ops * 1.1)?;
+    chart.configure_mesh().x_desc("writer threads").y_desc("commits/s").draw()?;
+    for system in systems {
+        let points: Vec<(f64, f64)> =
+            commit.iter().filter(|m| m.system == *system).map(|m| (m.threads as f64, m.ops_per_second)).collect();
+        if points.is_empty() {
+            continue;
+        }
+        let c = color(systems, system);
+        chart
+            .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?
+            .label(*system)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart.draw_series(points.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Latency CDF (log-scale latency) of the commit workload at `threads`.
+pub fn plot_cdf(path: &Path, measurements: &[Measurement], systems: &[&str], threads: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let runs: Vec<&Measurement> = measurements.iter().filter(|m| m.workload == "commit" && m.threads == threads).collect();
+    let max_us = runs.iter().map(|m| m.latency_us.value_at_quantile(0.9999)).max().unwrap_or(10).max(10) as f64;
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("commit latency CDF, {threads} writer(s)"), ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((1f64..max_us * 1.5).log_scale(), 0f64..1.0)?;
+    chart.configure_mesh().x_desc("latency (µs, log scale)").y_desc("fraction of commits").draw()?;
+    for m in runs {
+        let points: Vec<(f64, f64)> = (0..=400)
+            .map(|i| {
+                let q = f64::from(i) / 400.0 * 0.9999;
+                (m.latency_us.value_at_quantile(q).max(1) as f64, q)
+            })
+            .collect();
+        let c = color(systems, &m.system);
+        chart
+            .draw_series(LineSeries::new(points, c.stroke_width(2)))?
+            .label(m.system.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    }
+    chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Writes CSV, JSON and plots into `out`; returns the files written.
+pub fn write_all(out: &Path, machine: &Machine, measurements: &[Measurement], rows: &[Row], systems: &[&str]) -> Vec<PathBuf> {
+    std::fs::create_dir_all(out).expect("report dir");
+    let mut files = Vec::new();
+    let mut write = |name: &str, text: String| {
+        let path = out.join(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        files.push(path);
+    };
+    write("results.csv", csv(rows));
+    write("results.json", json(machine, rows));
+    let plots: Vec<(String, Result<(), Box<dyn std::error::Error>>)> = {
+        let mut plots = Vec::new();
+        let path = out.join("commit_throughput.svg");
+        plots.push((path.display().to_string(), plot_throughput(&path, measurements, systems)));
+        let threads: Vec<usize> = measurements.iter().filter(|m| m.workload == "commit").map(|m| m.threads).collect();
+        let (lo, hi) = (threads.iter().copied().min(), threads.iter().copied().max());
+        for t in [lo, hi].into_iter().flatten().collect::<std::collections::BTreeSet<_>>() {
+            let path = out.join(format!("commit_latency_cdf_{t}.svg"));
+            plots.push((path.display().to_string(), plot_cdf(&path, measurements, systems, t)));
+        }
+        plots
+    };
+    for (path, result) in plots {
+        match result {
+            Ok(()) => files.push(PathBuf::from(path)),
+            Err(e) => eprintln!("plot {path}: {e}"),
+        }
+    }
+    files
+}

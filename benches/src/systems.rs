@@ -1,0 +1,97 @@
+//! The systems compared: ringkv on each backend, the physical baseline,
+//! and (feature `peers`) the stores users pick instead, each set up for
+//! durable writes the way its own documentation recommends.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kv::{Io, Kv, Options, SyncMode, WriteBatch};
+
+use crate::baseline::Baseline;
+
+/// A store under test: every write returns once durable.
+pub trait Store: Send + Sync {
+    /// One durable put.
+    fn put(&self, key: &[u8], value: &[u8]);
+    /// One durable atomic batch.
+    fn put_batch(&self, pairs: &[(Vec<u8>, Vec<u8>)]);
+    /// A point read; `None` where the system has no reads (the baseline).
+    fn get(&self, key: &[u8]) -> Option<Option<Vec<u8>>>;
+    /// Syncs issued so far, where the system counts them.
+    fn syncs(&self) -> Option<u64> {
+        None
+    }
+    /// Commits made durable so far, where the system counts them.
+    fn commits(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// How each system is set up, for the report.
+pub fn setup_notes() -> Vec<(&'static str, &'static str)> {
+    let mut notes = vec![
+        ("ringkv-io_uring", "Kv::open, Io::Uring, Durability::Sync (default): group commit, one RWF_DSYNC WriteFixed per batch, O_DIRECT"),
+        ("ringkv-syscall", "Kv::open, Io::Syscall, Durability::Sync: group commit, pwrite + fdatasync per batch, O_DIRECT"),
+        ("baseline", "no store: one thread appends each gathered group to a zero-filled file with pwrite + fdatasync (the disk's limit for this pattern)"),
+    ];
+    if cfg!(feature = "peers") {
+        notes.extend([
+            ("rocksdb", "rocksdb crate, WriteOptions::set_sync(true) on every write (RocksDB's own group commit)"),
+            ("sqlite", "rusqlite (bundled), journal_mode=WAL, synchronous=FULL, one writer connection behind a mutex, one reader connection per thread"),
+            ("redb", "one write transaction per put, Durability::Immediate (default), commit"),
+            ("fjall", "keyspace batch with durability(Some(PersistMode::SyncData)) per write"),
+        ]);
+    }
+    notes
+}
+
+/// Names of the systems in this build, in report order.
+pub fn names() -> Vec<&'static str> {
+    setup_notes().into_iter().map(|(name, _)| name).collect()
+}
+
+/// Opens `name` fresh in `dir`.
+pub fn open(name: &str, dir: &Path) -> Arc<dyn Store> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("bench dir");
+    match name {
+        "ringkv-io_uring" => Arc::new(ringkv(dir, Io::Uring)),
+        "ringkv-syscall" => Arc::new(ringkv(dir, Io::Syscall)),
+        "baseline" => Arc::new(Baseline::open(dir)),
+        #[cfg(feature = "peers")]
+        other => crate::peers::open(other, dir),
+        #[cfg(not(feature = "peers"))]
+        other => panic!("unknown system {other}"),
+    }
+}
+
+fn ringkv(dir: &Path, io: Io) -> Kv {
+    let options = Options { io, sync_mode: SyncMode::default(), ..Options::default() };
+    Kv::open(dir, options).unwrap_or_else(|e| panic!("open ringkv in {}: {e}", dir.display()))
+}
+
+impl Store for Kv {
+    fn put(&self, key: &[u8], value: &[u8]) {
+        Kv::put(self, key, value).expect("ringkv put");
+    }
+
+    fn put_batch(&self, pairs: &[(Vec<u8>, Vec<u8>)]) {
+        let mut batch = WriteBatch::new();
+        for (k, v) in pairs {
+            batch.put(k, v);
+        }
+        self.write(batch).expect("ringkv batch");
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        Some(Kv::get(self, key).expect("ringkv get"))
+    }
+
+    fn syncs(&self) -> Option<u64> {
+        Some(self.stats().wal.syncs)
+    }
+
+    fn commits(&self) -> Option<u64> {
+        Some(self.stats().wal.commits)
+    }
+}

@@ -1,0 +1,208 @@
+//! The workloads. Each returns one measurement per run; speeds are
+//! measured here and never asserted.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::systems::Store;
+
+pub const KEY_BYTES: usize = 16;
+pub const VALUE_BYTES: usize = 100;
+
+/// What one run measured. Latencies are in microseconds.
+pub struct Measurement {
+    pub workload: &'static str,
+    pub system: String,
+    pub threads: usize,
+    pub ops_per_second: f64,
+    pub latency_us: Histogram<u64>,
+    pub syncs_per_second: Option<f64>,
+    pub batch_avg: Option<f64>,
+    pub megabytes_per_second: Option<f64>,
+    pub seconds: f64,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new(3).expect("histogram bounds")
+}
+
+fn micros(since: Instant) -> u64 {
+    since.elapsed().as_micros().max(1) as u64
+}
+
+/// A key of exactly KEY_BYTES from a prefix letter and a number.
+pub fn key(prefix: u8, n: u64) -> [u8; KEY_BYTES] {
+    let mut key = [b'0'; KEY_BYTES];
+    key[0] = prefix;
+    let digits = format!("{n:015}");
+    key[1..].copy_from_slice(&digits.as_bytes()[digits.len() - 15..]);
+    key
+}
+
+/// A small deterministic generator for key choice (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+/// Runs `work` on `threads` threads for `duration`, merging their latency
+/// histograms; returns the histogram and the measured wall time.
+fn timed<F>(threads: usize, duration: Duration, work: F) -> (Histogram<u64>, Duration)
+where
+    F: Fn(usize, &AtomicBool) -> Histogram<u64> + Sync,
+{
+    let stop = AtomicBool::new(false);
+    let start = Barrier::new(threads + 1);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (work, stop, start) = (&work, &stop, &start);
+                s.spawn(move || {
+                    start.wait();
+                    work(t, stop)
+                })
+            })
+            .collect();
+        start.wait();
+        let began = Instant::now();
+        std::thread::sleep(duration);
+        stop.store(true, Ordering::Relaxed);
+        let mut total = histogram();
+        for worker in workers {
+            total.add(worker.join().expect("worker")).expect("same bounds");
+        }
+        (total, began.elapsed())
+    })
+}
+
+/// `commit`: T threads of durable single puts.
+pub fn commit(store: &dyn Store, system: &str, threads: usize, duration: Duration) -> Measurement {
+    let (syncs_before, commits_before) = (store.syncs(), store.commits());
+    let value = [0x5Au8; VALUE_BYTES];
+    let (latency_us, elapsed) = timed(threads, duration, |t, stop| {
+        let mut h = histogram();
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let k = key(b'c', (t as u64) << 40 | i);
+            let began = Instant::now();
+            store.put(&k, &value);
+            h.record(micros(began)).expect("in range");
+            i += 1;
+        }
+        h
+    });
+    let seconds = elapsed.as_secs_f64();
+    let syncs = store.syncs().zip(syncs_before).map(|(a, b)| a - b);
+    let commits = store.commits().zip(commits_before).map(|(a, b)| a - b);
+    Measurement {
+        workload: "commit",
+        system: system.to_owned(),
+        threads,
+        ops_per_second: latency_us.len() as f64 / seconds,
+        syncs_per_second: syncs.map(|s| s as f64 / seconds),
+        batch_avg: syncs.zip(commits).filter(|(s, _)| *s > 0).map(|(s, c)| c as f64 / s as f64),
+        megabytes_per_second: None,
+        latency_us,
+        seconds,
+    }
+}
+
+/// `bulk`: `total` puts in durable batches of `batch` from one thread.
+pub fn bulk(store: &dyn Store, system: &str, total: u64, batch: u64) -> Measurement {
+    let value = vec![0xB0u8; VALUE_BYTES];
+    let mut latency_us = histogram();
+    let began = Instant::now();
+    let mut next = 0;
+    while next < total {
+        let end = (next + batch).min(total);
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = (next..end).map(|i| (key(b'b', i).to_vec(), value.clone())).collect();
+        let t = Instant::now();
+        store.put_batch(&pairs);
+        latency_us.record(micros(t)).expect("in range");
+        next = end;
+    }
+    let seconds = began.elapsed().as_secs_f64();
+    let bytes = total as f64 * (KEY_BYTES + VALUE_BYTES) as f64;
+    Measurement {
+        workload: "bulk",
+        system: system.to_owned(),
+        threads: 1,
+        ops_per_second: total as f64 / seconds,
+        latency_us,
+        syncs_per_second: None,
+        batch_avg: None,
+        megabytes_per_second: Some(bytes / seconds / 1e6),
+        seconds,
+    }
+}
+
+/// `read`: random gets of keys `bulk` wrote, from `threads` threads.
+pub fn read(store: &dyn Store, system: &str, keys: u64, threads: usize, duration: Duration) -> Option<Measurement> {
+    store.get(&key(b'b', 0))?;
+    let (latency_us, elapsed) = timed(threads, duration, |t, stop| {
+        let mut h = histogram();
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1));
+        while !stop.load(Ordering::Relaxed) {
+            let k = key(b'b', rng.below(keys));
+            let began = Instant::now();
+            let value = store.get(&k).expect("reads");
+            h.record(micros(began)).expect("in range");
+            assert!(value.is_some(), "{system}: a bulk-loaded key is missing");
+        }
+        h
+    });
+    let seconds = elapsed.as_secs_f64();
+    Some(Measurement {
+        workload: "read",
+        system: system.to_owned(),
+        threads,
+        ops_per_second: latency_us.len() as f64 / seconds,
+        latency_us,
+        syncs_per_second: None,
+        batch_avg: None,
+        megabytes_per_second: None,
+        seconds,
+    })
+}
+
+/// `mixed`: 90% gets of bulk keys, 10% durable puts, from `threads` threads.
+pub fn mixed(store: &dyn Store, system: &str, keys: u64, threads: usize, duration: Duration) -> Option<Measurement> {
+    store.get(&key(b'b', 0))?;
+    let value = [0x3Cu8; VALUE_BYTES];
+    let (latency_us, elapsed) = timed(threads, duration, |t, stop| {
+        let mut h = histogram();
+        let mut rng = Rng(0xD1B5_4A32_D192_ED03 ^ (t as u64 + 1));
+        while !stop.load(Ordering::Relaxed) {
+            let k = key(b'b', rng.below(keys));
+            let began = Instant::now();
+            if rng.below(10) == 0 {
+                store.put(&k, &value);
+            } else {
+                store.get(&k).expect("reads");
+            }
+            h.record(micros(began)).expect("in range");
+        }
+        h
+    });
+    let seconds = elapsed.as_secs_f64();
+    Some(Measurement {
+        workload: "mixed",
+        system: system.to_owned(),
+        threads,
+        ops_per_second: latency_us.len() as f64 / seconds,
+        latency_us,
+        syncs_per_second: None,
+        batch_avg: None,
+        megabytes_per_second: None,
+        seconds,
+    })
+}
