@@ -39,7 +39,13 @@ pub struct Baseline {
 
 impl Baseline {
     pub fn open(dir: &Path) -> Baseline {
-        let file = File::options().create(true).truncate(true).read(true).write(true).open(dir.join("log")).expect("baseline file");
+        let file = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(dir.join("log"))
+            .expect("baseline file");
         // Zero-filled, so fdatasync never has to commit extent changes.
         let zeros = vec![0u8; ZERO_CHUNK_BYTES];
         for at in (0..FILE_BYTES).step_by(ZERO_CHUNK_BYTES) {

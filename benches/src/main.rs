@@ -57,11 +57,15 @@ fn main() {
         args.bulk = 50_000;
     }
     let all = systems::names();
-    let systems: Vec<&str> = all.iter().copied().filter(|s| args.systems.is_empty() || args.systems.iter().any(|w| w == s)).collect();
+    let systems: Vec<&str> =
+        all.iter().copied().filter(|s| args.systems.is_empty() || args.systems.iter().any(|w| w == s)).collect();
     std::fs::create_dir_all(&args.dir).expect("bench dir");
     let machine = report::Machine::probe(&args.dir);
     println!("# ringkv benchmarks, {} UTC", machine.date_utc);
-    println!("# machine: {} cores ({}), kernel {}, {} on {}", machine.cores, machine.cpu, machine.kernel, machine.filesystem, machine.device);
+    println!(
+        "# machine: {} cores ({}), kernel {}, {} on {}",
+        machine.cores, machine.cpu, machine.kernel, machine.filesystem, machine.device
+    );
     println!("# command: {}", machine.command);
     for (system, note) in systems::setup_notes().into_iter().filter(|(s, _)| systems.contains(s)) {
         println!("# {system}: {note}");

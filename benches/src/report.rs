@@ -26,7 +26,11 @@ impl Machine {
         let (device, filesystem) = mount_of(dir);
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+            })
             .unwrap_or_default();
         Machine {
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -126,7 +130,19 @@ fn opt(v: Option<f64>, precision: usize) -> String {
 pub fn table_header() -> String {
     format!(
         "{:<8} {:<16} {:>3} {:>11} {:>8} {:>8} {:>9} {:>8} {:>9} {:>6} {:>7} {:>7} {:>7}",
-        "workload", "system", "thr", "ops/s", "p50_us", "p99_us", "p99.9_us", "max_us", "syncs/s", "batch", "MB/s", "x_base", "x_sysc"
+        "workload",
+        "system",
+        "thr",
+        "ops/s",
+        "p50_us",
+        "p99_us",
+        "p99.9_us",
+        "max_us",
+        "syncs/s",
+        "batch",
+        "MB/s",
+        "x_base",
+        "x_sysc"
     )
 }
 
@@ -203,8 +219,10 @@ fn color(systems: &[&str], system: &str) -> RGBColor {
     COLORS[systems.iter().position(|s| *s == system).unwrap_or(0) % COLORS.len()]
 }
 
+type PlotResult = Result<(), Box<dyn std::error::Error>>;
+
 /// Commits/s against writer threads, one line per system.
-pub fn plot_throughput(path: &Path, measurements: &[Measurement], systems: &[&str]) -> Result<(), Box<dyn std::error::Error>> {
+pub fn plot_throughput(path: &Path, measurements: &[Measurement], systems: &[&str]) -> PlotResult {
     let commit: Vec<&Measurement> = measurements.iter().filter(|m| m.workload == "commit").collect();
     let max_ops = commit.iter().map(|m| m.ops_per_second).fold(1.0, f64::max);
     let max_threads = commit.iter().map(|m| m.threads).max().unwrap_or(1) as f64;
@@ -236,8 +254,9 @@ pub fn plot_throughput(path: &Path, measurements: &[Measurement], systems: &[&st
 }
 
 /// Latency CDF (log-scale latency) of the commit workload at `threads`.
-pub fn plot_cdf(path: &Path, measurements: &[Measurement], systems: &[&str], threads: usize) -> Result<(), Box<dyn std::error::Error>> {
-    let runs: Vec<&Measurement> = measurements.iter().filter(|m| m.workload == "commit" && m.threads == threads).collect();
+pub fn plot_cdf(path: &Path, measurements: &[Measurement], systems: &[&str], threads: usize) -> PlotResult {
+    let runs: Vec<&Measurement> =
+        measurements.iter().filter(|m| m.workload == "commit" && m.threads == threads).collect();
     let max_us = runs.iter().map(|m| m.latency_us.value_at_quantile(0.9999)).max().unwrap_or(10).max(10) as f64;
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -261,13 +280,24 @@ pub fn plot_cdf(path: &Path, measurements: &[Measurement], systems: &[&str], thr
             .label(m.system.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
     }
-    chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
     root.present()?;
     Ok(())
 }
 
 /// Writes CSV, JSON and plots into `out`; returns the files written.
-pub fn write_all(out: &Path, machine: &Machine, measurements: &[Measurement], rows: &[Row], systems: &[&str]) -> Vec<PathBuf> {
+pub fn write_all(
+    out: &Path,
+    machine: &Machine,
+    measurements: &[Measurement],
+    rows: &[Row],
+    systems: &[&str],
+) -> Vec<PathBuf> {
     std::fs::create_dir_all(out).expect("report dir");
     let mut files = Vec::new();
     let mut write = |name: &str, text: String| {
@@ -277,7 +307,7 @@ pub fn write_all(out: &Path, machine: &Machine, measurements: &[Measurement], ro
     };
     write("results.csv", csv(rows));
     write("results.json", json(machine, rows));
-    let plots: Vec<(String, Result<(), Box<dyn std::error::Error>>)> = {
+    let plots: Vec<(String, PlotResult)> = {
         let mut plots = Vec::new();
         let path = out.join("commit_throughput.svg");
         plots.push((path.display().to_string(), plot_throughput(&path, measurements, systems)));

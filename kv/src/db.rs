@@ -94,7 +94,7 @@ impl Kv {
             io: options.io,
             sync_mode: options.sync_mode,
             buffer_bytes: wal::COMMIT_BUFFER_BYTES,
-            buffer_count: 1,
+            buffer_count: 2,
         };
         let storage = uring::open_storage(storage_options)?;
         Kv::open_on(storage, dir.as_ref(), options)

@@ -2,11 +2,12 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::buf::IoBuf;
 use crate::error::Result;
 use crate::os::{self, OsFile};
+use crate::queue::{CommitQueue, UringQueue};
 use crate::ring::{Ring, UringFile};
 use crate::storage::{Backend, DirLock, File, Io, OpenMode, Storage, SyncMode};
 
@@ -27,7 +28,7 @@ pub struct StorageOptions {
 
 impl Default for StorageOptions {
     fn default() -> StorageOptions {
-        StorageOptions { io: Io::Auto, sync_mode: SyncMode::default(), buffer_bytes: 4 << 20, buffer_count: 1 }
+        StorageOptions { io: Io::Auto, sync_mode: SyncMode::default(), buffer_bytes: 4 << 20, buffer_count: 2 }
     }
 }
 
@@ -40,11 +41,11 @@ impl Default for StorageOptions {
 /// # Errors
 /// With [`Io::Uring`], `UringUnavailable` naming the step that failed.
 pub fn open_storage(options: StorageOptions) -> Result<Arc<dyn Storage>> {
-    let ring = match options.io {
+    let rings = match options.io {
         Io::Syscall => None,
-        Io::Uring => Some(Ring::new(options.sync_mode, options.buffer_bytes, options.buffer_count)?),
-        Io::Auto => match Ring::new(options.sync_mode, options.buffer_bytes, options.buffer_count) {
-            Ok(ring) => Some(ring),
+        Io::Uring => Some(rings(options)?),
+        Io::Auto => match rings(options) {
+            Ok(rings) => Some(rings),
             Err(e) => {
                 if !URING_FALLBACK_LOGGED.swap(true, Ordering::Relaxed) {
                     tracing::warn!("{e}; falling back to the syscall backend");
@@ -53,13 +54,29 @@ pub fn open_storage(options: StorageOptions) -> Result<Arc<dyn Storage>> {
             }
         },
     };
-    Ok(Arc::new(OsStorage { ring: ring.map(Arc::new) }))
+    let (ring, commit_ring) = match rings {
+        Some((ring, commit_ring)) => (Some(Arc::new(ring)), Mutex::new(Some(commit_ring))),
+        None => (None, Mutex::new(None)),
+    };
+    Ok(Arc::new(OsStorage { ring, commit_ring, options }))
 }
 
-/// A real file system, with a ring (io_uring backend) or without (syscall).
+/// The shared ring (file operations) and the committer's ring with its
+/// registered buffers. Registering here, at open, is what tells a
+/// locked-memory limit too small for them.
+fn rings(options: StorageOptions) -> Result<(Ring, Ring)> {
+    let ring = Ring::new(options.sync_mode, 0, 0)?;
+    let commit_ring = Ring::new(options.sync_mode, options.buffer_bytes, options.buffer_count)?;
+    Ok((ring, commit_ring))
+}
+
+/// A real file system, with rings (io_uring backend) or without (syscall).
 #[derive(Debug)]
 struct OsStorage {
     ring: Option<Arc<Ring>>,
+    /// The committer's ring, until a commit queue takes it.
+    commit_ring: Mutex<Option<Ring>>,
+    options: StorageOptions,
 }
 
 impl Storage for OsStorage {
@@ -81,6 +98,25 @@ impl Storage for OsStorage {
 
     fn io_buffer(&self, len: usize) -> IoBuf {
         self.ring.as_ref().and_then(|ring| ring.take_buffer(len)).unwrap_or_else(|| IoBuf::plain(len))
+    }
+
+    fn commit_queue(&self) -> Option<Box<dyn CommitQueue>> {
+        self.ring.as_ref()?;
+        let stashed = self.commit_ring.lock().expect("commit ring lock").take();
+        let ring = match stashed {
+            Some(ring) => ring,
+            None => {
+                let o = self.options;
+                match Ring::new(o.sync_mode, o.buffer_bytes, o.buffer_count) {
+                    Ok(ring) => ring,
+                    Err(e) => {
+                        tracing::warn!("{e}; committing without a pipelined queue");
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(Box::new(UringQueue::new(Arc::new(ring))))
     }
 
     fn create_dir_all(&self, path: &Path) -> Result<()> {
@@ -115,6 +151,11 @@ impl Storage for OsStorage {
 impl File for OsFile {
     fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        Some(self.file.as_raw_fd())
     }
 
     fn is_direct(&self) -> bool {

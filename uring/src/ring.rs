@@ -88,8 +88,14 @@ impl Ring {
         Some(IoBuf::registered(buf, slot, self.clone()))
     }
 
-    fn lock(&self) -> MutexGuard<'_, IoUring> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, IoUring> {
         self.ring.lock().expect("ring lock")
+    }
+}
+
+impl Ring {
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 }
 
@@ -228,6 +234,11 @@ impl UringFile {
 impl File for UringFile {
     fn path(&self) -> &Path {
         &self.os.path
+    }
+
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        Some(self.os.file.as_raw_fd())
     }
 
     fn is_direct(&self) -> bool {

@@ -100,12 +100,20 @@ impl SimState {
 #[derive(Clone, Debug, Default)]
 pub struct SimStorage {
     state: Arc<Mutex<SimState>>,
+    pipelined: bool,
 }
 
 impl SimStorage {
     /// An empty disk.
     pub fn new() -> SimStorage {
         SimStorage::default()
+    }
+
+    /// The same disk, offering (or not) a pipelined commit queue: writes at
+    /// submit, syncs in order when waited for.
+    pub fn pipelined(mut self, pipelined: bool) -> SimStorage {
+        self.pipelined = pipelined;
+        self
     }
 
     fn lock_state(&self) -> MutexGuard<'_, SimState> {
@@ -159,7 +167,7 @@ impl SimStorage {
             next_inode: state.next_inode,
             ..SimState::default()
         };
-        SimStorage { state: Arc::new(Mutex::new(next)) }
+        SimStorage { state: Arc::new(Mutex::new(next)), pipelined: self.pipelined }
     }
 }
 
@@ -277,6 +285,10 @@ impl Storage for SimStorage {
             return Err(Error::Locked { path: path.to_owned(), pid: std::process::id() });
         }
         Ok(Box::new(SimLock { storage: self.clone(), path: path.to_owned() }))
+    }
+
+    fn commit_queue(&self) -> Option<Box<dyn crate::CommitQueue>> {
+        self.pipelined.then(|| Box::new(crate::queue::SimQueue::new(self.clone())) as Box<dyn crate::CommitQueue>)
     }
 }
 

@@ -151,6 +151,13 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// [`crate::Error::Locked`] with the holder's pid if another handle holds it.
     fn lock(&self, path: &Path) -> Result<DirLock>;
+
+    /// A pipelined commit queue for one thread, where the backend has one
+    /// (io_uring; the simulated disk when asked). `None`: commit with
+    /// [`File::write_sync`], one at a time.
+    fn commit_queue(&self) -> Option<Box<dyn crate::CommitQueue>> {
+        None
+    }
 }
 
 /// An open file. Offsets are bytes from the start of the file.
@@ -164,6 +171,11 @@ pub trait File: Send + Sync {
 
     /// Whether writes bypass the page cache (O_DIRECT).
     fn is_direct(&self) -> bool;
+
+    /// The OS file descriptor, where there is one (not on the simulated disk).
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 
     /// The file's length in bytes.
     ///

@@ -78,17 +78,44 @@ fn every_backend_keeps_the_file_contract() {
 }
 
 #[test]
-fn io_uring_hands_out_registered_buffers_and_takes_them_back() {
+fn io_uring_commit_queue_uses_registered_buffers_and_pipelines() {
     let storage = real(Io::Uring, SyncMode::RwfDsync);
     assert_eq!(storage.backend(), Backend::Uring);
-    let a = storage.io_buffer(4096);
-    let b = storage.io_buffer(4096);
-    assert!(a.is_registered() && b.is_registered());
-    let c = storage.io_buffer(4096);
-    assert!(!c.is_registered(), "two buffers were registered; the third is plain");
-    drop(a);
-    assert!(storage.io_buffer(4096).is_registered(), "a dropped buffer returns to the pool");
-    assert!(!storage.io_buffer(2 << 20).is_registered(), "larger than any registered buffer");
+    let mut queue = storage.commit_queue().expect("io_uring has a commit queue");
+    let mut buffers = queue.buffers(1 << 20);
+    assert_eq!(buffers.len(), 2);
+    assert!(buffers.iter().all(|b| b.is_registered()));
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let file = storage.open(&tmp.path().join("q"), OpenMode::Create).unwrap();
+    file.allocate(8 * BLOCK_BYTES as u64).unwrap();
+    // Two commits in flight at once; the second's sync covers both writes.
+    let (mut a, mut b) = (buffers.pop().unwrap(), buffers.pop().unwrap());
+    a[..BLOCK_BYTES].fill(1);
+    b[..BLOCK_BYTES].fill(2);
+    let first = queue.submit(&file, 0, a, BLOCK_BYTES);
+    let second = queue.submit(&file, BLOCK_BYTES as u64, b, BLOCK_BYTES);
+    assert!(second > first);
+    let mut synced = Vec::new();
+    let mut returned = 0;
+    while queue.in_flight() > 0 {
+        match queue.wait() {
+            uring::CommitEvent::Written { buf, result, .. } => {
+                assert_eq!(result.unwrap(), BLOCK_BYTES);
+                assert!(buf.is_registered(), "the registered buffer comes back");
+                returned += 1;
+            }
+            uring::CommitEvent::Synced { ticket, result } => {
+                result.unwrap();
+                synced.push(ticket);
+            }
+        }
+    }
+    assert_eq!(returned, 2);
+    assert_eq!(synced, vec![first, second]);
+    let mut back = AlignedBuf::new(2 * BLOCK_BYTES);
+    file.read_at(0, &mut back).unwrap();
+    assert!(back[..BLOCK_BYTES].iter().all(|&x| x == 1) && back[BLOCK_BYTES..].iter().all(|&x| x == 2));
+    assert!(real(Io::Syscall, SyncMode::RwfDsync).commit_queue().is_none(), "syscalls commit one at a time");
 }
 
 #[test]

@@ -13,6 +13,9 @@ pub const FRAME_PAYLOAD_BYTES_MAX: usize = 2 << 20;
 /// partial tail block, then the batch, then padding to a whole block.
 pub const COMMIT_BUFFER_BYTES: usize = 4 << 20;
 
+/// Batches whose sync may be in flight at once on a pipelined commit queue.
+pub const PIPELINE_DEPTH: usize = 4;
+
 /// Segment size used unless the options say otherwise.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
 

@@ -32,6 +32,7 @@
 
 #![forbid(unsafe_code)]
 
+mod committer;
 mod constants;
 mod cursor;
 mod error;
@@ -53,8 +54,9 @@ pub use error::{Error, Result};
 pub use frame::{Frame, FrameBuf, FrameFault, FrameHeader, FrameKind};
 pub use recovery::BadFrame;
 
+use committer::Committer;
 use cursor::{Cursor, Step};
-use writer::{Committer, Shared};
+use writer::Shared;
 
 /// A position in the logical log: its byte offset.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
