@@ -30,8 +30,9 @@ pub trait Store: Send + Sync {
 /// How each system is set up, for the report.
 pub fn setup_notes() -> Vec<(&'static str, &'static str)> {
     let mut notes = vec![
-        ("ringkv-io_uring", "Kv::open, Io::Uring, Durability::Sync (default): group commit, one RWF_DSYNC WriteFixed per batch, O_DIRECT"),
-        ("ringkv-syscall", "Kv::open, Io::Syscall, Durability::Sync: group commit, pwrite + fdatasync per batch, O_DIRECT"),
+        ("ringkv-io_uring", "Kv::open with default options (Io::Auto on io_uring, Durability::Sync): pipelined group commit, linked WriteFixed -> Fsync(DATASYNC) chains, next batch written while the previous sync is in flight, O_DIRECT"),
+        ("ringkv-io_uring-dsync", "as ringkv-io_uring but SyncMode::RwfDsync: one RWF_DSYNC WriteFixed per batch, one batch at a time"),
+        ("ringkv-syscall", "Kv::open, Io::Syscall, Durability::Sync: group commit, pwrite + fdatasync per batch, one at a time, O_DIRECT"),
         ("baseline", "no store: one thread appends each gathered group to a zero-filled file with pwrite + fdatasync (the disk's limit for this pattern)"),
     ];
     if cfg!(feature = "peers") {
@@ -55,8 +56,9 @@ pub fn open(name: &str, dir: &Path) -> Arc<dyn Store> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).expect("bench dir");
     match name {
-        "ringkv-io_uring" => Arc::new(ringkv(dir, Io::Uring)),
-        "ringkv-syscall" => Arc::new(ringkv(dir, Io::Syscall)),
+        "ringkv-io_uring" => Arc::new(ringkv(dir, Io::Uring, SyncMode::LinkedFsync)),
+        "ringkv-io_uring-dsync" => Arc::new(ringkv(dir, Io::Uring, SyncMode::RwfDsync)),
+        "ringkv-syscall" => Arc::new(ringkv(dir, Io::Syscall, SyncMode::default())),
         "baseline" => Arc::new(Baseline::open(dir)),
         #[cfg(feature = "peers")]
         other => crate::peers::open(other, dir),
@@ -65,8 +67,8 @@ pub fn open(name: &str, dir: &Path) -> Arc<dyn Store> {
     }
 }
 
-fn ringkv(dir: &Path, io: Io) -> Kv {
-    let options = Options { io, sync_mode: SyncMode::default(), ..Options::default() };
+fn ringkv(dir: &Path, io: Io, sync_mode: SyncMode) -> Kv {
+    let options = Options { io, sync_mode, ..Options::default() };
     Kv::open(dir, options).unwrap_or_else(|e| panic!("open ringkv in {}: {e}", dir.display()))
 }
 

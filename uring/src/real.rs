@@ -101,6 +101,11 @@ impl Storage for OsStorage {
     }
 
     fn commit_queue(&self) -> Option<Box<dyn CommitQueue>> {
+        // An RWF_DSYNC write completes only once durable, so the next batch's
+        // write could not overlap it: that mode commits one at a time.
+        if self.options.sync_mode == SyncMode::RwfDsync {
+            return None;
+        }
         self.ring.as_ref()?;
         let stashed = self.commit_ring.lock().expect("commit ring lock").take();
         let ring = match stashed {

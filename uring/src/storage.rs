@@ -57,15 +57,16 @@ impl std::fmt::Display for Backend {
 
 /// How the io_uring backend makes a commit durable.
 ///
-/// Both were measured with `cargo run --release -p benches -- --dsync`
-/// (see README, Performance): `RwfDsync` was as fast or faster at every
-/// writer count, so it is the default.
+/// Chosen by measurement (`cargo run --release -p benches -- --dsync`; see
+/// README, Performance).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SyncMode {
-    /// One linked chain: write → `Fsync(DATASYNC)`.
-    LinkedFsync,
-    /// One write carrying `RWF_DSYNC`: durable when it completes.
+    /// Linked write → `Fsync(DATASYNC)` chains, pipelined: the next batch is
+    /// written while the previous batch's sync is in flight.
     #[default]
+    LinkedFsync,
+    /// One write carrying `RWF_DSYNC` per batch, one batch at a time (the
+    /// write completes only once durable, so nothing can overlap it).
     RwfDsync,
 }
 

@@ -79,7 +79,7 @@ fn every_backend_keeps_the_file_contract() {
 
 #[test]
 fn io_uring_commit_queue_uses_registered_buffers_and_pipelines() {
-    let storage = real(Io::Uring, SyncMode::RwfDsync);
+    let storage = real(Io::Uring, SyncMode::LinkedFsync);
     assert_eq!(storage.backend(), Backend::Uring);
     let mut queue = storage.commit_queue().expect("io_uring has a commit queue");
     let mut buffers = queue.buffers(1 << 20);
@@ -115,7 +115,8 @@ fn io_uring_commit_queue_uses_registered_buffers_and_pipelines() {
     let mut back = AlignedBuf::new(2 * BLOCK_BYTES);
     file.read_at(0, &mut back).unwrap();
     assert!(back[..BLOCK_BYTES].iter().all(|&x| x == 1) && back[BLOCK_BYTES..].iter().all(|&x| x == 2));
-    assert!(real(Io::Syscall, SyncMode::RwfDsync).commit_queue().is_none(), "syscalls commit one at a time");
+    assert!(real(Io::Syscall, SyncMode::LinkedFsync).commit_queue().is_none(), "syscalls commit one at a time");
+    assert!(real(Io::Uring, SyncMode::RwfDsync).commit_queue().is_none(), "RWF_DSYNC commits one at a time");
 }
 
 #[test]
