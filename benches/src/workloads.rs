@@ -25,6 +25,30 @@ pub struct Measurement {
     pub seconds: f64,
 }
 
+impl Measurement {
+    /// A run of `latency_us.len()` operations in `elapsed`, with no sync counts.
+    fn of_ops(
+        workload: &'static str,
+        system: &str,
+        threads: usize,
+        latency_us: Histogram<u64>,
+        elapsed: Duration,
+    ) -> Measurement {
+        let seconds = elapsed.as_secs_f64();
+        Measurement {
+            workload,
+            system: system.to_owned(),
+            threads,
+            ops_per_second: latency_us.len() as f64 / seconds,
+            latency_us,
+            syncs_per_second: None,
+            batch_avg: None,
+            megabytes_per_second: None,
+            seconds,
+        }
+    }
+}
+
 fn histogram() -> Histogram<u64> {
     Histogram::new(3).expect("histogram bounds")
 }
@@ -104,15 +128,9 @@ pub fn commit(store: &dyn Store, system: &str, threads: usize, duration: Duratio
     let syncs = store.syncs().zip(syncs_before).map(|(a, b)| a - b);
     let commits = store.commits().zip(commits_before).map(|(a, b)| a - b);
     Measurement {
-        workload: "commit",
-        system: system.to_owned(),
-        threads,
-        ops_per_second: latency_us.len() as f64 / seconds,
         syncs_per_second: syncs.map(|s| s as f64 / seconds),
         batch_avg: syncs.zip(commits).filter(|(s, _)| *s > 0).map(|(s, c)| c as f64 / s as f64),
-        megabytes_per_second: None,
-        latency_us,
-        seconds,
+        ..Measurement::of_ops("commit", system, threads, latency_us, elapsed)
     }
 }
 
@@ -160,18 +178,7 @@ pub fn read(store: &dyn Store, system: &str, keys: u64, threads: usize, duration
         }
         h
     });
-    let seconds = elapsed.as_secs_f64();
-    Some(Measurement {
-        workload: "read",
-        system: system.to_owned(),
-        threads,
-        ops_per_second: latency_us.len() as f64 / seconds,
-        latency_us,
-        syncs_per_second: None,
-        batch_avg: None,
-        megabytes_per_second: None,
-        seconds,
-    })
+    Some(Measurement::of_ops("read", system, threads, latency_us, elapsed))
 }
 
 /// `mixed`: 90% gets of bulk keys, 10% durable puts, from `threads` threads.
@@ -193,16 +200,5 @@ pub fn mixed(store: &dyn Store, system: &str, keys: u64, threads: usize, duratio
         }
         h
     });
-    let seconds = elapsed.as_secs_f64();
-    Some(Measurement {
-        workload: "mixed",
-        system: system.to_owned(),
-        threads,
-        ops_per_second: latency_us.len() as f64 / seconds,
-        latency_us,
-        syncs_per_second: None,
-        batch_avg: None,
-        megabytes_per_second: None,
-        seconds,
-    })
+    Some(Measurement::of_ops("mixed", system, threads, latency_us, elapsed))
 }
