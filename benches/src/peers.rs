@@ -138,7 +138,6 @@ impl Store for Redb {
     }
 
     fn get(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
-        use redb::ReadableTable;
         let txn = self.db.begin_read().expect("redb read");
         let table = txn.open_table(REDB_TABLE).expect("redb table");
         Some(table.get(key).expect("redb get").map(|v| v.value().to_vec()))

@@ -144,10 +144,14 @@ fn directory_locked_by_another_process_names_its_pid() {
         .spawn()
         .unwrap();
     // The first acknowledged write proves the child holds the lock.
+    // Keep the pipe open: a child whose stdout is closed stops writing and exits.
+    let mut acks = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    acks.read_line(&mut line).unwrap();
     assert!(line.starts_with("ack "), "{line}");
+    let early_exit = child.try_wait().unwrap();
     let result = Kv::open(dir.path(), common::options(common::AUTO));
+    assert!(early_exit.is_none(), "the lock holder exited early: {early_exit:?}");
     child.kill().unwrap();
     child.wait().unwrap();
     match result {

@@ -55,19 +55,26 @@ pub fn open_storage(options: StorageOptions) -> Result<Arc<dyn Storage>> {
         },
     };
     let (ring, commit_ring) = match rings {
-        Some((ring, commit_ring)) => (Some(Arc::new(ring)), Mutex::new(Some(commit_ring))),
+        Some((ring, commit_ring)) => (Some(Arc::new(ring)), Mutex::new(commit_ring)),
         None => (None, Mutex::new(None)),
     };
     Ok(Arc::new(OsStorage { ring, commit_ring, options }))
 }
 
-/// The shared ring (file operations) and the committer's ring with its
-/// registered buffers. Registering here, at open, is what tells a
+/// The shared ring (file operations) and, for pipelined commits, the
+/// committer's own ring. The commit buffers are registered with whichever
+/// ring commits: the shared one for one-at-a-time `RWF_DSYNC` commits
+/// (`File::write_sync` with a buffer from `io_buffer`), the committer's for
+/// pipelined chains. Registering here, at open, is what tells a
 /// locked-memory limit too small for them.
-fn rings(options: StorageOptions) -> Result<(Ring, Ring)> {
-    let ring = Ring::new(options.sync_mode, 0, 0)?;
-    let commit_ring = Ring::new(options.sync_mode, options.buffer_bytes, options.buffer_count)?;
-    Ok((ring, commit_ring))
+fn rings(options: StorageOptions) -> Result<(Ring, Option<Ring>)> {
+    let (count, bytes) = (options.buffer_count, options.buffer_bytes);
+    Ok(match options.sync_mode {
+        SyncMode::RwfDsync => (Ring::new(options.sync_mode, bytes, count)?, None),
+        SyncMode::LinkedFsync => {
+            (Ring::new(options.sync_mode, 0, 0)?, Some(Ring::new(options.sync_mode, bytes, count)?))
+        }
+    })
 }
 
 /// A real file system, with rings (io_uring backend) or without (syscall).

@@ -17,8 +17,8 @@ struct Cli {
     /// I/O backend: auto (io_uring, falling back to syscalls), uring, syscall.
     #[arg(long, default_value = "auto")]
     io: Io,
-    /// How io_uring commits: linked (pipelined write → fdatasync chains) or dsync (one RWF_DSYNC write at a time).
-    #[arg(long, default_value = "linked")]
+    /// How io_uring commits: dsync (one RWF_DSYNC write at a time) or linked (pipelined write → fdatasync chains).
+    #[arg(long, default_value = "dsync")]
     sync_mode: SyncMode,
     /// What to do with a damaged log before its synced end.
     #[arg(long, value_enum, default_value = "strict")]

@@ -36,7 +36,7 @@ pub const REAL_BACKENDS: [Backend; 3] = [
 ];
 
 /// The default configuration.
-pub const AUTO: Backend = Backend { io: Io::Auto, sync_mode: SyncMode::LinkedFsync };
+pub const AUTO: Backend = Backend { io: Io::Auto, sync_mode: SyncMode::RwfDsync };
 
 /// Options for tests: small segments so the log rolls over often.
 pub fn options(backend: Backend) -> Options {
