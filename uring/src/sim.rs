@@ -77,6 +77,8 @@ struct SimState {
     power_cut_at: Option<u64>,
     powered_off: bool,
     faults: BTreeMap<u64, i32>,
+    /// Per file: how many of its data calls pass before one fails, and the errno.
+    file_faults: BTreeMap<PathBuf, (u64, i32)>,
 }
 
 impl SimState {
@@ -144,6 +146,13 @@ impl SimStorage {
     /// Makes data call number `call` fail with `errno` (e.g. `libc::EIO`, `libc::ENOSPC`).
     pub fn fail_call(&self, call: u64, errno: i32) {
         self.lock_state().faults.insert(call, errno);
+    }
+
+    /// Lets `skip` more data calls on the file at `path` pass, then fails
+    /// the next one with `errno`. Unlike [`SimStorage::fail_call`], calls on
+    /// other files (a background thread's) do not move it.
+    pub fn fail_file_call(&self, path: &Path, skip: u64, errno: i32) {
+        self.lock_state().file_faults.insert(path.to_owned(), (skip, errno));
     }
 
     /// The disk as it comes back after a power cut: synced bytes intact,
@@ -314,6 +323,14 @@ impl SimFile {
     fn with<T>(&self, op: &'static str, offset: u64, f: impl FnOnce(&mut SimFileData) -> Result<T>) -> Result<T> {
         let mut state = self.storage.lock_state();
         state.tick().map_err(|e| Error::io(op, &self.path, offset, e))?;
+        if let Some((skip, errno)) = state.file_faults.get_mut(&self.path) {
+            if *skip == 0 {
+                let errno = *errno;
+                state.file_faults.remove(&self.path);
+                return Err(Error::io(op, &self.path, offset, io::Error::from_raw_os_error(errno)));
+            }
+            *skip -= 1;
+        }
         let data = state.inodes.get_mut(&self.inode).ok_or_else(|| not_found(op, &self.path))?;
         f(data)
     }

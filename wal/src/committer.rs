@@ -69,7 +69,13 @@ pub(crate) struct Committer {
     write_in_flight: bool,
     /// A commit whose short write was finished by hand: its cancelled sync is expected.
     repaired: Option<u64>,
+    /// The next segment, being created (zero-filled, synced) in the
+    /// background so that crossing into it does not stall commits.
+    preparing: Option<Preparing>,
 }
+
+/// A segment being created in the background: its start and its thread.
+type Preparing = (Lsn, std::thread::JoinHandle<Result<Segment>>);
 
 impl Committer {
     /// A committer whose log ends at `end`, inside `segment`.
@@ -110,22 +116,50 @@ impl Committer {
             in_flight: VecDeque::new(),
             write_in_flight: false,
             repaired: None,
+            preparing: None,
         })
     }
 
-    pub(crate) fn run(self) {
-        if self.queue.is_some() {
-            self.run_pipelined()
-        } else {
-            self.run_one_at_a_time()
+    pub(crate) fn run(mut self) {
+        self.prepare_next_segment();
+        let preparing = if self.queue.is_some() { self.run_pipelined() } else { self.run_one_at_a_time() };
+        // No file operation may outlive the log (the store's lock goes next).
+        if let Some((_, handle)) = preparing {
+            let _ = handle.join();
         }
     }
 
-    fn run_one_at_a_time(mut self) {
+    /// Starts creating the segment after the current one in the background.
+    fn prepare_next_segment(&mut self) {
+        let start = self.segment.end();
+        let shared = &self.shared;
+        let (storage, dir, size_bytes) = (shared.storage.clone(), shared.dir.clone(), shared.options.segment_bytes);
+        let handle = std::thread::Builder::new()
+            .name("ringkv-wal-segment".into())
+            .spawn(move || segment::create(storage.as_ref(), &dir, start, size_bytes))
+            .expect("spawn the segment preparer");
+        self.preparing = Some((start, handle));
+    }
+
+    /// The segment starting at `start`: the one prepared in the background
+    /// if it is ready and right, else one created now.
+    fn take_segment(&mut self, start: Lsn) -> Result<Segment> {
+        if let Some((prepared_start, handle)) = self.preparing.take() {
+            match handle.join() {
+                Ok(Ok(segment)) if prepared_start == start => return Ok(segment),
+                Ok(Err(e)) => tracing::warn!(error = %e, "preparing the next WAL segment failed; creating it now"),
+                _ => {}
+            }
+        }
+        let shared = &self.shared;
+        segment::create(shared.storage.as_ref(), &shared.dir, start, shared.options.segment_bytes)
+    }
+
+    fn run_one_at_a_time(mut self) -> Option<Preparing> {
         loop {
             let first = match self.next_frame(true) {
                 Next::Frame(pending) => pending,
-                Next::Empty | Next::Closed => return, // closed, and everything sent has been handled
+                Next::Empty | Next::Closed => return self.preparing.take(), // closed, all handled
             };
             self.gather(first);
             if self.frames > 0 && self.poisoned.is_none() {
@@ -136,7 +170,7 @@ impl Committer {
         }
     }
 
-    fn run_pipelined(mut self) {
+    fn run_pipelined(mut self) -> Option<Preparing> {
         loop {
             let idle = self.in_flight.is_empty() && !self.write_in_flight;
             if !self.write_in_flight && self.in_flight.len() < PIPELINE_DEPTH {
@@ -148,7 +182,7 @@ impl Committer {
                             continue;
                         }
                     }
-                    Next::Closed if idle => return,
+                    Next::Closed if idle => return self.preparing.take(),
                     Next::Closed | Next::Empty => {}
                 }
                 if idle {
@@ -380,13 +414,13 @@ impl Committer {
         // Padding filled the old segment, or less than a header was left.
         assert!(start.0 - self.next.0 < FRAME_HEADER_BYTES as u64, "the old segment is full");
         self.next = start;
-        let shared = &self.shared;
-        let segment = segment::create(shared.storage.as_ref(), &shared.dir, start, shared.options.segment_bytes)?;
-        self.file = shared.storage.open(&segment.path, OpenMode::Existing)?;
-        shared.lock_segments().push(segment.clone());
+        let segment = self.take_segment(start)?;
+        self.file = self.shared.storage.open(&segment.path, OpenMode::Existing)?;
+        self.shared.lock_segments().push(segment.clone());
         self.segment = segment;
         self.block_base = 0;
         self.fill = 0;
+        self.prepare_next_segment();
         Ok(())
     }
 }

@@ -216,7 +216,8 @@ fn failed_sync_poisons_the_log() {
     let disk = SimStorage::new();
     let (wal, _) = open(&disk, options()).unwrap();
     wal.append(frame(b"one"), true).unwrap();
-    disk.fail_call(disk.calls() + 2, libc::EIO);
+    // The commit's write passes, its sync fails.
+    disk.fail_file_call(&Path::new(DIR).join(format!("{:020}.wal", 0)), 1, libc::EIO);
     let err = wal.append(frame(b"two"), true).unwrap_err();
     assert!(matches!(err, Error::Poisoned { .. }), "{err:?}");
     assert!(err.to_string().contains("fdatasync"), "{err}");
@@ -228,7 +229,7 @@ fn failed_sync_poisons_the_log() {
 fn full_disk_on_write_is_a_typed_error() {
     let disk = SimStorage::new();
     let (wal, _) = open(&disk, options()).unwrap();
-    disk.fail_call(disk.calls() + 1, libc::ENOSPC);
+    disk.fail_file_call(&Path::new(DIR).join(format!("{:020}.wal", 0)), 0, libc::ENOSPC);
     let err = wal.append(frame(b"x"), true).unwrap_err();
     let Error::Poisoned { cause } = &err else { panic!("{err:?}") };
     assert_eq!(cause.raw_os_error(), Some(libc::ENOSPC));
