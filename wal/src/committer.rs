@@ -120,8 +120,7 @@ impl Committer {
         })
     }
 
-    pub(crate) fn run(mut self) {
-        self.prepare_next_segment();
+    pub(crate) fn run(self) {
         let preparing = if self.queue.is_some() { self.run_pipelined() } else { self.run_one_at_a_time() };
         // No file operation may outlive the log (the store's lock goes next).
         if let Some((_, handle)) = preparing {
@@ -129,8 +128,15 @@ impl Committer {
         }
     }
 
-    /// Starts creating the segment after the current one in the background.
+    /// Starts creating the segment after the current one in the background,
+    /// once the current one is half full: early enough to be ready, late
+    /// enough that its 64 MiB of zeros do not compete with commits just
+    /// after open.
     fn prepare_next_segment(&mut self) {
+        let used = self.next.0 - self.segment.start.0;
+        if self.preparing.is_some() || used < self.segment.size_bytes / 2 {
+            return;
+        }
         let start = self.segment.end();
         let shared = &self.shared;
         let (storage, dir, size_bytes) = (shared.storage.clone(), shared.dir.clone(), shared.options.segment_bytes);
@@ -167,6 +173,7 @@ impl Committer {
                 self.answer(result);
             }
             self.switch_if_due();
+            self.prepare_next_segment();
         }
     }
 
@@ -179,6 +186,7 @@ impl Committer {
                         self.gather(first);
                         if self.frames > 0 && self.poisoned.is_none() {
                             self.submit();
+                            self.prepare_next_segment();
                             continue;
                         }
                     }
@@ -420,7 +428,6 @@ impl Committer {
         self.segment = segment;
         self.block_base = 0;
         self.fill = 0;
-        self.prepare_next_segment();
         Ok(())
     }
 }
