@@ -234,7 +234,14 @@ pub fn plot_throughput(path: &Path, measurements: &[Measurement], systems: &[&st
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d((1f64..max_threads * 1.2).log_scale(), 0f64..max_ops * 1.1)?;
-    chart.configure_mesh().x_desc("writer threads").y_desc("commits/s").draw()?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .x_desc("writer threads")
+        .y_desc("commits/s")
+        .draw()?;
     for system in systems {
         let points: Vec<(f64, f64)> =
             commit.iter().filter(|m| m.system == *system).map(|m| (m.threads as f64, m.ops_per_second)).collect();
@@ -266,7 +273,13 @@ pub fn plot_cdf(path: &Path, measurements: &[Measurement], systems: &[&str], thr
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d((1f64..max_us * 1.5).log_scale(), 0f64..1.0)?;
-    chart.configure_mesh().x_desc("latency (µs, log scale)").y_desc("fraction of commits").draw()?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_desc("latency (µs, log scale)")
+        .y_desc("fraction of commits")
+        .draw()?;
     for m in runs {
         let points: Vec<(f64, f64)> = (0..=400)
             .map(|i| {
