@@ -4,6 +4,8 @@
 //! peers`) RocksDB, SQLite, redb and fjall, in one run on the same disk.
 //! Writes a table, CSV, JSON and SVG plots.
 
+#![forbid(unsafe_code)]
+
 mod baseline;
 #[cfg(feature = "peers")]
 mod peers;
