@@ -189,3 +189,23 @@ fn limits_are_enforced_with_typed_errors() {
     assert!(matches!(db.write(batch), Err(Error::BatchTooLarge { .. })));
     db.put(vec![b'k'; kv::KEY_BYTES_MAX], "fits").unwrap();
 }
+
+#[test]
+fn truncated_or_foreign_segment_file_is_a_typed_error_naming_it() {
+    for size in [0u64, 7, 150, 4096 * 3 + 1] {
+        let dir = common::temp_dir("truncated");
+        fill(dir.path(), common::AUTO, 5);
+        let segment = common::first_segment(dir.path());
+        OpenOptions::new().write(true).open(&segment).unwrap().set_len(size).unwrap();
+        match Kv::open(dir.path(), common::options(common::AUTO)) {
+            Err(Error::Wal(wal::Error::BadSegment { path, size_bytes, .. })) => {
+                assert_eq!(path, segment);
+                assert_eq!(size_bytes, size);
+            }
+            Err(other) => panic!("size {size}: expected BadSegment, got {other:?}"),
+            Ok(_) => panic!("size {size}: opened a store whose log was cut"),
+        }
+        // Nothing was changed: the file is still there, as it was.
+        assert_eq!(std::fs::metadata(&segment).unwrap().len(), size);
+    }
+}

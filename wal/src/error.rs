@@ -31,6 +31,17 @@ pub enum Error {
         /// Where it should have started.
         expected: Lsn,
     },
+    /// A segment file whose size no segment ever had: segments are
+    /// preallocated whole, so it was truncated or is not a ringkv segment.
+    #[error("WAL segment {} has {size_bytes} bytes, not a whole preallocated segment (a multiple of 4096, at least {min_bytes}): truncated or foreign", path.display())]
+    BadSegment {
+        /// The segment file.
+        path: PathBuf,
+        /// Its size.
+        size_bytes: u64,
+        /// The smallest segment size.
+        min_bytes: u64,
+    },
     /// Replay was asked to start where the log no longer reaches.
     #[error("WAL in {} starts at LSN {start}, after the requested LSN {wanted}", dir.display())]
     LogStartsLater {

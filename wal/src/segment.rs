@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use uring::{AlignedBuf, File, OpenMode, Storage, BLOCK_BYTES};
 
-use crate::constants::{READ_WINDOW_BYTES, ZERO_FILL_CHUNK_BYTES};
+use crate::constants::{READ_WINDOW_BYTES, SEGMENT_BYTES_MIN, ZERO_FILL_CHUNK_BYTES};
 use crate::error::{Error, Result};
 use crate::Lsn;
 
@@ -53,6 +53,9 @@ pub(crate) fn list(storage: &dyn Storage, dir: &Path) -> Result<Vec<Segment>> {
         if let Some(start) = parse_name(&name) {
             let path = dir.join(&name);
             let size_bytes = storage.open(&path, OpenMode::Existing)?.size_bytes()?;
+            if size_bytes < SEGMENT_BYTES_MIN || size_bytes % BLOCK_BYTES as u64 != 0 {
+                return Err(Error::BadSegment { path, size_bytes, min_bytes: SEGMENT_BYTES_MIN });
+            }
             segments.push(Segment { start, size_bytes, path });
         }
     }
