@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::ffi::CString;
 use std::path::Path;
 use std::process::Output;
 
@@ -83,36 +82,13 @@ fn errors_name_the_problem_and_exit_non_zero() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("carrier-pigeon"));
 }
 
-/// Mounts a ramfs (no O_DIRECT) for the test's life.
-struct Ramfs(tempfile::TempDir);
-
-impl Ramfs {
-    fn mount() -> Option<Ramfs> {
-        let dir = common::temp_dir("ramfs");
-        let target = CString::new(dir.path().to_str()?).ok()?;
-        let fstype = CString::new("ramfs").ok()?;
-        // SAFETY: all pointers are to NUL-terminated strings that live across
-        // the call; ramfs takes no data argument.
-        let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
-        (rc == 0).then_some(Ramfs(dir))
-    }
-}
-
-impl Drop for Ramfs {
-    fn drop(&mut self) {
-        let target = CString::new(self.0.path().to_str().unwrap()).unwrap();
-        // SAFETY: target is a NUL-terminated path that lives across the call.
-        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
 #[test]
 fn refused_o_direct_falls_back_to_buffered_io_and_says_so_once() {
-    let Some(ramfs) = Ramfs::mount() else {
+    let Some(ramfs) = common::Mount::new("ramfs", None) else {
         eprintln!("skipped: this machine does not allow mounting a ramfs");
         return;
     };
-    let store = ramfs.0.path().join("store");
+    let store = ramfs.path().join("store");
     let out = ok(&store, &["put", "k", "v"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.matches("refuses O_DIRECT").count(), 1, "logged once per process: {stderr}");

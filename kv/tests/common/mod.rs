@@ -68,3 +68,43 @@ pub fn first_segment(dir: &Path) -> PathBuf {
 pub fn kv_bin() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_kv"))
 }
+
+/// A file system mounted on a fresh directory for a test's life (needs
+/// root: `None` where mounting is not allowed).
+pub struct Mount(tempfile::TempDir);
+
+impl Mount {
+    pub fn new(fstype: &str, data: Option<&str>) -> Option<Mount> {
+        let dir = temp_dir(fstype);
+        let target = std::ffi::CString::new(dir.path().to_str()?).ok()?;
+        let fstype = std::ffi::CString::new(fstype).ok()?;
+        let data = data.map(|d| std::ffi::CString::new(d).expect("mount options"));
+        let data_ptr = data.as_ref().map_or(std::ptr::null(), |d| d.as_ptr().cast());
+        // SAFETY: every pointer is to a NUL-terminated string that lives across the call.
+        let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, data_ptr) };
+        (rc == 0).then_some(Mount(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    /// Changes the mount's options (e.g. a tmpfs's size).
+    pub fn remount(&self, data: &str) -> bool {
+        let target = std::ffi::CString::new(self.0.path().to_str().unwrap()).unwrap();
+        let data = std::ffi::CString::new(data).unwrap();
+        // SAFETY: as in `new`; a remount takes no source or type.
+        let rc = unsafe {
+            libc::mount(std::ptr::null(), target.as_ptr(), std::ptr::null(), libc::MS_REMOUNT, data.as_ptr().cast())
+        };
+        rc == 0
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let target = std::ffi::CString::new(self.0.path().to_str().unwrap()).unwrap();
+        // SAFETY: target is a NUL-terminated path that lives across the call.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}

@@ -1,0 +1,42 @@
+//! A real full disk: a small tmpfs fills up under durable writes. The write
+//! that hits ENOSPC fails with a typed error naming the file, the store
+//! refuses further writes, and once there is room again every acknowledged
+//! write is there.
+
+mod common;
+
+use kv::{Error, Kv};
+
+#[test]
+fn full_disk_is_a_typed_error_and_loses_nothing_acknowledged() {
+    let Some(mount) = common::Mount::new("tmpfs", Some("size=1536k")) else {
+        eprintln!("skipped: this machine does not allow mounting a tmpfs");
+        return;
+    };
+    let dir = mount.path().join("store");
+    let options = common::options(common::AUTO);
+    let db = Kv::open(&dir, options).expect("open on the small tmpfs");
+    let value = vec![0xA5u8; 50_000];
+    let mut acked = Vec::new();
+    let err = loop {
+        let key = format!("key-{:05}", acked.len());
+        match db.put(&key, &value) {
+            Ok(()) => acked.push(key),
+            Err(e) => break e,
+        }
+        assert!(acked.len() < 1000, "1.5 MiB cannot hold 50 MB");
+    };
+    let Error::Wal(wal::Error::Poisoned { cause }) = &err else { panic!("expected Poisoned, got {err:?}") };
+    assert_eq!(cause.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    assert!(err.to_string().contains(dir.to_str().unwrap()), "names the file: {err}");
+    assert!(!acked.is_empty());
+    assert!(matches!(db.put("after", "x"), Err(Error::Wal(wal::Error::Poisoned { .. }))), "later writes are refused");
+    drop(db);
+
+    assert!(mount.remount("size=16m"), "grow the tmpfs");
+    let db = Kv::open(&dir, options).expect("reopen with room");
+    for key in &acked {
+        assert_eq!(db.get(key).unwrap().as_deref(), Some(&value[..]), "acknowledged {key} lost");
+    }
+    db.put("after", "room again").unwrap();
+}
