@@ -2,10 +2,11 @@
 //! they return.
 //!
 //! Every write goes to a write-ahead log first; concurrent writers are
-//! grouped into one write → fdatasync (a linked chain on io_uring). An
-//! ordered in-memory table serves reads; on open the log is replayed into
-//! it, a torn tail left by a crash is truncated, and damage before the
-//! synced end is refused with an error naming the file and offset.
+//! grouped into one durable write per batch (`RWF_DSYNC` on io_uring,
+//! `pwrite` + `fdatasync` otherwise). An ordered in-memory table serves
+//! reads; on open the log is replayed into it, a torn tail left by a crash
+//! is truncated, and damage before the synced end is refused with an error
+//! naming the file and offset.
 //!
 //! What it is not (yet): the data set lives in memory and in the log; the
 //! B-tree page file and checkpointer come later. No networking here.

@@ -3,9 +3,10 @@
 //! One seam, [`Storage`] (a tree of files) and [`File`] (an open file), with
 //! three backends behind it:
 //!
-//! - **io_uring**: one ring per storage, registered (fixed) buffers, commits
-//!   as linked write → `Fsync(DATASYNC)` chains, files opened O_DIRECT with a
-//!   logged fallback to buffered I/O where the file system refuses it.
+//! - **io_uring**: registered (fixed) buffers; commits as `RWF_DSYNC`
+//!   writes, or as pipelined linked write → `Fsync(DATASYNC)` chains on a
+//!   [`CommitQueue`]; files opened O_DIRECT with a logged fallback to
+//!   buffered I/O where the file system refuses it.
 //! - **syscall**: `pwrite` / `pread` / `fdatasync`; also where [`Io::Auto`]
 //!   falls back when io_uring is missing or forbidden.
 //! - **simulated** ([`SimStorage`]): in memory and deterministic, with power

@@ -3,7 +3,8 @@
 //! What it is: frames (one atomic batch each, CRC-checked, carrying their own
 //! LSN = byte offset in the logical log) in preallocated, recycled segment
 //! files; a group-commit writer whose one committer thread makes every
-//! waiting frame durable with one write → fdatasync chain; recovery that
+//! waiting frame durable with one durable write (a `RWF_DSYNC` write, or a
+//! write → fdatasync chain); recovery that
 //! truncates a torn tail and refuses (typed error with file and offset) a
 //! damaged frame before the synced end; a reader from any LSN.
 //!

@@ -1,12 +1,10 @@
 //! The group-commit writer.
 //!
 //! Writers seal their frames (LSN, CRC) under a short lock that hands out
-//! positions and send them, in LSN order, to one committer thread. The
-//! committer drains everything waiting into its (registered) buffer after
-//! the partial tail block, pads to a whole block, and makes it durable with
-//! one `write_sync` (a linked write → fdatasync chain on io_uring); then it
-//! wakes every writer of the batch. While a batch is in flight the next one
-//! gathers in the channel.
+//! positions and send them, in LSN order, to one committer thread
+//! (`committer.rs`), which batches them, makes each batch durable and wakes
+//! its writers. While a batch is in flight the next one gathers in the
+//! channel.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
