@@ -250,7 +250,7 @@ impl Wal {
         }
         let end = self.durable_lsn();
         let cursor = Cursor::new(self.shared.storage.clone(), segments, from, self.shared.payload_bytes_max);
-        Ok(WalReader { cursor, end })
+        Ok(WalReader { cursor, end, failed: false })
     }
 
     /// Recycles every segment that lies wholly below `lsn` (and below the
@@ -283,10 +283,11 @@ impl Drop for Wal {
     }
 }
 
-/// Frames of the durable log, in order.
+/// Frames of the durable log, in order. After an error it yields nothing more.
 pub struct WalReader {
     cursor: Cursor,
     end: Lsn,
+    failed: bool,
 }
 
 impl Iterator for WalReader {
@@ -294,23 +295,25 @@ impl Iterator for WalReader {
 
     fn next(&mut self) -> Option<Result<Frame>> {
         loop {
-            if self.cursor.pos >= self.end {
+            if self.failed || self.cursor.pos >= self.end {
                 return None;
             }
-            let segments = self.cursor.segments.clone();
-            match self.cursor.step() {
-                Err(e) => return Some(Err(e)),
+            let (lsn, segment, offset, fault) = match self.cursor.step() {
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
                 Ok(Step::End) => return None,
                 Ok(Step::Frame(header, _)) if header.kind == FrameKind::Padding => continue,
                 Ok(Step::Frame(header, bytes)) => {
                     let payload = bytes[FRAME_HEADER_BYTES..].to_vec();
                     return Some(Ok(Frame { header, payload }));
                 }
-                Ok(Step::Bad { lsn, segment, offset, fault }) => {
-                    let path = segments[segment].path.clone();
-                    return Some(Err(Error::Corrupt { path, offset, lsn, reason: fault.reason() }));
-                }
-            }
+                Ok(Step::Bad { lsn, segment, offset, fault }) => (lsn, segment, offset, fault),
+            };
+            let path = self.cursor.segments[segment].path.clone();
+            self.failed = true;
+            return Some(Err(Error::Corrupt { path, offset, lsn, reason: fault.reason() }));
         }
     }
 }

@@ -245,3 +245,25 @@ fn oversized_frame_is_refused() {
     let max = vec![7u8; wal.payload_bytes_max()];
     wal.append(frame(&max), true).unwrap();
 }
+
+/// Regression: the reader returned the same Corrupt error forever, so
+/// collecting it never ended.
+#[test]
+fn reader_reports_damage_once_with_file_and_offset_then_stops() {
+    let disk = SimStorage::new();
+    let (wal, _) = open(&disk, options()).unwrap();
+    let lsns: Vec<Lsn> = (0..6).map(|i| wal.append(frame(&payload(i, 64)), true).unwrap()).collect();
+    flip_bit(&disk, lsns[3], 40);
+    let read: Vec<_> = wal.read_from(Lsn(0)).unwrap().collect();
+    assert_eq!(read.len(), 4, "three frames, then the error, then nothing");
+    for (i, frame) in read[..3].iter().enumerate() {
+        assert_eq!(frame.as_ref().unwrap().payload, payload(i, 64));
+    }
+    match &read[3] {
+        Err(Error::Corrupt { offset, lsn, path, .. }) => {
+            assert_eq!((*lsn, *offset), (lsns[3], lsns[3].0));
+            assert!(path.ends_with("00000000000000000000.wal"));
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
