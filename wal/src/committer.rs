@@ -24,6 +24,9 @@ use crate::segment::{self, Segment};
 use crate::writer::{Done, Pending, Shared};
 use crate::Lsn;
 
+/// How long an idle committer polls for the next frame before sleeping.
+const IDLE_POLL: std::time::Duration = std::time::Duration::from_micros(50);
+
 /// A batch written (or being written) and not yet durable.
 struct InFlight {
     ticket: u64,
@@ -212,6 +215,18 @@ impl Committer {
             return Next::Frame(pending);
         }
         if block {
+            // A writer just answered usually sends its next frame within
+            // microseconds: poll briefly before sleeping, which saves it a
+            // wake-up of this thread.
+            let polling_until = std::time::Instant::now() + IDLE_POLL;
+            loop {
+                match self.rx.try_recv() {
+                    Ok(pending) => return Next::Frame(pending),
+                    Err(TryRecvError::Disconnected) => return Next::Closed,
+                    Err(TryRecvError::Empty) if std::time::Instant::now() < polling_until => std::thread::yield_now(),
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
             return self.rx.recv().map_or(Next::Closed, Next::Frame);
         }
         match self.rx.try_recv() {
