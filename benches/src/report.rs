@@ -1,7 +1,6 @@
 //! The report: a table on the terminal, CSV and JSON files, SVG plots, and
 //! the machine it was measured on.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
@@ -123,72 +122,80 @@ pub fn rows(measurements: &[Measurement]) -> Vec<Row> {
         .collect()
 }
 
-fn opt(v: Option<f64>, precision: usize) -> String {
-    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.precision$}"))
-}
+/// Columns: CSV name, table heading, table width (negative: left-aligned).
+const COLUMNS: [(&str, &str, i32); 14] = [
+    ("workload", "workload", -8),
+    ("system", "system", -22),
+    ("threads", "thr", 3),
+    ("ops_per_second", "ops/s", 11),
+    ("p50_us", "p50_us", 8),
+    ("p99_us", "p99_us", 8),
+    ("p999_us", "p99.9_us", 9),
+    ("max_us", "max_us", 8),
+    ("syncs_per_second", "syncs/s", 9),
+    ("batch_avg", "batch", 6),
+    ("megabytes_per_second", "MB/s", 7),
+    ("seconds", "secs", 5),
+    ("vs_baseline", "x_base", 7),
+    ("vs_ringkv_syscall", "x_sysc", 7),
+];
 
-pub fn table_header() -> String {
-    format!(
-        "{:<8} {:<21} {:>3} {:>11} {:>8} {:>8} {:>9} {:>8} {:>9} {:>6} {:>7} {:>7} {:>7}",
-        "workload",
-        "system",
-        "thr",
-        "ops/s",
-        "p50_us",
-        "p99_us",
-        "p99.9_us",
-        "max_us",
-        "syncs/s",
-        "batch",
-        "MB/s",
-        "x_base",
-        "x_sysc"
-    )
-}
-
-pub fn table_line(r: &Row) -> String {
-    format!(
-        "{:<8} {:<21} {:>3} {:>11.0} {:>8} {:>8} {:>9} {:>8} {:>9} {:>6} {:>7} {:>7} {:>7}",
-        r.workload,
-        r.system,
-        r.threads,
-        r.ops_per_second,
-        r.p50_us,
-        r.p99_us,
-        r.p999_us,
-        r.max_us,
+/// A row's values as text in column order: rounded for the table, precise
+/// for CSV; a missing value is `missing`.
+fn cells(r: &Row, precise: bool, missing: &str) -> [String; 14] {
+    let num = |v: f64, table_digits: usize| {
+        let digits = if precise { 3 } else { table_digits };
+        format!("{v:.digits$}")
+    };
+    let opt = |v: Option<f64>, table_digits: usize| v.map_or_else(|| missing.to_owned(), |v| num(v, table_digits));
+    [
+        r.workload.clone(),
+        r.system.clone(),
+        r.threads.to_string(),
+        num(r.ops_per_second, 0),
+        r.p50_us.to_string(),
+        r.p99_us.to_string(),
+        r.p999_us.to_string(),
+        r.max_us.to_string(),
         opt(r.syncs_per_second, 0),
         opt(r.batch_avg, 1),
         opt(r.megabytes_per_second, 1),
+        num(r.seconds, 1),
         opt(r.vs_baseline, 2),
-        opt(r.vs_ringkv_syscall, 2)
-    )
+        opt(r.vs_ringkv_syscall, 2),
+    ]
+}
+
+fn table_cells<'a>(values: impl Iterator<Item = &'a str>) -> String {
+    let padded: Vec<String> = values
+        .zip(COLUMNS)
+        .map(|(v, (_, _, width))| {
+            let w = width.unsigned_abs() as usize;
+            if width < 0 {
+                format!("{v:<w$}")
+            } else {
+                format!("{v:>w$}")
+            }
+        })
+        .collect();
+    padded.join(" ")
+}
+
+pub fn table_header() -> String {
+    table_cells(COLUMNS.iter().map(|(_, heading, _)| *heading))
+}
+
+pub fn table_line(r: &Row) -> String {
+    let cells = cells(r, false, "-");
+    table_cells(cells.iter().map(String::as_str))
 }
 
 pub fn csv(rows: &[Row]) -> String {
-    let mut out = String::from(
-        "workload,system,threads,ops_per_second,p50_us,p99_us,p999_us,max_us,syncs_per_second,batch_avg,megabytes_per_second,seconds,vs_baseline,vs_ringkv_syscall\n",
-    );
+    let mut out = COLUMNS.iter().map(|(name, _, _)| *name).collect::<Vec<_>>().join(",");
+    out.push('\n');
     for r in rows {
-        let o = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
-        let _ = writeln!(
-            out,
-            "{},{},{},{:.1},{},{},{},{},{},{},{},{:.3},{},{}",
-            r.workload,
-            r.system,
-            r.threads,
-            r.ops_per_second,
-            r.p50_us,
-            r.p99_us,
-            r.p999_us,
-            r.max_us,
-            o(r.syncs_per_second),
-            o(r.batch_avg),
-            o(r.megabytes_per_second),
-            r.seconds,
-            o(r.vs_baseline),
-            o(r.vs_ringkv_syscall)
-        );
+        out.push_str(&cells(r, true, "").join(","));
+        out.push('\n');
     }
     out
 }
