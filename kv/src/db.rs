@@ -236,8 +236,7 @@ pub fn inspect_log(
         return Err(Error::NotFound { path: dir.to_owned() });
     }
     let _lock = storage.lock(&dir.join(LOCK_FILE))?;
-    let wal_options = WalOptions { segment_bytes: options.segment_bytes, recovery: options.recovery, term: 0 };
-    Ok(wal::inspect(storage, &dir.join(WAL_DIR), wal_options, on_frame)?)
+    Ok(wal::inspect(storage, &dir.join(WAL_DIR), on_frame)?)
 }
 
 /// Checks that a WAL payload decodes as a batch.

@@ -168,7 +168,9 @@ impl Wal {
         if from < start || from > segments.last().expect("non-empty").end() {
             return Err(Error::LogStartsLater { dir: dir.to_owned(), start, wanted: from });
         }
-        let scanned = recovery::scan(&storage, &segments, from, payload_bytes_max, &mut |header, frame| {
+        // Frames are read with the format's limit, not this open's: a log
+        // written with larger segments holds larger frames.
+        let scanned = recovery::scan(&storage, &segments, from, FRAME_PAYLOAD_BYTES_MAX, &mut |header, frame| {
             if header.kind == FrameKind::Batch {
                 on_frame(header, &frame[FRAME_HEADER_BYTES..]);
             }
@@ -249,7 +251,7 @@ impl Wal {
             return Err(Error::LogStartsLater { dir: self.shared.dir.clone(), start, wanted: from });
         }
         let end = self.durable_lsn();
-        let cursor = Cursor::new(self.shared.storage.clone(), segments, from, self.shared.payload_bytes_max);
+        let cursor = Cursor::new(self.shared.storage.clone(), segments, from, FRAME_PAYLOAD_BYTES_MAX);
         Ok(WalReader { cursor, end, failed: false })
     }
 
@@ -350,12 +352,11 @@ pub struct Inspection {
 pub fn inspect(
     storage: Arc<dyn Storage>,
     dir: &Path,
-    options: WalOptions,
     on_frame: &mut dyn FnMut(&FrameHeader, &[u8]),
 ) -> Result<Inspection> {
     let segments = segment::list(storage.as_ref(), dir)?;
     let from = segments.first().map_or(Lsn(0), |s| s.start);
-    let scanned = recovery::scan(&storage, &segments, from, options.payload_bytes_max(), &mut |h, frame| {
+    let scanned = recovery::scan(&storage, &segments, from, FRAME_PAYLOAD_BYTES_MAX, &mut |h, frame| {
         on_frame(h, &frame[FRAME_HEADER_BYTES..])
     })?;
     Ok(Inspection {

@@ -36,7 +36,7 @@ proptest! {
         file.write_at(at, &bytes).unwrap();
         file.sync_data().unwrap();
         let _ = replay(&disk);
-        let _ = wal::inspect(Arc::new(disk.clone()), Path::new(DIR), options(), &mut |_, _| {});
+        let _ = wal::inspect(Arc::new(disk.clone()), Path::new(DIR), &mut |_, _| {});
     }
 
     /// Garbage after durable frames: the frames are still there, or the

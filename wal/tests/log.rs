@@ -267,3 +267,21 @@ fn reader_reports_damage_once_with_file_and_offset_then_stops() {
         other => panic!("expected Corrupt, got {other:?}"),
     }
 }
+
+/// Regression: recovery read frames with the limit of the options it was
+/// opened with, so a log written with larger segments (and frames) and
+/// reopened with smaller ones lost its large frames as "bad headers".
+#[test]
+fn reopening_with_smaller_segments_still_reads_large_frames() {
+    let disk = SimStorage::new();
+    let big = WalOptions { segment_bytes: 4 << 20, ..WalOptions::default() };
+    let (wal, _) = open(&disk, big).unwrap();
+    let large = payload(1, 300_000);
+    assert!(large.len() > options().payload_bytes_max());
+    let lsn = wal.append(frame(&large), true).unwrap();
+    let small = wal.append(frame(b"after"), true).unwrap();
+    drop(wal);
+    let (wal, seen) = open(&disk, options()).unwrap();
+    assert_eq!(seen, vec![(lsn, large), (small, b"after".to_vec())]);
+    assert_eq!(wal.read_from(lsn).unwrap().count(), 2);
+}
