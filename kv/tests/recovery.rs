@@ -209,3 +209,18 @@ fn truncated_or_foreign_segment_file_is_a_typed_error_naming_it() {
         assert_eq!(std::fs::metadata(&segment).unwrap().len(), size);
     }
 }
+
+#[test]
+fn unusable_segment_size_is_a_typed_error() {
+    let dir = common::temp_dir("segsize");
+    for segment_bytes in [0, 4096, (1 << 20) + 1] {
+        let options = Options { segment_bytes, ..common::options(common::AUTO) };
+        match Kv::open(dir.path(), options) {
+            Err(Error::Wal(wal::Error::InvalidSegmentBytes { segment_bytes: got, .. })) => {
+                assert_eq!(got, segment_bytes)
+            }
+            Err(other) => panic!("expected InvalidSegmentBytes, got {other:?}"),
+            Ok(_) => panic!("opened with segment_bytes={segment_bytes}"),
+        }
+    }
+}

@@ -42,6 +42,16 @@ pub enum Error {
         /// The smallest segment size.
         min_bytes: u64,
     },
+    /// The options ask for a segment size that cannot be used.
+    #[error(
+        "WAL segment size of {segment_bytes} bytes is unusable: it must be a multiple of 4096 and at least {min_bytes}"
+    )]
+    InvalidSegmentBytes {
+        /// The size asked for.
+        segment_bytes: u64,
+        /// The smallest segment size.
+        min_bytes: u64,
+    },
     /// Replay was asked to start where the log no longer reaches.
     #[error("WAL in {} starts at LSN {start}, after the requested LSN {wanted}", dir.display())]
     LogStartsLater {

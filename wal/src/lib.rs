@@ -143,7 +143,9 @@ impl Wal {
     /// # Errors
     /// [`Error::Corrupt`] for damage before the synced end (in
     /// [`RecoveryMode::Strict`]), [`Error::SegmentGap`] for a missing
-    /// segment, [`Error::LogStartsLater`] if `from` was reclaimed, and
+    /// segment, [`Error::BadSegment`] for a cut-short one,
+    /// [`Error::LogStartsLater`] if `from` was reclaimed,
+    /// [`Error::InvalidSegmentBytes`] for an unusable segment size, and
     /// storage errors naming the file.
     pub fn open(
         storage: Arc<dyn Storage>,
@@ -152,8 +154,12 @@ impl Wal {
         from: Lsn,
         on_frame: &mut dyn FnMut(&FrameHeader, &[u8]),
     ) -> Result<Wal> {
-        assert!(options.segment_bytes >= SEGMENT_BYTES_MIN, "segment_bytes below SEGMENT_BYTES_MIN");
-        assert_eq!(options.segment_bytes % uring::BLOCK_BYTES as u64, 0, "segment_bytes not block-aligned");
+        if options.segment_bytes < SEGMENT_BYTES_MIN || options.segment_bytes % uring::BLOCK_BYTES as u64 != 0 {
+            return Err(Error::InvalidSegmentBytes {
+                segment_bytes: options.segment_bytes,
+                min_bytes: SEGMENT_BYTES_MIN,
+            });
+        }
         storage.create_dir_all(dir)?;
         remove_temporaries(storage.as_ref(), dir)?;
         let payload_bytes_max = options.payload_bytes_max();
