@@ -285,3 +285,22 @@ fn reopening_with_smaller_segments_still_reads_large_frames() {
     assert_eq!(seen, vec![(lsn, large), (small, b"after".to_vec())]);
     assert_eq!(wal.read_from(lsn).unwrap().count(), 2);
 }
+
+#[test]
+fn failed_background_segment_preparation_is_retried_by_the_committer() {
+    let disk = SimStorage::new();
+    let (wal, _) = open(&disk, options()).unwrap();
+    // The preparer creates the second segment as a .tmp file first: fail its first write.
+    let tmp = Path::new(DIR).join(format!("{:020}.tmp", SEGMENT_BYTES_MIN));
+    disk.fail_file_call(&tmp, 0, libc::EIO);
+    let written: Vec<_> = (0..120)
+        .map(|i| {
+            let p = payload(i, 4000);
+            (wal.append(frame(&p), true).unwrap(), p)
+        })
+        .collect();
+    assert!(written.last().unwrap().0 .0 > SEGMENT_BYTES_MIN, "the log crossed into the second segment");
+    drop(wal);
+    let (_, seen) = open(&disk, options()).unwrap();
+    assert_eq!(seen, written);
+}
