@@ -33,6 +33,7 @@
 
 #![forbid(unsafe_code)]
 
+mod clean;
 mod committer;
 mod constants;
 mod cursor;
@@ -176,11 +177,13 @@ impl Wal {
         }
         // Frames are read with the format's limit, not this open's: a log
         // written with larger segments holds larger frames.
-        let scanned = recovery::scan(&storage, &segments, from, FRAME_PAYLOAD_BYTES_MAX, &mut |header, frame| {
-            if header.kind == FrameKind::Batch {
-                on_frame(header, &frame[FRAME_HEADER_BYTES..]);
-            }
-        })?;
+        let clean_end = clean::take(storage.as_ref(), dir)?;
+        let scanned =
+            recovery::scan(&storage, &segments, from, FRAME_PAYLOAD_BYTES_MAX, clean_end, &mut |header, frame| {
+                if header.kind == FrameKind::Batch {
+                    on_frame(header, &frame[FRAME_HEADER_BYTES..]);
+                }
+            })?;
         recovery::settle(&storage, &segments, &scanned, options.recovery)?;
         let end = scanned.end;
         // Segments wholly past the end hold nothing of the log: recycle them.
@@ -285,8 +288,15 @@ impl Wal {
 impl Drop for Wal {
     fn drop(&mut self) {
         self.shared.close();
-        if let Some(handle) = self.committer.take() {
-            let _ = handle.join();
+        let Some(handle) = self.committer.take() else { return };
+        let committer_finished = handle.join().is_ok();
+        // Everything sent was made durable (or the log is poisoned): record
+        // where the log ends, so the next open can skip the search beyond it.
+        if committer_finished && self.shared.lock_tail().is_healthy() {
+            let shared = &self.shared;
+            if let Err(e) = clean::mark(shared.storage.as_ref(), &shared.dir, shared.durable_lsn()) {
+                tracing::warn!(error = %e, "could not record the clean close of the WAL");
+            }
         }
     }
 }
@@ -362,7 +372,7 @@ pub fn inspect(
 ) -> Result<Inspection> {
     let segments = segment::list(storage.as_ref(), dir)?;
     let from = segments.first().map_or(Lsn(0), |s| s.start);
-    let scanned = recovery::scan(&storage, &segments, from, FRAME_PAYLOAD_BYTES_MAX, &mut |h, frame| {
+    let scanned = recovery::scan(&storage, &segments, from, FRAME_PAYLOAD_BYTES_MAX, None, &mut |h, frame| {
         on_frame(h, &frame[FRAME_HEADER_BYTES..])
     })?;
     Ok(Inspection {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use uring::{AlignedBuf, OpenMode, Storage, BLOCK_BYTES};
 
-use crate::cursor::{look_beyond, Cursor, Step};
+use crate::cursor::{look_beyond, Beyond, Cursor, Step};
 use crate::error::{Error, Result};
 use crate::frame::{FrameFault, FrameHeader};
 use crate::segment::Segment;
@@ -49,11 +49,16 @@ pub(crate) struct Scanned {
 
 /// Reads every frame from `from`, calling `on_frame` with each batch frame,
 /// and says where the valid log ends.
+///
+/// `clean_end` is where a clean close said the log ended: if the log ends
+/// there in zeros, nothing was written after it, so the search beyond for
+/// witnesses and torn frames is skipped.
 pub(crate) fn scan(
     storage: &Arc<dyn Storage>,
     segments: &[Segment],
     from: Lsn,
     payload_bytes_max: usize,
+    clean_end: Option<Lsn>,
     on_frame: &mut dyn FnMut(&FrameHeader, &[u8]),
 ) -> Result<Scanned> {
     let mut cursor = Cursor::new(storage.clone(), segments.to_vec(), from, payload_bytes_max);
@@ -63,7 +68,12 @@ pub(crate) fn scan(
             Step::End => return Ok(Scanned { end: cursor.pos, junk_end: None, bad: None, witness: None }),
             Step::Bad { lsn, segment, offset, fault } => {
                 let path = segments[segment].path.clone();
-                let beyond = look_beyond(storage, segments, lsn, payload_bytes_max)?;
+                let closed_cleanly_here = clean_end == Some(lsn) && fault == FrameFault::Zero;
+                let beyond = if closed_cleanly_here {
+                    Beyond::default()
+                } else {
+                    look_beyond(storage, segments, lsn, payload_bytes_max)?
+                };
                 let bad = BadFrame { lsn, path, offset, fault };
                 return Ok(Scanned {
                     end: lsn,

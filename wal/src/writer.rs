@@ -37,6 +37,13 @@ pub(crate) struct Tail {
     tx: Option<Sender<Pending>>,
 }
 
+impl Tail {
+    /// No write or sync has failed.
+    pub(crate) fn is_healthy(&self) -> bool {
+        self.poisoned.is_none()
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Counters {
     pub(crate) commits: AtomicU64,

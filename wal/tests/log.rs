@@ -304,3 +304,27 @@ fn failed_background_segment_preparation_is_retried_by_the_committer() {
     let (_, seen) = open(&disk, options()).unwrap();
     assert_eq!(seen, written);
 }
+
+#[test]
+fn clean_close_lets_the_next_open_skip_the_search_beyond_the_end() {
+    let disk = SimStorage::new();
+    let (wal, _) = open(&disk, options()).unwrap();
+    let written: Vec<_> =
+        (0..10).map(|i| (wal.append(frame(&payload(i, 100)), true).unwrap(), payload(i, 100))).collect();
+    drop(wal);
+    assert!(segment_files(&disk).contains(&"CLEAN".to_string()), "a clean close leaves the marker");
+    let before = disk.calls();
+    let (wal, seen) = open(&disk, options()).unwrap();
+    let with_marker = disk.calls() - before;
+    assert_eq!(seen, written);
+    assert!(!segment_files(&disk).contains(&"CLEAN".to_string()), "open removes the marker");
+    // Without the marker (a crash), open searches the rest of the log.
+    disk.power_cut();
+    drop(wal);
+    let after = disk.after_power_cut(1);
+    let before = after.calls();
+    let (_, seen) = open(&after, options()).unwrap();
+    let without_marker = after.calls() - before;
+    assert_eq!(seen, written);
+    assert!(with_marker < without_marker, "{with_marker} calls with the marker, {without_marker} without");
+}
