@@ -51,6 +51,10 @@ fn acknowledged_writes_survive_sigkill() {
             let acks = 1 + rng.below(400) as usize;
             let acked = run_child(dir.path(), backend, round, acks);
             all_acked.extend(acked);
+            // The log as the kill left it (a torn tail at most) checks sound.
+            let check = common::kv_bin().args(["--db", dir.path().to_str().unwrap(), "check"]).output().unwrap();
+            let report = String::from_utf8_lossy(&check.stdout);
+            assert!(check.status.success(), "{backend:?} round {round}: kv check after SIGKILL: {report}");
             let db = common::open(dir.path(), backend);
             for key in &all_acked {
                 let value = db.get(key).unwrap();
