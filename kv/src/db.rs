@@ -94,7 +94,10 @@ impl Kv {
             io: options.io,
             sync_mode: options.sync_mode,
             buffer_bytes: wal::COMMIT_BUFFER_BYTES,
-            buffer_count: 2,
+            // One buffer commits one batch at a time; pipelining alternates two.
+            // Registering no more than needed keeps within a default 8 MiB
+            // RLIMIT_MEMLOCK for users without CAP_IPC_LOCK.
+            buffer_count: if options.sync_mode == SyncMode::LinkedFsync { 2 } else { 1 },
         };
         let storage = uring::open_storage(storage_options)?;
         Kv::open_on(storage, dir.as_ref(), options)
