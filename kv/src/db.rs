@@ -276,3 +276,14 @@ impl Iterator for Scan<'_> {
         self.chunk.pop()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// `Kv` is shared across threads by reference or `Arc`.
+    #[test]
+    fn kv_is_send_and_sync() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<super::Kv>();
+        shareable::<std::sync::Arc<super::Kv>>();
+    }
+}
