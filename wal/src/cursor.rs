@@ -27,15 +27,14 @@ pub(crate) struct Cursor {
     seg: usize,
     reader: Option<WindowReader>,
     pub(crate) pos: Lsn,
-    payload_bytes_max: usize,
 }
 
 impl Cursor {
     /// A cursor at `pos`, which must lie in one of `segments` (or at the end
     /// of the last).
-    pub(crate) fn new(storage: Arc<dyn Storage>, segments: Vec<Segment>, pos: Lsn, payload_bytes_max: usize) -> Cursor {
+    pub(crate) fn new(storage: Arc<dyn Storage>, segments: Vec<Segment>, pos: Lsn) -> Cursor {
         let seg = segments.iter().position(|s| s.contains(pos)).unwrap_or(segments.len());
-        Cursor { storage, segments, seg, reader: None, pos, payload_bytes_max }
+        Cursor { storage, segments, seg, reader: None, pos }
     }
 
     fn reader(&mut self) -> Result<&mut WindowReader> {
@@ -64,8 +63,8 @@ impl Cursor {
                 self.next_segment();
                 continue;
             }
-            let (pos, seg, payload_max) = (self.pos, self.seg, self.payload_bytes_max);
-            let header = match decode_header(self.reader()?.bytes(offset, FRAME_HEADER_BYTES)?, pos, payload_max) {
+            let (pos, seg) = (self.pos, self.seg);
+            let header = match decode_header(self.reader()?.bytes(offset, FRAME_HEADER_BYTES)?, pos) {
                 Ok(h) if h.frame_bytes() > room => Err(FrameFault::PastSegment),
                 other => other,
             };
@@ -98,12 +97,7 @@ pub(crate) struct Beyond {
 /// Searches every position after `bad` (in its segment and all later ones)
 /// for valid frames: one whose `durable_lsn` lies past `bad` proves the bad
 /// frame had been synced, so it is corruption, not a torn tail.
-pub(crate) fn look_beyond(
-    storage: &Arc<dyn Storage>,
-    segments: &[Segment],
-    bad: Lsn,
-    payload_bytes_max: usize,
-) -> Result<Beyond> {
+pub(crate) fn look_beyond(storage: &Arc<dyn Storage>, segments: &[Segment], bad: Lsn) -> Result<Beyond> {
     let mut beyond = Beyond::default();
     let first = segments.iter().position(|s| s.contains(bad)).unwrap_or(segments.len());
     for segment in &segments[first..] {
@@ -120,7 +114,7 @@ pub(crate) fn look_beyond(
             };
             offset += at as u64;
             let lsn = Lsn(segment.start.0 + offset);
-            let header = match decode_header(reader.bytes(offset, FRAME_HEADER_BYTES)?, lsn, payload_bytes_max) {
+            let header = match decode_header(reader.bytes(offset, FRAME_HEADER_BYTES)?, lsn) {
                 Ok(h) if offset + h.frame_bytes() <= segment.size_bytes => Some(h),
                 _ => None,
             };

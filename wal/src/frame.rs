@@ -13,7 +13,7 @@
 //! All integers little-endian. The CRC covers the payload first so that it
 //! can be computed outside the lock that assigns the LSN.
 
-use crate::constants::FRAME_HEADER_BYTES;
+use crate::constants::{FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX};
 use crate::Lsn;
 
 /// What a frame carries.
@@ -120,9 +120,10 @@ pub(crate) fn peek_lsn(bytes: &[u8]) -> u64 {
     u64_at(bytes, 8)
 }
 
-/// Checks the header in `header` as a frame at `lsn`, whose payload may be
-/// at most `payload_bytes_max`. The CRC is checked by [`check_crc`].
-pub(crate) fn decode_header(header: &[u8], lsn: Lsn, payload_bytes_max: usize) -> Result<FrameHeader, FrameFault> {
+/// Checks the header in `header` as a frame at `lsn`. Sizes are checked
+/// against the format's limit, never an open's: a log written with larger
+/// segments holds larger frames. The CRC is checked by [`check_crc`].
+pub(crate) fn decode_header(header: &[u8], lsn: Lsn) -> Result<FrameHeader, FrameFault> {
     let header = &header[..FRAME_HEADER_BYTES];
     if header.iter().all(|&b| b == 0) {
         return Err(FrameFault::Zero);
@@ -132,7 +133,7 @@ pub(crate) fn decode_header(header: &[u8], lsn: Lsn, payload_bytes_max: usize) -
     }
     let payload_bytes = u32_at(header, 4);
     let kind = FrameKind::from_code(header[24]).ok_or(FrameFault::BadHeader)?;
-    if payload_bytes as usize > payload_bytes_max || header[25..28] != [0, 0, 0] {
+    if payload_bytes as usize > FRAME_PAYLOAD_BYTES_MAX || header[25..28] != [0, 0, 0] {
         return Err(FrameFault::BadHeader);
     }
     Ok(FrameHeader { payload_bytes, lsn, durable_lsn: Lsn(u64_at(header, 16)), kind, term: u32_at(header, 28) })
@@ -251,16 +252,16 @@ mod tests {
         let crc = frame.payload_crc();
         frame.seal(crc, Lsn(4096), Lsn(1000), FrameKind::Batch, 7);
         let bytes = frame.as_bytes().to_vec();
-        let header = decode_header(&bytes, Lsn(4096), 1 << 20).unwrap();
+        let header = decode_header(&bytes, Lsn(4096)).unwrap();
         assert_eq!(header.payload_bytes, 10);
         assert_eq!(header.durable_lsn, Lsn(1000));
         assert_eq!(header.term, 7);
         assert_eq!(check_crc(&bytes), Ok(()));
-        assert_eq!(decode_header(&bytes, Lsn(4097), 1 << 20), Err(FrameFault::WrongLsn));
+        assert_eq!(decode_header(&bytes, Lsn(4097)), Err(FrameFault::WrongLsn));
         for bit in 0..bytes.len() * 8 {
             let mut bad = bytes.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
-            let caught = decode_header(&bad, Lsn(4096), 1 << 20).is_err() || check_crc(&bad).is_err();
+            let caught = decode_header(&bad, Lsn(4096)).is_err() || check_crc(&bad).is_err();
             assert!(caught, "flipped bit {bit} went unnoticed");
         }
     }

@@ -175,15 +175,12 @@ impl Wal {
         if from < start || from > segments.last().expect("non-empty").end() {
             return Err(Error::LogStartsLater { dir: dir.to_owned(), start, wanted: from });
         }
-        // Frames are read with the format's limit, not this open's: a log
-        // written with larger segments holds larger frames.
         let clean_end = clean::take(storage.as_ref(), dir)?;
-        let scanned =
-            recovery::scan(&storage, &segments, from, FRAME_PAYLOAD_BYTES_MAX, clean_end, &mut |header, frame| {
-                if header.kind == FrameKind::Batch {
-                    on_frame(header, &frame[FRAME_HEADER_BYTES..]);
-                }
-            })?;
+        let scanned = recovery::scan(&storage, &segments, from, clean_end, &mut |header, frame| {
+            if header.kind == FrameKind::Batch {
+                on_frame(header, &frame[FRAME_HEADER_BYTES..]);
+            }
+        })?;
         recovery::settle(&storage, &segments, &scanned, options.recovery)?;
         let end = scanned.end;
         // Segments wholly past the end hold nothing of the log: recycle them.
@@ -260,7 +257,7 @@ impl Wal {
             return Err(Error::LogStartsLater { dir: self.shared.dir.clone(), start, wanted: from });
         }
         let end = self.durable_lsn();
-        let cursor = Cursor::new(self.shared.storage.clone(), segments, from, FRAME_PAYLOAD_BYTES_MAX);
+        let cursor = Cursor::new(self.shared.storage.clone(), segments, from);
         Ok(WalReader { cursor, end, failed: false })
     }
 
@@ -372,9 +369,8 @@ pub fn inspect(
 ) -> Result<Inspection> {
     let segments = segment::list(storage.as_ref(), dir)?;
     let from = segments.first().map_or(Lsn(0), |s| s.start);
-    let scanned = recovery::scan(&storage, &segments, from, FRAME_PAYLOAD_BYTES_MAX, None, &mut |h, frame| {
-        on_frame(h, &frame[FRAME_HEADER_BYTES..])
-    })?;
+    let scanned =
+        recovery::scan(&storage, &segments, from, None, &mut |h, frame| on_frame(h, &frame[FRAME_HEADER_BYTES..]))?;
     Ok(Inspection {
         end: scanned.end,
         corrupt: scanned.witness.is_some(),

@@ -47,8 +47,8 @@ pub(crate) struct Scanned {
     pub(crate) witness: Option<FrameHeader>,
 }
 
-/// Reads every frame from `from`, calling `on_frame` with each batch frame,
-/// and says where the valid log ends.
+/// Reads every frame from `from`, calling `on_frame` with each valid frame
+/// (padding included, header and payload), and says where the valid log ends.
 ///
 /// `clean_end` is where a clean close said the log ended: if the log ends
 /// there in zeros, nothing was written after it, so the search beyond for
@@ -57,11 +57,10 @@ pub(crate) fn scan(
     storage: &Arc<dyn Storage>,
     segments: &[Segment],
     from: Lsn,
-    payload_bytes_max: usize,
     clean_end: Option<Lsn>,
     on_frame: &mut dyn FnMut(&FrameHeader, &[u8]),
 ) -> Result<Scanned> {
-    let mut cursor = Cursor::new(storage.clone(), segments.to_vec(), from, payload_bytes_max);
+    let mut cursor = Cursor::new(storage.clone(), segments.to_vec(), from);
     loop {
         match cursor.step()? {
             Step::Frame(header, bytes) => on_frame(&header, bytes),
@@ -69,11 +68,7 @@ pub(crate) fn scan(
             Step::Bad { lsn, segment, offset, fault } => {
                 let path = segments[segment].path.clone();
                 let closed_cleanly_here = clean_end == Some(lsn) && fault == FrameFault::Zero;
-                let beyond = if closed_cleanly_here {
-                    Beyond::default()
-                } else {
-                    look_beyond(storage, segments, lsn, payload_bytes_max)?
-                };
+                let beyond = if closed_cleanly_here { Beyond::default() } else { look_beyond(storage, segments, lsn)? };
                 let bad = BadFrame { lsn, path, offset, fault };
                 return Ok(Scanned {
                     end: lsn,
