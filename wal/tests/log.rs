@@ -328,3 +328,19 @@ fn clean_close_lets_the_next_open_skip_the_search_beyond_the_end() {
     assert_eq!(seen, written);
     assert!(with_marker < without_marker, "{with_marker} calls with the marker, {without_marker} without");
 }
+
+#[test]
+fn damaged_clean_marker_is_ignored_and_removed() {
+    let disk = SimStorage::new();
+    let (wal, _) = open(&disk, options()).unwrap();
+    let written: Vec<_> = (0..5).map(|i| (wal.append(frame(&payload(i, 80)), true).unwrap(), payload(i, 80))).collect();
+    drop(wal);
+    let marker = Path::new(DIR).join("CLEAN");
+    let file = disk.open(&marker, OpenMode::Existing).unwrap();
+    file.write_at(3, &[0xFF]).unwrap(); // the end LSN no longer matches its CRC
+    file.sync_data().unwrap();
+    let (wal, seen) = open(&disk, options()).unwrap();
+    assert_eq!(seen, written, "a damaged marker means the full search, nothing lost");
+    assert!(!segment_files(&disk).contains(&"CLEAN".to_string()));
+    drop(wal);
+}
