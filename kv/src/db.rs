@@ -84,20 +84,21 @@ impl Kv {
     /// Opens (or creates) the store in `dir` on the real file system,
     /// replaying its log.
     ///
+    /// A new store's directories are made durable (each parent synced)
+    /// before anything is written into them.
+    ///
     /// # Errors
-    /// [`Error::NotFound`] if `dir` is missing and `create_if_missing` is
-    /// off; [`Error::Locked`] naming the holder's pid if another process has
-    /// it open; [`Error::Wal`] with [`wal::Error::Corrupt`] (file, offset)
-    /// for a damaged log; storage errors naming the path.
+    /// [`Error::NotFound`] if `dir` is missing (or empty) and
+    /// `create_if_missing` is off; [`Error::NotAStore`] if `dir` holds files
+    /// but no `wal/` (a store whose log was removed must not reopen empty);
+    /// [`Error::Locked`] naming the holder's pid if another process has it
+    /// open; [`Error::Wal`] with [`wal::Error::Corrupt`] (file, offset) for a
+    /// damaged log; storage errors naming the path.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Kv> {
         let storage_options = StorageOptions {
             io: options.io,
             sync_mode: options.sync_mode,
-            buffer_bytes: wal::COMMIT_BUFFER_BYTES,
-            // One buffer commits one batch at a time; pipelining alternates two.
-            // Registering no more than needed keeps within a default 8 MiB
-            // RLIMIT_MEMLOCK for users without CAP_IPC_LOCK.
-            buffer_count: if options.sync_mode == SyncMode::LinkedFsync { 2 } else { 1 },
+            commit_buffer_bytes: wal::COMMIT_BUFFER_BYTES,
         };
         let storage = uring::open_storage(storage_options)?;
         Kv::open_on(storage, dir.as_ref(), options)
@@ -109,24 +110,36 @@ impl Kv {
     /// # Errors
     /// As [`Kv::open`].
     pub fn open_on(storage: Arc<dyn Storage>, dir: &Path, options: Options) -> Result<Kv> {
-        if !storage.exists(dir)? {
+        let wal_dir = dir.join(WAL_DIR);
+        // `wal/` is created (durably) before the lock file, so a store's
+        // directory never holds a LOCK without a `wal/` unless the log was
+        // removed.
+        if !storage.exists(&wal_dir)? {
+            if storage.exists(dir)? {
+                let mut found = storage.list_dir(dir)?;
+                found.sort();
+                if let Some(first) = found.into_iter().next() {
+                    return Err(Error::NotAStore { path: dir.to_owned(), found: first });
+                }
+            }
             if !options.create_if_missing {
                 return Err(Error::NotFound { path: dir.to_owned() });
             }
-            storage.create_dir_all(dir)?;
+            uring::create_dirs(storage.as_ref(), &wal_dir)?;
         }
         let lock = storage.lock(&dir.join(LOCK_FILE))?;
         let wal_options = WalOptions { segment_bytes: options.segment_bytes, recovery: options.recovery, term: 0 };
         let memtable = Memtable::default();
         let mut replay_error = None;
-        let wal = Wal::open(storage.clone(), &dir.join(WAL_DIR), wal_options, Lsn(0), &mut |header, payload| {
-            match batch::decode(header.lsn, payload) {
+        let wal =
+            Wal::open(storage.clone(), &wal_dir, wal_options, Lsn(0), &mut |header, payload| match batch::decode(
+                header.lsn, payload,
+            ) {
                 Ok(ops) => memtable.apply(header.lsn, ops),
                 Err(e) => {
                     replay_error.get_or_insert(e);
                 }
-            }
-        })?;
+            })?;
         if let Some(e) = replay_error {
             return Err(e);
         }
@@ -234,7 +247,8 @@ pub fn inspect_log(
     options: Options,
     on_frame: &mut dyn FnMut(&wal::FrameHeader, &[u8]),
 ) -> Result<wal::Inspection> {
-    let storage = uring::open_storage(StorageOptions { io: options.io, buffer_count: 0, ..StorageOptions::default() })?;
+    let read_only = StorageOptions { io: options.io, sync_mode: options.sync_mode, commit_buffer_bytes: 0 };
+    let storage = uring::open_storage(read_only)?;
     if !storage.exists(dir)? {
         return Err(Error::NotFound { path: dir.to_owned() });
     }

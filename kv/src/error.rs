@@ -20,11 +20,21 @@ pub enum Error {
         /// The holder's process id.
         pid: u32,
     },
-    /// The directory does not exist and `create_if_missing` is off.
-    #[error("no store at {}: the directory does not exist", path.display())]
+    /// There is no store in the directory (it does not exist, or is
+    /// empty) and `create_if_missing` is off.
+    #[error("no store at {}", path.display())]
     NotFound {
         /// The directory.
         path: PathBuf,
+    },
+    /// The directory holds files but no `wal/`: not a store, or a store
+    /// whose log was removed. Never opened as an empty store.
+    #[error("{} is not a ringkv store: it holds {found:?} but no wal/ directory", path.display())]
+    NotAStore {
+        /// The directory.
+        path: PathBuf,
+        /// One of the entries found in it.
+        found: String,
     },
     /// A key longer than [`crate::KEY_BYTES_MAX`].
     #[error("key of {bytes} bytes exceeds the limit of {limit} bytes")]

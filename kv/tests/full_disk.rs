@@ -26,8 +26,9 @@ fn full_disk_is_a_typed_error_and_loses_nothing_acknowledged() {
         }
         assert!(acked.len() < 1000, "1.5 MiB cannot hold 50 MB");
     };
-    let Error::Wal(wal::Error::Poisoned { cause }) = &err else { panic!("expected Poisoned, got {err:?}") };
-    assert_eq!(cause.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    // The write that hit the full disk gets the real error.
+    let Error::Wal(wal::Error::Storage(real)) = &err else { panic!("expected the storage error, got {err:?}") };
+    assert_eq!(real.raw_os_error(), Some(libc::ENOSPC), "{err}");
     assert!(err.to_string().contains(dir.to_str().unwrap()), "names the file: {err}");
     assert!(!acked.is_empty());
     assert!(matches!(db.put("after", "x"), Err(Error::Wal(wal::Error::Poisoned { .. }))), "later writes are refused");

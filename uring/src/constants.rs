@@ -19,6 +19,19 @@ pub const RING_COMPLETION_ENTRIES: u32 = 2 * RING_ENTRIES;
 /// are split (the kernel takes a `u32` length).
 pub const OP_BYTES_MAX: usize = 1 << 30;
 
+/// Buffers a commit queue hands out: one being written while the next
+/// batch gathers in the other.
+pub const COMMIT_BUFFERS: usize = 2;
+
+/// Batches whose syncs may be in flight at once on a commit queue that
+/// pipelines (linked chains on O_DIRECT files).
+pub const PIPELINE_DEPTH: usize = 4;
+
+/// Operations one pipelined commit may have in flight: its write, its
+/// linked sync, a resubmitted remainder and a standalone sync.
+const OPS_PER_COMMIT_MAX: usize = 4;
+
 const _: () = assert!(BLOCK_BYTES % SECTOR_BYTES == 0);
 const _: () = assert!(RING_COMPLETION_ENTRIES >= 2 * RING_ENTRIES);
 const _: () = assert!(OP_BYTES_MAX % BLOCK_BYTES == 0);
+const _: () = assert!(PIPELINE_DEPTH * OPS_PER_COMMIT_MAX <= RING_ENTRIES as usize);

@@ -5,15 +5,15 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A system call (or ring operation) on a file failed.
-    #[error("{op} {} at offset {offset}: {source}", path.display())]
+    /// A system call (or ring operation) on a file or directory failed.
+    #[error("{op} {}{}: {source}", path.display(), at(*offset))]
     Io {
-        /// The operation: "open", "pwrite", "fdatasync", ...
+        /// The operation: "open", "pwrite", "fdatasync", "mkdir", ...
         op: &'static str,
         /// The file or directory.
         path: PathBuf,
-        /// Byte offset in the file, 0 where the call has none.
-        offset: u64,
+        /// Byte offset in the file, for operations that have one.
+        offset: Option<u64>,
         /// What the kernel (or the simulated disk) said.
         #[source]
         source: io::Error,
@@ -49,9 +49,18 @@ pub enum Error {
     },
 }
 
+fn at(offset: Option<u64>) -> String {
+    offset.map(|o| format!(" at offset {o}")).unwrap_or_default()
+}
+
 impl Error {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, offset: u64, source: io::Error) -> Error {
-        Error::Io { op, path: path.into(), offset, source }
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        offset: impl Into<Option<u64>>,
+        source: io::Error,
+    ) -> Error {
+        Error::Io { op, path: path.into(), offset: offset.into(), source }
     }
 
     /// The OS error code behind this error, if there is one.
@@ -59,6 +68,30 @@ impl Error {
         match self {
             Error::Io { source, .. } | Error::UringUnavailable { source, .. } => source.raw_os_error(),
             _ => None,
+        }
+    }
+}
+
+/// An `io::Error` is not `Clone`; its code (or kind and text) is all we keep.
+fn clone_io(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+/// Errors are cloned to every writer of a failed group commit.
+impl Clone for Error {
+    fn clone(&self) -> Error {
+        match self {
+            Error::Io { op, path, offset, source } => {
+                Error::Io { op, path: path.clone(), offset: *offset, source: clone_io(source) }
+            }
+            Error::ReadPastEnd { path, offset, len, file_bytes } => {
+                Error::ReadPastEnd { path: path.clone(), offset: *offset, len: *len, file_bytes: *file_bytes }
+            }
+            Error::UringUnavailable { reason, source } => Error::UringUnavailable { reason, source: clone_io(source) },
+            Error::Locked { path, pid } => Error::Locked { path: path.clone(), pid: *pid },
         }
     }
 }

@@ -3,28 +3,42 @@
 //! One seam, [`Storage`] (a tree of files) and [`File`] (an open file), with
 //! three backends behind it:
 //!
-//! - **io_uring**: registered (fixed) buffers; commits as `RWF_DSYNC`
-//!   writes, or as pipelined linked write → `Fsync(DATASYNC)` chains on a
-//!   [`CommitQueue`]; files opened O_DIRECT with a logged fallback to
-//!   buffered I/O where the file system refuses it.
+//! - **io_uring**: commits on a ring of their own with registered (fixed)
+//!   buffers, as `RWF_DSYNC` writes or linked write → `Fsync(DATASYNC)`
+//!   chains; files opened O_DIRECT with a logged fallback to buffered I/O
+//!   where the file system refuses it.
 //! - **syscall**: `pwrite` / `pread` / `fdatasync`; also where [`Io::Auto`]
 //!   falls back when io_uring is missing or forbidden.
-//! - **simulated** ([`SimStorage`]): in memory and deterministic, with power
-//!   cuts that drop or tear unsynced writes and injected errors.
+//! - **simulated** ([`SimStorage`]): in memory and deterministic; its fault
+//!   model (power cuts, torn and unreadable sectors, lost directory entries,
+//!   failed syncs, out-of-order sync completions) is documented there.
+//!
+//! How a batch of a log is made durable is decided once, by the storage,
+//! in the [`CommitQueue`] it returns.
 //!
 //! This crate knows nothing of logs, keys or pages.
 //!
 //! ```
 //! use std::path::Path;
-//! use uring::{open_storage, OpenMode, StorageOptions};
+//! use uring::{create_dirs, open_storage, CommitEvent, OpenMode, StorageOptions};
 //!
 //! let dir = std::env::temp_dir().join(format!("uring-doc-{}", std::process::id()));
 //! let storage = open_storage(StorageOptions::default())?;
-//! storage.create_dir_all(&dir)?;
+//! create_dirs(storage.as_ref(), &dir)?; // durable: each parent synced
 //! let file = storage.open(&dir.join("data"), OpenMode::Create)?;
-//! let mut buf = storage.io_buffer(uring::BLOCK_BYTES);
+//! let mut queue = storage.commit_queue()?;
+//! let mut buf = queue.buffers(uring::BLOCK_BYTES).pop().unwrap();
 //! buf[..5].copy_from_slice(b"hello");
-//! file.write_sync(0, &buf, uring::BLOCK_BYTES)?; // durable on return
+//! let ticket = queue.submit(&file, 0, buf, uring::BLOCK_BYTES);
+//! loop {
+//!     match queue.wait() {
+//!         CommitEvent::Written { result, .. } => result?,
+//!         CommitEvent::Synced { ticket: t, result } => {
+//!             assert_eq!(t, ticket);
+//!             break result?; // durable now
+//!         }
+//!     }
+//! }
 //! let mut back = uring::AlignedBuf::new(uring::BLOCK_BYTES);
 //! file.read_at(0, &mut back)?;
 //! assert_eq!(&back[..5], b"hello");
@@ -36,6 +50,7 @@ mod buf;
 mod constants;
 mod error;
 mod os;
+mod partial;
 mod queue;
 mod real;
 mod ring;
@@ -43,9 +58,9 @@ mod sim;
 mod storage;
 
 pub use buf::{AlignedBuf, IoBuf};
-pub use constants::{BLOCK_BYTES, SECTOR_BYTES};
+pub use constants::{BLOCK_BYTES, COMMIT_BUFFERS, PIPELINE_DEPTH, SECTOR_BYTES};
 pub use error::{Error, Result};
 pub use queue::{CommitEvent, CommitQueue};
 pub use real::{open_storage, StorageOptions};
 pub use sim::{SimRng, SimStorage};
-pub use storage::{Backend, DirLock, File, Io, OpenMode, Storage, SyncMode};
+pub use storage::{create_dirs, Backend, DirLock, File, Io, OpenMode, Storage, SyncMode};

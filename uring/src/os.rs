@@ -9,8 +9,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::buf::IoBuf;
 use crate::error::{Error, Result};
+use crate::partial::WriteProgress;
 use crate::storage::{DirLock, OpenMode};
 
 static DIRECT_FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
@@ -37,19 +37,19 @@ impl OsFile {
                         "the file system refuses O_DIRECT; using buffered I/O (durability still comes from fdatasync)"
                     );
                 }
-                let file = options.open(path).map_err(|e| Error::io("open", path, 0, e))?;
+                let file = options.open(path).map_err(|e| Error::io("open", path, None, e))?;
                 Ok(OsFile { file, path: path.to_owned(), direct: false })
             }
-            Err(e) => Err(Error::io("open", path, 0, e)),
+            Err(e) => Err(Error::io("open", path, None, e)),
         }
     }
 
     pub(crate) fn len(&self) -> Result<u64> {
-        let meta = self.file.metadata().map_err(|e| self.err("fstat", 0, e))?;
+        let meta = self.file.metadata().map_err(|e| self.err("fstat", None, e))?;
         Ok(meta.len())
     }
 
-    pub(crate) fn err(&self, op: &'static str, offset: u64, e: io::Error) -> Error {
+    pub(crate) fn err(&self, op: &'static str, offset: impl Into<Option<u64>>, e: io::Error) -> Error {
         Error::io(op, &self.path, offset, e)
     }
 
@@ -80,13 +80,11 @@ impl OsFile {
 
     pub(crate) fn pwrite(&self, offset: u64, buf: &[u8]) -> Result<()> {
         self.check_aligned(offset, buf.len(), buf.as_ptr());
-        // Finish short writes; an error names the offset where writing stopped.
-        let mut done = 0;
-        while done < buf.len() {
-            let at = offset + done as u64;
-            match self.file.write_at(&buf[done..], at) {
-                Ok(0) => return Err(self.err("pwrite", at, io::Error::from(io::ErrorKind::WriteZero))),
-                Ok(n) => done += n,
+        let mut progress = WriteProgress::new(offset, buf.len(), self.direct);
+        while !progress.is_done() {
+            let (at, rest) = progress.next();
+            match self.file.write_at(&buf[rest], at) {
+                Ok(n) => progress.advance(n).map_err(|e| self.err("pwrite", progress.stopped_at(), e))?,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(self.err("pwrite", at, e)),
             }
@@ -96,7 +94,23 @@ impl OsFile {
 
     pub(crate) fn fdatasync(&self) -> Result<()> {
         // sync_data is fdatasync(2); it is not retried on failure (see File::sync_data).
-        self.file.sync_data().map_err(|e| self.err("fdatasync", 0, e))
+        self.file.sync_data().map_err(|e| self.err("fdatasync", None, e))
+    }
+
+    /// fdatasync, then drop the clean cached pages (which include pages whose
+    /// writeback failed: the kernel marks them clean) so reads go to the
+    /// device. O_DIRECT reads bypass the cache already.
+    pub(crate) fn sync_and_evict(&self) -> Result<()> {
+        self.fdatasync()?;
+        if !self.direct {
+            // SAFETY: posix_fadvise only takes the fd (valid while self.file
+            // lives) and integers; it changes no memory of ours.
+            let rc = unsafe { libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            if rc != 0 {
+                return Err(self.err("posix_fadvise", None, io::Error::from_raw_os_error(rc)));
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn allocate(&self, len: u64) -> Result<()> {
@@ -117,43 +131,40 @@ impl OsFile {
         }
         Err(self.err("fallocate", len, e))
     }
+}
 
-    /// The syscall commit: `pwrite` everything, then `fdatasync`.
-    pub(crate) fn write_sync(&self, offset: u64, buf: &IoBuf, len: usize) -> Result<()> {
-        self.pwrite(offset, &buf[..len])?;
-        self.fdatasync()
+pub(crate) fn create_dir(path: &Path) -> Result<()> {
+    match fs::create_dir(path) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(Error::io("mkdir", path, None, e)),
+        _ => Ok(()),
     }
 }
 
-pub(crate) fn create_dir_all(path: &Path) -> Result<()> {
-    fs::create_dir_all(path).map_err(|e| Error::io("mkdir", path, 0, e))
-}
-
 pub(crate) fn exists(path: &Path) -> Result<bool> {
-    path.try_exists().map_err(|e| Error::io("stat", path, 0, e))
+    path.try_exists().map_err(|e| Error::io("stat", path, None, e))
 }
 
 pub(crate) fn list_dir(path: &Path) -> Result<Vec<String>> {
-    let entries = fs::read_dir(path).map_err(|e| Error::io("readdir", path, 0, e))?;
+    let entries = fs::read_dir(path).map_err(|e| Error::io("readdir", path, None, e))?;
     let mut names = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| Error::io("readdir", path, 0, e))?;
+        let entry = entry.map_err(|e| Error::io("readdir", path, None, e))?;
         names.push(entry.file_name().to_string_lossy().into_owned());
     }
     Ok(names)
 }
 
 pub(crate) fn remove_file(path: &Path) -> Result<()> {
-    fs::remove_file(path).map_err(|e| Error::io("unlink", path, 0, e))
+    fs::remove_file(path).map_err(|e| Error::io("unlink", path, None, e))
 }
 
 pub(crate) fn rename(from: &Path, to: &Path) -> Result<()> {
-    fs::rename(from, to).map_err(|e| Error::io("rename", from, 0, e))
+    fs::rename(from, to).map_err(|e| Error::io("rename", from, None, e))
 }
 
 pub(crate) fn sync_dir(path: &Path) -> Result<()> {
-    let dir = fs::File::open(path).map_err(|e| Error::io("open", path, 0, e))?;
-    dir.sync_all().map_err(|e| Error::io("fsync", path, 0, e))
+    let dir = fs::File::open(path).map_err(|e| Error::io("open", path, None, e))?;
+    dir.sync_all().map_err(|e| Error::io("fsync", path, None, e))
 }
 
 /// An exclusive `flock` on a lock file holding the owner's pid.
@@ -168,7 +179,7 @@ pub(crate) fn lock(path: &Path) -> Result<DirLock> {
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|e| Error::io("open", path, 0, e))?;
+        .map_err(|e| Error::io("open", path, None, e))?;
     // SAFETY: flock only takes the fd (valid while `file` lives) and flags.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -179,7 +190,7 @@ pub(crate) fn lock(path: &Path) -> Result<DirLock> {
             let pid = text.trim().parse().unwrap_or(0);
             return Err(Error::Locked { path: path.to_owned(), pid });
         }
-        return Err(Error::io("flock", path, 0, e));
+        return Err(Error::io("flock", path, None, e));
     }
     let write_pid = |file: &mut fs::File| -> io::Result<()> {
         file.set_len(0)?;
@@ -187,6 +198,6 @@ pub(crate) fn lock(path: &Path) -> Result<DirLock> {
         writeln!(file, "{}", std::process::id())?;
         file.sync_data()
     };
-    write_pid(&mut file).map_err(|e| Error::io("write", path, 0, e))?;
+    write_pid(&mut file).map_err(|e| Error::io("write", path, None, e))?;
     Ok(Box::new(FlockGuard { _file: file }))
 }

@@ -1,158 +1,459 @@
-//! Pipelined commits: a queue that takes a write and its sync, returns at
-//! once, and reports their completions as events, so that the next batch
-//! can be gathered and written while earlier syncs are in flight.
+//! Commit queues: how a batch of a log is made durable. One queue per log,
+//! owned by the thread that commits; [`crate::Storage::commit_queue`] picks
+//! the implementation once, where the storage was opened:
 //!
-//! Contract: the write of a commit is followed by a sync of the same file
-//! that starts only after the write completed (an `IO_LINK` chain on
-//! io_uring). A successful sync of commit K therefore covers the writes of
-//! every commit up to K. A short write breaks the chain (its sync reports
-//! `ECANCELED`); the caller must finish it.
+//! - io_uring, [`SyncMode::LinkedFsync`]: a write → `Fsync(DATASYNC)` chain
+//!   linked with `IO_LINK`; on O_DIRECT files several batches at once;
+//! - io_uring, [`SyncMode::RwfDsync`]: one write carrying `RWF_DSYNC`;
+//! - syscalls: `pwrite`, then `fdatasync`;
+//! - the simulated disk's queue (`sim.rs`).
+//!
+//! The contract every queue keeps: for each ticket, exactly one
+//! [`CommitEvent::Written`]; if that was `Ok`, then exactly one
+//! [`CommitEvent::Synced`]. `Synced` is `Ok` only if a sync that *began
+//! after every byte of this commit was written* succeeded, and no sync
+//! issued for this commit failed. Events of different tickets come in any
+//! order. A partial write (short, interrupted) is finished here, in
+//! [`WriteProgress`], and followed by a standalone sync; so is a chain the
+//! kernel did not take whole.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::Arc;
 
-use io_uring::{opcode, squeue, types};
+use io_uring::{squeue, types};
 
 use crate::buf::IoBuf;
+use crate::constants::{COMMIT_BUFFERS, PIPELINE_DEPTH};
 use crate::error::{Error, Result};
-use crate::ring::Ring;
-use crate::sim::SimStorage;
-use crate::storage::File;
+use crate::partial::WriteProgress;
+use crate::ring::{fsync_entry, write_entry, Ring};
+use crate::storage::{File, SyncMode};
 
 /// A completion reported by [`CommitQueue::wait`].
 #[derive(Debug)]
 pub enum CommitEvent {
-    /// The write of commit `ticket` finished; its buffer is handed back.
+    /// Every byte of commit `ticket` was written, or writing failed; its
+    /// buffer is handed back either way.
     Written {
         /// Which commit.
         ticket: u64,
         /// The buffer given to `submit`.
         buf: IoBuf,
-        /// Bytes written (less than asked for: a short write), or the error.
-        result: Result<usize>,
+        /// `Err` names the file and the offset where writing stopped.
+        result: Result<()>,
     },
-    /// The sync after the write of commit `ticket` finished.
+    /// Commit `ticket` is durable (`Ok`), or a sync for it failed.
     Synced {
         /// Which commit.
         ticket: u64,
-        /// `Err` with `ECANCELED` if the write came up short.
+        /// The sync's outcome.
         result: Result<()>,
     },
 }
 
-/// A queue of write → sync commits on one thread (the WAL committer).
+/// The commit path of one log, owned by one thread.
 pub trait CommitQueue: Send {
-    /// Registered buffers for `submit`, at least `len` bytes each (two).
+    /// [`COMMIT_BUFFERS`] buffers of at least `len` bytes for `submit`,
+    /// registered with the queue's ring where it has one.
     fn buffers(&mut self, len: usize) -> Vec<IoBuf>;
 
-    /// Starts writing `buf[..len]` at `offset` of `file`, then a data sync
-    /// of `file`. Returns the commit's ticket (increasing). The buffer comes
-    /// back in [`CommitEvent::Written`].
+    /// How many commits on `file` may await their syncs at once: 1 unless
+    /// overlapping syncs are safe. On a buffered file they are not: a
+    /// writeback error is reported to only one of two overlapping syncs.
+    fn depth(&self, file: &dyn File) -> usize;
+
+    /// Starts making `buf[..len]` durable at `offset` of `file`; returns the
+    /// commit's ticket (increasing). The buffer comes back in `Written`.
     fn submit(&mut self, file: &Arc<dyn File>, offset: u64, buf: IoBuf, len: usize) -> u64;
 
-    /// Blocks until the next completion. Panics if nothing is in flight.
+    /// Blocks until the next event. Panics if nothing is in flight.
     fn wait(&mut self) -> CommitEvent;
 
-    /// Operations (writes and syncs) submitted and not yet reported.
+    /// Commits whose last event `wait` has not yet returned.
     fn in_flight(&self) -> usize;
 }
 
-enum Op {
-    Write { ticket: u64, buf: IoBuf, path: std::path::PathBuf, offset: u64, _file: Arc<dyn File> },
-    Sync { ticket: u64, path: std::path::PathBuf, _file: Arc<dyn File> },
-}
-
-/// The io_uring commit queue: a ring of its own, owned by one thread.
-pub(crate) struct UringQueue {
-    ring: Arc<Ring>,
-    ops: HashMap<u64, Op>,
+/// The syscall commit: `pwrite` everything, then `fdatasync`, at submit.
+pub(crate) struct SyscallQueue {
     ready: VecDeque<CommitEvent>,
     next_ticket: u64,
+    unfinished: usize,
+}
+
+impl SyscallQueue {
+    pub(crate) fn new() -> SyscallQueue {
+        SyscallQueue { ready: VecDeque::new(), next_ticket: 1, unfinished: 0 }
+    }
+}
+
+impl CommitQueue for SyscallQueue {
+    fn buffers(&mut self, len: usize) -> Vec<IoBuf> {
+        (0..COMMIT_BUFFERS).map(|_| IoBuf::plain(len)).collect()
+    }
+
+    fn depth(&self, _file: &dyn File) -> usize {
+        1
+    }
+
+    fn submit(&mut self, file: &Arc<dyn File>, offset: u64, buf: IoBuf, len: usize) -> u64 {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.unfinished += 1;
+        let result = file.write_at(offset, &buf[..len]);
+        let written = result.is_ok();
+        self.ready.push_back(CommitEvent::Written { ticket, buf, result });
+        if written {
+            self.ready.push_back(CommitEvent::Synced { ticket, result: file.sync_data() });
+        }
+        ticket
+    }
+
+    fn wait(&mut self) -> CommitEvent {
+        let event = self.ready.pop_front().expect("wait with nothing in flight");
+        if is_last(&event) {
+            self.unfinished -= 1;
+        }
+        event
+    }
+
+    fn in_flight(&self) -> usize {
+        self.unfinished
+    }
+}
+
+/// Whether `event` is the last one of its commit.
+pub(crate) fn is_last(event: &CommitEvent) -> bool {
+    matches!(event, CommitEvent::Synced { .. } | CommitEvent::Written { result: Err(_), .. })
+}
+
+/// One operation on the ring, by `user_data`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Write,
+    /// The sync submitted linked to the first write.
+    LinkedSync,
+    /// A sync submitted after the whole write completed.
+    StandaloneSync,
+}
+
+/// A commit on the io_uring queue.
+struct Commit {
+    file: Arc<dyn File>,
+    /// With the kernel while a write is in flight.
+    buf: Option<IoBuf>,
+    progress: WriteProgress,
+    /// The linked sync proves the write durable: the chain went in whole and
+    /// the first write wrote everything. Otherwise a standalone sync must
+    /// follow the finished write.
+    linked_sync_counts: bool,
+    /// Write operations submitted so far.
+    writes: u32,
+    /// For `RWF_DSYNC`: the first write wrote everything, so it is durable.
+    dsync_whole: bool,
+    ops_in_flight: u32,
+    syncs_in_flight: u32,
+    standalone_issued: bool,
+    /// A counting sync succeeded.
+    synced: bool,
+    /// The first failure of a sync for this commit.
+    sync_failure: Option<Error>,
+    write_failed: bool,
+}
+
+/// The io_uring commit queue: a ring of its own (with the commit buffers
+/// registered), owned by one thread.
+pub(crate) struct UringQueue {
+    ring: Arc<Ring>,
+    mode: SyncMode,
+    commits: HashMap<u64, Commit>,
+    /// In-flight operations by `user_data`: their commit and kind.
+    ops: HashMap<u64, (u64, Op)>,
+    /// Completions taken off the ring, not yet acted on.
+    completions: VecDeque<(u64, i32)>,
+    ready: VecDeque<CommitEvent>,
+    next_ticket: u64,
+    next_op: u64,
+    unfinished: usize,
+    /// Test hook: push the next chain in two submissions, as a kernel that
+    /// takes only part of a submission would.
+    #[cfg(test)]
+    split_next_chain: bool,
+    /// Test hook: the operations submitted, in order.
+    #[cfg(test)]
+    trace: Vec<(u64, Op)>,
 }
 
 impl UringQueue {
-    pub(crate) fn new(ring: Arc<Ring>) -> UringQueue {
-        UringQueue { ring, ops: HashMap::new(), ready: VecDeque::new(), next_ticket: 1 }
+    pub(crate) fn new(ring: Arc<Ring>, mode: SyncMode) -> UringQueue {
+        UringQueue {
+            ring,
+            mode,
+            commits: HashMap::new(),
+            ops: HashMap::new(),
+            completions: VecDeque::new(),
+            ready: VecDeque::new(),
+            next_ticket: 1,
+            next_op: 1,
+            unfinished: 0,
+            #[cfg(test)]
+            split_next_chain: false,
+            #[cfg(test)]
+            trace: Vec::new(),
+        }
     }
 
+    fn fd(file: &dyn File) -> types::Fd {
+        types::Fd(file.raw_fd().expect("io_uring commits need a real file"))
+    }
+
+    /// Pushes `entries` (tagged as `(ticket, op)`) and enters the kernel
+    /// until it has taken them all. Returns whether the first enter that
+    /// took any took all of them: a chain taken in parts is not linked
+    /// across the parts (the kernel submits an unfinished link as it is).
+    fn push(&mut self, ticket: u64, entries: Vec<(squeue::Entry, Op)>) -> bool {
+        let mut tagged = Vec::with_capacity(entries.len());
+        for (entry, op) in entries {
+            let id = self.next_op;
+            self.next_op += 1;
+            self.ops.insert(id, (ticket, op));
+            #[cfg(test)]
+            self.trace.push((ticket, op));
+            tagged.push(entry.user_data(id));
+        }
+        #[cfg(test)]
+        if std::mem::take(&mut self.split_next_chain) && tagged.len() > 1 {
+            let rest = tagged.split_off(1);
+            self.enter_all(&tagged);
+            self.enter_all(&rest);
+            return false;
+        }
+        self.enter_all(&tagged) == tagged.len()
+    }
+
+    /// Submits `entries` until the kernel took them all; returns how many
+    /// the first enter that took any of them took.
+    fn enter_all(&mut self, entries: &[squeue::Entry]) -> usize {
+        let mut ring = self.ring.lock();
+        // SAFETY: every entry's buffer is owned by a `Commit` in
+        // `self.commits` and stays there, untouched, until the operation's
+        // completion is reaped; the file is kept open by the commit too.
+        unsafe { ring.submission().push_multiple(entries) }.expect("the ring has room: commits in flight are bounded");
+        let mut first_taken = None;
+        while !ring.submission().is_empty() {
+            match ring.submit() {
+                Ok(n) => {
+                    if n > 0 && first_taken.is_none() {
+                        first_taken = Some(n);
+                    }
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => {
+                    // The completion queue is full: make room; act on them in `wait`.
+                    self.completions.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+                }
+                Err(e) => {
+                    // The kernel may own buffers we would hand back: no safe way on.
+                    eprintln!("ringkv: io_uring_enter failed while submitting a commit: {e}");
+                    std::process::abort();
+                }
+            }
+        }
+        first_taken.unwrap_or(0)
+    }
+
+    fn submit_write(&mut self, ticket: u64, linked_sync: bool) {
+        let commit = self.commits.get_mut(&ticket).expect("a live commit");
+        let (at, range) = commit.progress.next();
+        let buf = commit.buf.as_ref().expect("the buffer is ours between writes");
+        let fixed = buf.fixed.filter(|slot| slot.ring_id == self.ring.id());
+        let fd = UringQueue::fd(commit.file.as_ref());
+        let first = commit.writes == 0;
+        let rw_flags = if first && self.mode == SyncMode::RwfDsync { libc::RWF_DSYNC } else { 0 };
+        let write = write_entry(fd, at, &buf[range], fixed, rw_flags);
+        commit.writes += 1;
+        commit.ops_in_flight += 1;
+        let mut entries = vec![(write, Op::Write)];
+        if linked_sync {
+            entries[0].0 = entries[0].0.clone().flags(squeue::Flags::IO_LINK);
+            entries.push((fsync_entry(fd), Op::LinkedSync));
+            commit.ops_in_flight += 1;
+            commit.syncs_in_flight += 1;
+        }
+        let whole = self.push(ticket, entries);
+        if linked_sync && !whole {
+            // The sync went in on its own and may run before the write.
+            self.commits.get_mut(&ticket).expect("live").linked_sync_counts = false;
+        }
+    }
+
+    fn submit_standalone_sync(&mut self, ticket: u64) {
+        let commit = self.commits.get_mut(&ticket).expect("a live commit");
+        commit.standalone_issued = true;
+        commit.ops_in_flight += 1;
+        commit.syncs_in_flight += 1;
+        let entry = fsync_entry(UringQueue::fd(commit.file.as_ref()));
+        self.push(ticket, vec![(entry, Op::StandaloneSync)]);
+    }
+
+    /// Takes every completion off the ring.
     fn reap(&mut self) {
         let mut ring = self.ring.lock();
-        let mut cqes = Vec::new();
-        for cqe in ring.completion() {
-            cqes.push((cqe.user_data(), cqe.result()));
+        self.completions.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+    }
+
+    /// Acts on the completions taken so far.
+    fn process(&mut self) {
+        while let Some((id, res)) = self.completions.pop_front() {
+            let (ticket, op) = self.ops.remove(&id).expect("a completion for an operation we submitted");
+            self.complete(ticket, op, res);
         }
-        drop(ring);
-        for (user_data, res) in cqes {
-            let op = self.ops.remove(&user_data).expect("a completion for an operation we submitted");
-            let os = |op: &'static str, path: &std::path::Path, offset: u64, errno: i32| {
-                Error::io(op, path, offset, io::Error::from_raw_os_error(errno))
+    }
+
+    fn complete(&mut self, ticket: u64, op: Op, res: i32) {
+        let commit = self.commits.get_mut(&ticket).expect("a live commit");
+        commit.ops_in_flight -= 1;
+        match op {
+            Op::Write => self.write_done(ticket, res),
+            Op::LinkedSync | Op::StandaloneSync => {
+                commit.syncs_in_flight -= 1;
+                match res {
+                    0 if op == Op::StandaloneSync || commit.linked_sync_counts => commit.synced = true,
+                    // Another sync proves it, or the write failed.
+                    0 => {}
+                    // Cancelled because the linked write came up short.
+                    e if e == -libc::ECANCELED && op == Op::LinkedSync => {}
+                    e if e == -libc::EINTR || e == -libc::EAGAIN => {
+                        if op == Op::StandaloneSync {
+                            commit.standalone_issued = false;
+                        } else {
+                            commit.linked_sync_counts = false;
+                        }
+                    }
+                    e => {
+                        let path = commit.file.path().to_owned();
+                        let err = Error::io("fdatasync", path, None, io::Error::from_raw_os_error(-e));
+                        commit.sync_failure.get_or_insert(err);
+                    }
+                }
+            }
+        }
+        self.go_on(ticket);
+    }
+
+    fn write_done(&mut self, ticket: u64, res: i32) {
+        let commit = self.commits.get_mut(&ticket).expect("a live commit");
+        let path = commit.file.path().to_owned();
+        let outcome = match res {
+            n if n >= 0 => {
+                let advanced = commit.progress.advance(n as usize);
+                commit.dsync_whole = commit.writes == 1 && commit.progress.is_done();
+                advanced.map_err(|e| Error::io("write", path, commit.progress.stopped_at(), e))
+            }
+            e if e == -libc::EINTR || e == -libc::EAGAIN => Ok(()),
+            e => Err(Error::io("write", path, commit.progress.stopped_at(), io::Error::from_raw_os_error(-e))),
+        };
+        match outcome {
+            Err(e) => {
+                commit.write_failed = true;
+                let buf = commit.buf.take().expect("the write's buffer");
+                self.ready.push_back(CommitEvent::Written { ticket, buf, result: Err(e) });
+            }
+            Ok(()) if commit.progress.is_done() => {
+                let buf = commit.buf.take().expect("the write's buffer");
+                self.ready.push_back(CommitEvent::Written { ticket, buf, result: Ok(()) });
+            }
+            Ok(()) => {
+                // Short or interrupted: the link (if any) is broken.
+                commit.linked_sync_counts = false;
+                commit.dsync_whole = false;
+                self.submit_write(ticket, false);
+            }
+        }
+    }
+
+    /// What follows an operation's completion: a standalone sync once the
+    /// write is done and no other sync of this commit is in flight (two
+    /// overlapping syncs may split a writeback error between them), and the
+    /// commit's `Synced` once nothing of it is in flight.
+    fn go_on(&mut self, ticket: u64) {
+        let commit = self.commits.get_mut(&ticket).expect("a live commit");
+        if commit.write_failed {
+            if commit.ops_in_flight == 0 {
+                self.commits.remove(&ticket);
+            }
+            return;
+        }
+        if !commit.progress.is_done() {
+            return; // a write is still in flight
+        }
+        if self.mode == SyncMode::RwfDsync && commit.dsync_whole {
+            commit.synced = true;
+        }
+        let needs_sync = !commit.synced && commit.sync_failure.is_none() && !commit.standalone_issued;
+        if needs_sync && commit.syncs_in_flight == 0 {
+            self.submit_standalone_sync(ticket);
+            return;
+        }
+        if commit.ops_in_flight == 0 && (commit.synced || commit.sync_failure.is_some()) {
+            let commit = self.commits.remove(&ticket).expect("live");
+            let result = match commit.sync_failure {
+                Some(e) => Err(e),
+                None => Ok(()),
             };
-            self.ready.push_back(match op {
-                Op::Write { ticket, buf, path, offset, .. } => {
-                    let result = if res >= 0 { Ok(res as usize) } else { Err(os("write", &path, offset, -res)) };
-                    CommitEvent::Written { ticket, buf, result }
-                }
-                Op::Sync { ticket, path, .. } => {
-                    let result = if res == 0 { Ok(()) } else { Err(os("fdatasync", &path, 0, -res)) };
-                    CommitEvent::Synced { ticket, result }
-                }
-            });
+            self.ready.push_back(CommitEvent::Synced { ticket, result });
         }
     }
 }
 
 impl CommitQueue for UringQueue {
     fn buffers(&mut self, len: usize) -> Vec<IoBuf> {
-        (0..2).map(|_| self.ring.take_buffer(len).unwrap_or_else(|| IoBuf::plain(len))).collect()
+        (0..COMMIT_BUFFERS).map(|_| self.ring.take_buffer(len).unwrap_or_else(|| IoBuf::plain(len))).collect()
+    }
+
+    fn depth(&self, file: &dyn File) -> usize {
+        if self.mode == SyncMode::LinkedFsync && file.is_direct() {
+            PIPELINE_DEPTH
+        } else {
+            1
+        }
     }
 
     fn submit(&mut self, file: &Arc<dyn File>, offset: u64, buf: IoBuf, len: usize) -> u64 {
-        let fd = types::Fd(file.raw_fd().expect("io_uring commits need a real file"));
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        let data = &buf[..len];
-        let len32 = u32::try_from(len).expect("a batch fits a u32");
-        let write = match buf.fixed {
-            Some(slot) if slot.ring_id == self.ring.id() => {
-                opcode::WriteFixed::new(fd, data.as_ptr(), len32, slot.index).offset(offset).build()
-            }
-            _ => opcode::Write::new(fd, data.as_ptr(), len32).offset(offset).build(),
+        self.unfinished += 1;
+        let progress = WriteProgress::new(offset, len, file.is_direct());
+        let linked = self.mode == SyncMode::LinkedFsync;
+        let commit = Commit {
+            file: file.clone(),
+            buf: Some(buf),
+            progress,
+            linked_sync_counts: linked,
+            writes: 0,
+            dsync_whole: false,
+            ops_in_flight: 0,
+            syncs_in_flight: 0,
+            standalone_issued: false,
+            synced: false,
+            sync_failure: None,
+            write_failed: false,
         };
-        let write = write.flags(squeue::Flags::IO_LINK).user_data(ticket * 2);
-        let sync = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build().user_data(ticket * 2 + 1);
-        let path = file.path().to_owned();
-        {
-            let mut ring = self.ring.lock();
-            // SAFETY: the buffer is moved into `ops` below and stays there,
-            // alive and untouched, until the write's completion is reaped;
-            // the file is kept open likewise. The chain goes in whole.
-            unsafe { ring.submission().push_multiple(&[write, sync]) }
-                .expect("the ring has room: in-flight is bounded");
-            loop {
-                match ring.submit() {
-                    Ok(_) => break,
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => {
-                        drop(ring);
-                        self.reap();
-                        ring = self.ring.lock();
-                    }
-                    Err(e) => {
-                        eprintln!("ringkv: io_uring_enter failed while submitting a commit: {e}");
-                        std::process::abort();
-                    }
-                }
-            }
-        }
-        self.ops.insert(ticket * 2, Op::Write { ticket, buf, path: path.clone(), offset, _file: file.clone() });
-        self.ops.insert(ticket * 2 + 1, Op::Sync { ticket, path, _file: file.clone() });
+        self.commits.insert(ticket, commit);
+        self.submit_write(ticket, linked);
         ticket
     }
 
     fn wait(&mut self) -> CommitEvent {
         loop {
             if let Some(event) = self.ready.pop_front() {
+                if is_last(&event) {
+                    self.unfinished -= 1;
+                }
                 return event;
+            }
+            if !self.completions.is_empty() {
+                self.process();
+                continue;
             }
             assert!(!self.ops.is_empty(), "wait with nothing in flight");
             match self.ring.lock().submit_and_wait(1) {
@@ -168,64 +469,29 @@ impl CommitQueue for UringQueue {
     }
 
     fn in_flight(&self) -> usize {
-        self.ops.len() + self.ready.len()
+        self.unfinished
     }
 }
 
 impl Drop for UringQueue {
     fn drop(&mut self) {
         // The kernel may still read the buffers: wait for every completion.
-        while !self.ops.is_empty() {
-            let _ = self.wait();
+        loop {
+            for (id, _) in self.completions.drain(..) {
+                self.ops.remove(&id);
+            }
+            if self.ops.is_empty() {
+                break;
+            }
+            match self.ring.lock().submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => {}
+                Err(e) => {
+                    eprintln!("ringkv: io_uring_enter failed with commits in flight: {e}");
+                    std::process::abort();
+                }
+            }
+            self.reap();
         }
-    }
-}
-
-/// The simulated disk's commit queue: a write happens at submit; syncs
-/// happen, in order, when waited for. So a later batch's write can reach
-/// the disk before an earlier batch's sync, and a power cut can fall between.
-pub(crate) struct SimQueue {
-    pending_syncs: VecDeque<(u64, Arc<dyn File>)>,
-    ready: VecDeque<CommitEvent>,
-    next_ticket: u64,
-    _storage: SimStorage,
-}
-
-impl SimQueue {
-    pub(crate) fn new(storage: SimStorage) -> SimQueue {
-        SimQueue { pending_syncs: VecDeque::new(), ready: VecDeque::new(), next_ticket: 1, _storage: storage }
-    }
-}
-
-impl CommitQueue for SimQueue {
-    fn buffers(&mut self, len: usize) -> Vec<IoBuf> {
-        (0..2).map(|_| IoBuf::plain(len)).collect()
-    }
-
-    fn submit(&mut self, file: &Arc<dyn File>, offset: u64, buf: IoBuf, len: usize) -> u64 {
-        let ticket = self.next_ticket;
-        self.next_ticket += 1;
-        let result = file.write_at(offset, &buf[..len]).map(|()| len);
-        let failed = result.is_err();
-        self.ready.push_back(CommitEvent::Written { ticket, buf, result });
-        if failed {
-            let cancelled = Error::io("fdatasync", file.path(), 0, io::Error::from_raw_os_error(libc::ECANCELED));
-            self.ready.push_back(CommitEvent::Synced { ticket, result: Err(cancelled) });
-        } else {
-            self.pending_syncs.push_back((ticket, file.clone()));
-        }
-        ticket
-    }
-
-    fn wait(&mut self) -> CommitEvent {
-        if let Some(event) = self.ready.pop_front() {
-            return event;
-        }
-        let (ticket, file) = self.pending_syncs.pop_front().expect("wait with nothing in flight");
-        CommitEvent::Synced { ticket, result: file.sync_data() }
-    }
-
-    fn in_flight(&self) -> usize {
-        self.pending_syncs.len() + self.ready.len()
     }
 }

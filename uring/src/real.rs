@@ -4,10 +4,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::buf::IoBuf;
+use crate::constants::COMMIT_BUFFERS;
 use crate::error::Result;
 use crate::os::{self, OsFile};
-use crate::queue::{CommitQueue, UringQueue};
+use crate::queue::{CommitQueue, SyscallQueue, UringQueue};
 use crate::ring::{Ring, UringFile};
 use crate::storage::{Backend, DirLock, File, Io, OpenMode, Storage, SyncMode};
 
@@ -20,15 +20,14 @@ pub struct StorageOptions {
     pub io: Io,
     /// How io_uring commits are made durable.
     pub sync_mode: SyncMode,
-    /// Size of each buffer registered with the ring.
-    pub buffer_bytes: usize,
-    /// How many buffers to register.
-    pub buffer_count: usize,
+    /// Size of each commit buffer registered with the commit ring; 0 for a
+    /// storage that will not commit (read-only inspection).
+    pub commit_buffer_bytes: usize,
 }
 
 impl Default for StorageOptions {
     fn default() -> StorageOptions {
-        StorageOptions { io: Io::Auto, sync_mode: SyncMode::default(), buffer_bytes: 4 << 20, buffer_count: 2 }
+        StorageOptions { io: Io::Auto, sync_mode: SyncMode::default(), commit_buffer_bytes: 1 << 20 }
     }
 }
 
@@ -36,7 +35,8 @@ impl Default for StorageOptions {
 ///
 /// With [`Io::Auto`], a kernel without io_uring, one that forbids it
 /// (seccomp, `kernel.io_uring_disabled`), or a locked-memory limit too small
-/// for the registered buffers, leads to the syscall backend, logged once.
+/// for the registered commit buffers, leads to the syscall backend, logged
+/// once. Setting up the commit ring here, at open, is what tells.
 ///
 /// # Errors
 /// With [`Io::Uring`], `UringUnavailable` naming the step that failed.
@@ -61,27 +61,22 @@ pub fn open_storage(options: StorageOptions) -> Result<Arc<dyn Storage>> {
     Ok(Arc::new(OsStorage { ring, commit_ring, options }))
 }
 
-/// The shared ring (file operations) and, for pipelined commits, the
-/// committer's own ring. The commit buffers are registered with whichever
-/// ring commits: the shared one for one-at-a-time `RWF_DSYNC` commits
-/// (`File::write_sync` with a buffer from `io_buffer`), the committer's for
-/// pipelined chains. Registering here, at open, is what tells a
-/// locked-memory limit too small for them.
+/// The shared ring (file operations, no buffers) and the first commit
+/// ring, with the commit buffers registered.
 fn rings(options: StorageOptions) -> Result<(Ring, Option<Ring>)> {
-    let (count, bytes) = (options.buffer_count, options.buffer_bytes);
-    Ok(match options.sync_mode {
-        SyncMode::RwfDsync => (Ring::new(options.sync_mode, bytes, count)?, None),
-        SyncMode::LinkedFsync => {
-            (Ring::new(options.sync_mode, 0, 0)?, Some(Ring::new(options.sync_mode, bytes, count)?))
-        }
-    })
+    let shared = Ring::new(0, 0)?;
+    let commit = match options.commit_buffer_bytes {
+        0 => None,
+        bytes => Some(Ring::new(bytes, COMMIT_BUFFERS)?),
+    };
+    Ok((shared, commit))
 }
 
 /// A real file system, with rings (io_uring backend) or without (syscall).
 #[derive(Debug)]
 struct OsStorage {
     ring: Option<Arc<Ring>>,
-    /// The committer's ring, until a commit queue takes it.
+    /// The commit ring set up at open, until a commit queue takes it.
     commit_ring: Mutex<Option<Ring>>,
     options: StorageOptions,
 }
@@ -103,38 +98,29 @@ impl Storage for OsStorage {
         })
     }
 
-    fn io_buffer(&self, len: usize) -> IoBuf {
-        self.ring.as_ref().and_then(|ring| ring.take_buffer(len)).unwrap_or_else(|| IoBuf::plain(len))
-    }
-
-    fn commit_queue(&self) -> Option<Box<dyn CommitQueue>> {
-        // An RWF_DSYNC write completes only once durable, so the next batch's
-        // write could not overlap it: that mode commits one at a time.
-        if self.options.sync_mode == SyncMode::RwfDsync {
-            return None;
+    /// The one place the commit strategy is decided.
+    fn commit_queue(&self) -> Result<Box<dyn CommitQueue>> {
+        if self.ring.is_none() {
+            return Ok(Box::new(SyscallQueue::new()));
         }
-        self.ring.as_ref()?;
         let stashed = self.commit_ring.lock().expect("commit ring lock").take();
         let ring = match stashed {
             Some(ring) => ring,
-            None => {
-                let o = self.options;
-                match Ring::new(o.sync_mode, o.buffer_bytes, o.buffer_count) {
-                    Ok(ring) => ring,
-                    Err(e) => {
-                        tracing::warn!("{e}; committing without a pipelined queue");
-                        return None;
-                    }
+            None => match Ring::new(self.options.commit_buffer_bytes.max(1), COMMIT_BUFFERS) {
+                Ok(ring) => ring,
+                Err(e) if self.options.io == Io::Auto => {
+                    tracing::warn!("{e}; committing with system calls");
+                    return Ok(Box::new(SyscallQueue::new()));
                 }
-            }
+                Err(e) => return Err(e),
+            },
         };
-        Some(Box::new(UringQueue::new(Arc::new(ring))))
+        Ok(Box::new(UringQueue::new(Arc::new(ring), self.options.sync_mode)))
     }
 
-    fn create_dir_all(&self, path: &Path) -> Result<()> {
-        os::create_dir_all(path)
+    fn create_dir(&self, path: &Path) -> Result<()> {
+        os::create_dir(path)
     }
-
     fn exists(&self, path: &Path) -> Result<bool> {
         os::exists(path)
     }
@@ -194,7 +180,7 @@ impl File for OsFile {
         OsFile::allocate(self, len)
     }
 
-    fn write_sync(&self, offset: u64, buf: &IoBuf, len: usize) -> Result<()> {
-        OsFile::write_sync(self, offset, buf, len)
+    fn sync_and_evict(&self) -> Result<()> {
+        OsFile::sync_and_evict(self)
     }
 }

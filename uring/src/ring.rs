@@ -1,5 +1,6 @@
-//! The io_uring data path: one ring per storage, registered buffers, and
-//! commits as linked write → `Fsync(DATASYNC)` chains.
+//! The io_uring data path: rings with registered buffers, and files whose
+//! reads, writes and syncs go through a ring shared by the storage. Commits
+//! have their own ring (`queue.rs`).
 
 use std::io;
 use std::path::Path;
@@ -12,7 +13,8 @@ use crate::buf::{AlignedBuf, BufHome, FixedSlot, IoBuf};
 use crate::constants::{OP_BYTES_MAX, RING_COMPLETION_ENTRIES, RING_ENTRIES};
 use crate::error::{Error, Result};
 use crate::os::OsFile;
-use crate::storage::{File, SyncMode};
+use crate::partial::WriteProgress;
+use crate::storage::File;
 
 static NEXT_RING_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -23,13 +25,12 @@ static NEXT_RING_ID: AtomicU64 = AtomicU64::new(1);
 pub(crate) struct Ring {
     ring: Mutex<IoUring>,
     id: u64,
-    sync_mode: SyncMode,
     pool: Mutex<Vec<(AlignedBuf, FixedSlot)>>,
 }
 
 impl std::fmt::Debug for Ring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Ring(id={}, sync_mode={:?})", self.id, self.sync_mode)
+        write!(f, "Ring(id={})", self.id)
     }
 }
 
@@ -41,7 +42,7 @@ impl Ring {
     /// `UringUnavailable` naming the step that failed: setup (ENOSYS, EPERM
     /// from seccomp or `kernel.io_uring_disabled`), probe, or buffer
     /// registration (ENOMEM under a small `RLIMIT_MEMLOCK`).
-    pub(crate) fn new(sync_mode: SyncMode, buffer_bytes: usize, buffer_count: usize) -> Result<Ring> {
+    pub(crate) fn new(buffer_bytes: usize, buffer_count: usize) -> Result<Ring> {
         let unavailable = |reason, source| Error::UringUnavailable { reason, source };
         let ring = IoUring::builder()
             .setup_cqsize(RING_COMPLETION_ENTRIES)
@@ -77,7 +78,7 @@ impl Ring {
             .enumerate()
             .map(|(i, b)| (b, FixedSlot { ring_id: id, index: u16::try_from(i).expect("few buffers") }))
             .collect();
-        Ok(Ring { ring: Mutex::new(ring), id, sync_mode, pool: Mutex::new(pool) })
+        Ok(Ring { ring: Mutex::new(ring), id, pool: Mutex::new(pool) })
     }
 
     pub(crate) fn take_buffer(self: &Arc<Ring>, len: usize) -> Option<IoBuf> {
@@ -142,6 +143,29 @@ fn submit_and_reap(ring: &mut IoUring, entries: &[squeue::Entry]) -> Vec<i32> {
     results.into_iter().map(|r| r.expect("every operation completed")).collect()
 }
 
+/// A write of `buf` at `offset`: `WriteFixed` when `buf` lies in a buffer
+/// registered with the ring it is submitted to (`fixed`).
+pub(crate) fn write_entry(
+    fd: types::Fd,
+    offset: u64,
+    buf: &[u8],
+    fixed: Option<FixedSlot>,
+    rw_flags: i32,
+) -> squeue::Entry {
+    let len = u32::try_from(buf.len()).expect("op length bounded by OP_BYTES_MAX");
+    match fixed {
+        Some(slot) => {
+            opcode::WriteFixed::new(fd, buf.as_ptr(), len, slot.index).offset(offset).rw_flags(rw_flags).build()
+        }
+        None => opcode::Write::new(fd, buf.as_ptr(), len).offset(offset).rw_flags(rw_flags).build(),
+    }
+}
+
+/// `fdatasync` of `fd`.
+pub(crate) fn fsync_entry(fd: types::Fd) -> squeue::Entry {
+    opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build()
+}
+
 /// A file whose data path is the ring.
 #[derive(Debug)]
 pub(crate) struct UringFile {
@@ -155,77 +179,31 @@ impl UringFile {
         types::Fd(self.os.file.as_raw_fd())
     }
 
-    fn write_entry(&self, offset: u64, buf: &[u8], fixed: Option<FixedSlot>, rw_flags: i32) -> squeue::Entry {
-        let len = u32::try_from(buf.len()).expect("op length checked by caller");
-        match fixed {
-            Some(slot) if slot.ring_id == self.ring.id => {
-                opcode::WriteFixed::new(self.fd(), buf.as_ptr(), len, slot.index)
-                    .offset(offset)
-                    .rw_flags(rw_flags)
-                    .build()
-            }
-            _ => opcode::Write::new(self.fd(), buf.as_ptr(), len).offset(offset).rw_flags(rw_flags).build(),
-        }
-    }
-
-    fn fsync_entry(&self) -> squeue::Entry {
-        opcode::Fsync::new(self.fd()).flags(types::FsyncFlags::DATASYNC).build()
-    }
-
     /// Writes all of `buf` at `offset` with plain ring writes.
-    fn write_all(&self, offset: u64, buf: &[u8], fixed: Option<FixedSlot>) -> Result<()> {
-        let mut done = 0;
-        while done < buf.len() {
-            let end = buf.len().min(done + OP_BYTES_MAX);
-            let at = offset + done as u64;
-            let entry = self.write_entry(at, &buf[done..end], fixed, 0);
-            let res = submit_and_reap(&mut self.ring.lock(), &[entry])[0];
-            done += self.written(res, at)?;
+    fn write_all(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        let mut progress = WriteProgress::new(offset, buf.len(), self.os.direct);
+        while !progress.is_done() {
+            let (at, rest) = progress.next();
+            let end = rest.end.min(rest.start + OP_BYTES_MAX);
+            let entry = write_entry(self.fd(), at, &buf[rest.start..end], None, 0);
+            match submit_and_reap(&mut self.ring.lock(), &[entry])[0] {
+                n if n >= 0 => {
+                    progress.advance(n as usize).map_err(|e| self.os.err("write", progress.stopped_at(), e))?
+                }
+                e if e == -libc::EINTR || e == -libc::EAGAIN => {}
+                e => return Err(self.os.err("write", at, io::Error::from_raw_os_error(-e))),
+            }
         }
         Ok(())
     }
 
-    /// Bytes a write completion reports, 0 for a retryable interruption.
-    fn written(&self, res: i32, offset: u64) -> Result<usize> {
-        match res {
-            n if n > 0 => Ok(n as usize),
-            0 => Err(self.os.err("write", offset, io::Error::from(io::ErrorKind::WriteZero))),
-            e if e == -libc::EINTR || e == -libc::EAGAIN || e == -libc::ECANCELED => Ok(0),
-            e => Err(self.os.err("write", offset, io::Error::from_raw_os_error(-e))),
-        }
-    }
-
     fn fsync(&self) -> Result<()> {
         loop {
-            let res = submit_and_reap(&mut self.ring.lock(), &[self.fsync_entry()])[0];
+            let res = submit_and_reap(&mut self.ring.lock(), &[fsync_entry(self.fd())])[0];
             match res {
                 0 => return Ok(()),
                 e if e == -libc::EINTR => continue,
-                e => return Err(self.os.err("fdatasync", 0, io::Error::from_raw_os_error(-e))),
-            }
-        }
-    }
-
-    /// One attempt at the commit chain for `buf`. Returns the bytes written
-    /// and whether a sync that followed all of them succeeded.
-    fn chain(&self, offset: u64, buf: &[u8], fixed: Option<FixedSlot>) -> Result<(usize, bool)> {
-        match self.ring.sync_mode {
-            SyncMode::LinkedFsync => {
-                let write = self.write_entry(offset, buf, fixed, 0).flags(squeue::Flags::IO_LINK);
-                let results = submit_and_reap(&mut self.ring.lock(), &[write, self.fsync_entry()]);
-                let written = self.written(results[0], offset)?;
-                let synced = match results[1] {
-                    0 => true,
-                    // Cancelled because the write came up short, or interrupted.
-                    e if e == -libc::ECANCELED || e == -libc::EINTR => false,
-                    e => return Err(self.os.err("fdatasync", 0, io::Error::from_raw_os_error(-e))),
-                };
-                Ok((written, synced && written == buf.len()))
-            }
-            SyncMode::RwfDsync => {
-                let write = self.write_entry(offset, buf, fixed, libc::RWF_DSYNC);
-                let written = self.written(submit_and_reap(&mut self.ring.lock(), &[write])[0], offset)?;
-                Ok((written, written == buf.len()))
+                e => return Err(self.os.err("fdatasync", None, io::Error::from_raw_os_error(-e))),
             }
         }
     }
@@ -275,7 +253,7 @@ impl File for UringFile {
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
         self.os.check_aligned(offset, buf.len(), buf.as_ptr());
-        self.write_all(offset, buf, None)
+        self.write_all(offset, buf)
     }
 
     fn sync_data(&self) -> Result<()> {
@@ -286,20 +264,7 @@ impl File for UringFile {
         self.os.allocate(len)
     }
 
-    fn write_sync(&self, offset: u64, buf: &IoBuf, len: usize) -> Result<()> {
-        let data = &buf[..len];
-        self.os.check_aligned(offset, len, data.as_ptr());
-        if len > OP_BYTES_MAX {
-            self.write_all(offset, data, buf.fixed)?;
-            return self.fsync();
-        }
-        let (written, synced) = self.chain(offset, data, buf.fixed)?;
-        if synced {
-            return Ok(());
-        }
-        // The link broke (short write, cancellation, interruption): finish
-        // the writes, then a standalone sync that follows all of them.
-        self.write_all(offset + written as u64, &data[written..], buf.fixed)?;
-        self.fsync()
+    fn sync_and_evict(&self) -> Result<()> {
+        self.os.sync_and_evict()
     }
 }

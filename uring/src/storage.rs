@@ -6,7 +6,6 @@ use std::any::Any;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::buf::IoBuf;
 use crate::error::Result;
 
 /// Which I/O backend to use, as chosen in options and on the command line.
@@ -55,22 +54,22 @@ impl std::fmt::Display for Backend {
     }
 }
 
-/// How the io_uring backend makes a commit durable.
+/// How the io_uring backend makes a commit durable. Read in one place:
+/// where the storage is opened ([`crate::open_storage`]), which returns the
+/// matching [`crate::CommitQueue`]; everything else follows from it.
 ///
 /// Chosen by measurement: in one run of `cargo run --release -p benches --
-/// --workloads commit --systems ringkv-io_uring,ringkv-io_uring-dsync,ringkv-syscall
-/// --threads 1,4,16,64,1,4,16,64` on the development machine, `RwfDsync`
-/// made 186–189k commits/s at 64 writers against 138–157k for the
-/// pipelined chains, and was level or ahead at 1, 4 and 16 writers.
-/// Pipelining doubles the syncs for the same commits, and the 2-core
-/// machine is CPU-bound at 64 writers. See README, Performance.
+/// --workloads commit` on the development machine, `RwfDsync` made
+/// 186–189k commits/s at 64 writers against 138–157k for pipelined chains,
+/// and was level or ahead at 1, 4 and 16 writers. See README, Performance.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SyncMode {
-    /// Linked write → `Fsync(DATASYNC)` chains, pipelined: the next batch is
-    /// written while the previous batch's sync is in flight.
+    /// Linked write → `Fsync(DATASYNC)` chains. On O_DIRECT files up to
+    /// [`crate::PIPELINE_DEPTH`] batches may await their syncs at once; on
+    /// buffered files one at a time (a writeback error may be reported to
+    /// only one of two overlapping syncs).
     LinkedFsync,
-    /// One write carrying `RWF_DSYNC` per batch, one batch at a time (the
-    /// write completes only once durable, so nothing can overlap it).
+    /// One write carrying `RWF_DSYNC` per batch, one batch at a time.
     #[default]
     RwfDsync,
 }
@@ -110,15 +109,13 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// or cannot be opened.
     fn open(&self, path: &Path, mode: OpenMode) -> Result<Arc<dyn File>>;
 
-    /// A buffer for [`File::write_sync`] of at least `len` bytes; registered
-    /// with the ring where the backend has one free.
-    fn io_buffer(&self, len: usize) -> IoBuf;
-
-    /// Creates a directory and its parents; no error if it exists.
+    /// Creates one directory; its parent must exist; no error if it exists.
+    /// Like every directory entry, durable only once the parent directory is
+    /// synced: [`create_dirs`] does both.
     ///
     /// # Errors
     /// `Io` naming the path.
-    fn create_dir_all(&self, path: &Path) -> Result<()>;
+    fn create_dir(&self, path: &Path) -> Result<()>;
 
     /// Whether a file or directory exists at `path`.
     ///
@@ -158,19 +155,45 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// [`crate::Error::Locked`] with the holder's pid if another handle holds it.
     fn lock(&self, path: &Path) -> Result<DirLock>;
 
-    /// A pipelined commit queue for one thread, where the backend has one
-    /// (io_uring; the simulated disk when asked). `None`: commit with
-    /// [`File::write_sync`], one at a time.
-    fn commit_queue(&self) -> Option<Box<dyn crate::CommitQueue>> {
-        None
+    /// The commit path of a log: the one object that decides how a batch is
+    /// made durable on this storage (which system calls or ring operations,
+    /// how many batches at once, how a partial write is finished). Owned by
+    /// one thread.
+    ///
+    /// # Errors
+    /// `UringUnavailable` if a ring for it cannot be set up where the
+    /// storage was opened with [`Io::Uring`].
+    fn commit_queue(&self) -> Result<Box<dyn crate::CommitQueue>>;
+}
+
+/// Creates `path` and its missing parents, each made durable by syncing
+/// the directory it was created in, so a power cut cannot take back a
+/// directory that anything was written into.
+///
+/// # Errors
+/// `Io` naming the directory that could not be created or synced.
+pub fn create_dirs(storage: &dyn Storage, path: &Path) -> Result<()> {
+    let missing: Vec<&Path> = path.ancestors().take_while(|p| !p.as_os_str().is_empty()).collect();
+    let mut first_missing = missing.len();
+    for (i, dir) in missing.iter().enumerate() {
+        if storage.exists(dir)? {
+            first_missing = i;
+            break;
+        }
     }
+    for dir in missing[..first_missing].iter().rev() {
+        storage.create_dir(dir)?;
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        storage.sync_dir(parent)?;
+    }
+    Ok(())
 }
 
 /// An open file. Offsets are bytes from the start of the file.
 ///
 /// Where [`File::is_direct`] is true (O_DIRECT), every offset, length and
-/// buffer address given to `read_at`, `write_at` and `write_sync` must be a
-/// multiple of [`crate::BLOCK_BYTES`].
+/// buffer address given to `read_at` and `write_at` must be a multiple of
+/// [`crate::BLOCK_BYTES`].
 pub trait File: Send + Sync {
     /// The path it was opened at.
     fn path(&self) -> &Path;
@@ -216,15 +239,13 @@ pub trait File: Send + Sync {
     /// `Io` naming the file (`ENOSPC`).
     fn allocate(&self, len: u64) -> Result<()>;
 
-    /// Writes `buf[..len]` at `offset` and returns only once those bytes are
-    /// durable: the commit primitive. On io_uring this is one linked
-    /// write → `Fsync(DATASYNC)` chain using the registered buffer. A short
-    /// write or a cancelled link is finished with the remainder and a
-    /// standalone sync; success is returned only after a sync that followed
-    /// complete writes.
+    /// Syncs the file, then drops its cached pages, so that later reads
+    /// return what the device holds. Recovery calls it before reading a
+    /// log: after a failed writeback the page cache may still hold pages the
+    /// disk does not (they are marked clean), and bytes read back without a
+    /// sync may sit only in a volatile cache; neither may be vouched for.
     ///
     /// # Errors
-    /// `Io` naming the file and offset. As with `sync_data`, a failure
-    /// leaves the file's durable state unknown.
-    fn write_sync(&self, offset: u64, buf: &IoBuf, len: usize) -> Result<()>;
+    /// `Io` naming the file (a failed sync).
+    fn sync_and_evict(&self) -> Result<()>;
 }

@@ -41,6 +41,8 @@ pub(crate) fn take(storage: &dyn Storage, dir: &Path) -> Result<Option<Lsn>> {
         return Ok(None);
     }
     let file = storage.open(&path, OpenMode::Existing)?;
+    // Read what the device holds, as for the segments.
+    file.sync_and_evict()?;
     let mut block = AlignedBuf::new(BLOCK_BYTES);
     let end = match file.read_at(0, &mut block) {
         Ok(()) => {

@@ -9,12 +9,10 @@ pub const FRAME_HEADER_BYTES: usize = 32;
 /// segment size. Smaller segments lower it to half a segment.
 pub const FRAME_PAYLOAD_BYTES_MAX: usize = 2 << 20;
 
-/// Size of the committer's staging buffer (registered with the ring): the
-/// partial tail block, then the batch, then padding to a whole block.
-pub const COMMIT_BUFFER_BYTES: usize = 4 << 20;
-
-/// Batches whose sync may be in flight at once on a pipelined commit queue.
-pub const PIPELINE_DEPTH: usize = 4;
+/// Size of each buffer a batch gathers in (registered with the commit
+/// ring): the largest frame, padded to a whole block. A batch starts at a
+/// fresh block, so nothing else needs room.
+pub const COMMIT_BUFFER_BYTES: usize = (FRAME_HEADER_BYTES + FRAME_PAYLOAD_BYTES_MAX).next_multiple_of(BLOCK_BYTES);
 
 /// Segment size used unless the options say otherwise.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
@@ -28,7 +26,7 @@ pub const READ_WINDOW_BYTES: usize = 1 << 20;
 /// Chunk used to zero-fill a new segment.
 pub const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
 
-const _: () = assert!(COMMIT_BUFFER_BYTES >= BLOCK_BYTES + FRAME_HEADER_BYTES + FRAME_PAYLOAD_BYTES_MAX + BLOCK_BYTES);
+const _: () = assert!(COMMIT_BUFFER_BYTES >= FRAME_HEADER_BYTES + FRAME_PAYLOAD_BYTES_MAX);
 const _: () = assert!(COMMIT_BUFFER_BYTES % BLOCK_BYTES == 0);
 const _: () = assert!(SEGMENT_BYTES_MIN % BLOCK_BYTES as u64 == 0);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT % BLOCK_BYTES as u64 == 0);

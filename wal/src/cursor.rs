@@ -64,22 +64,31 @@ impl Cursor {
                 continue;
             }
             let (pos, seg) = (self.pos, self.seg);
-            let header = match decode_header(self.reader()?.bytes(offset, FRAME_HEADER_BYTES)?, pos) {
+            let bad = |fault| Ok(Step::Bad { lsn: pos, segment: seg, offset, fault });
+            let Some(header_bytes) = self.reader()?.bytes(offset, FRAME_HEADER_BYTES)? else {
+                return bad(FrameFault::Unreadable);
+            };
+            let header = match decode_header(header_bytes, pos) {
                 Ok(h) if h.frame_bytes() > room => Err(FrameFault::PastSegment),
                 other => other,
             };
             let header = match header {
                 Ok(h) => h,
-                Err(fault) => return Ok(Step::Bad { lsn: pos, segment: seg, offset, fault }),
+                Err(fault) => return bad(fault),
             };
             let frame_len = header.frame_bytes() as usize;
-            if let Err(fault) = check_crc(self.reader()?.bytes(offset, frame_len)?) {
-                return Ok(Step::Bad { lsn: pos, segment: seg, offset, fault });
+            match self.reader()?.bytes(offset, frame_len)? {
+                None => return bad(FrameFault::Unreadable),
+                Some(frame) => {
+                    if let Err(fault) = check_crc(frame) {
+                        return bad(fault);
+                    }
+                }
             }
             // Padding ends exactly at the segment's end; the next step moves on.
             debug_assert!(header.kind != FrameKind::Padding || header.frame_bytes() == room);
-            self.pos = header.end();
-            let frame = self.reader.as_mut().expect("open").bytes(offset, frame_len)?;
+            self.pos = header.next_lsn();
+            let frame = self.reader.as_mut().expect("open").bytes(offset, frame_len)?.expect("read just now");
             return Ok(Step::Frame(header, frame));
         }
     }
@@ -95,9 +104,11 @@ pub(crate) struct Beyond {
 }
 
 /// Searches every position after `bad` (in its segment and all later ones)
-/// for valid frames: one whose `durable_lsn` lies past `bad` proves the bad
-/// frame had been synced, so it is corruption, not a torn tail.
-pub(crate) fn look_beyond(storage: &Arc<dyn Storage>, segments: &[Segment], bad: Lsn) -> Result<Beyond> {
+/// for valid frames: one whose `durable_lsn` lies past `end` (the end of
+/// the last whole batch before `bad`) proves that the batch `bad` is in had
+/// been acknowledged durable, so it is corruption, not a torn tail.
+/// Unreadable blocks are searched as zeros (no frame there).
+pub(crate) fn look_beyond(storage: &Arc<dyn Storage>, segments: &[Segment], bad: Lsn, end: Lsn) -> Result<Beyond> {
     let mut beyond = Beyond::default();
     let first = segments.iter().position(|s| s.contains(bad)).unwrap_or(segments.len());
     for segment in &segments[first..] {
@@ -106,7 +117,7 @@ pub(crate) fn look_beyond(storage: &Arc<dyn Storage>, segments: &[Segment], bad:
         let mut offset = if segment.contains(bad) { bad.0 - segment.start.0 + 1 } else { 0 };
         while offset + FRAME_HEADER_BYTES as u64 <= segment.size_bytes {
             let len = (segment.size_bytes - offset).min(READ_WINDOW_BYTES as u64) as usize;
-            let window = reader.bytes(offset, len)?;
+            let window = reader.bytes_lossy(offset, len)?;
             let Some(at) = find_lsn_field(window, segment.start.0 + offset) else {
                 // Headers that straddle the window's end are looked at again.
                 offset += (len - FRAME_HEADER_BYTES + 1) as u64;
@@ -114,18 +125,18 @@ pub(crate) fn look_beyond(storage: &Arc<dyn Storage>, segments: &[Segment], bad:
             };
             offset += at as u64;
             let lsn = Lsn(segment.start.0 + offset);
-            let header = match decode_header(reader.bytes(offset, FRAME_HEADER_BYTES)?, lsn) {
-                Ok(h) if offset + h.frame_bytes() <= segment.size_bytes => Some(h),
+            let header = match reader.bytes(offset, FRAME_HEADER_BYTES)?.map(|b| decode_header(b, lsn)) {
+                Some(Ok(h)) if offset + h.frame_bytes() <= segment.size_bytes => Some(h),
                 _ => None,
             };
             let valid = match header {
-                Some(h) => check_crc(reader.bytes(offset, h.frame_bytes() as usize)?).is_ok(),
+                Some(h) => reader.bytes(offset, h.frame_bytes() as usize)?.is_some_and(|f| check_crc(f).is_ok()),
                 None => false,
             };
             match header.filter(|_| valid) {
                 Some(h) => {
                     beyond.furthest_end = Some(h.end());
-                    if h.durable_lsn > bad && beyond.durable_witness.is_none() {
+                    if h.durable_lsn > end && beyond.durable_witness.is_none() {
                         beyond.durable_witness = Some(h);
                     }
                     offset += h.frame_bytes();

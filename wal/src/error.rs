@@ -3,16 +3,18 @@ use std::sync::Arc;
 
 use crate::Lsn;
 
-/// Everything that can go wrong in the log.
-#[derive(Debug, thiserror::Error)]
+/// Everything that can go wrong in the log. `Clone`: every writer of a
+/// failed group commit gets the same error.
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The I/O layer failed.
     #[error(transparent)]
     Storage(#[from] uring::Error),
-    /// A frame that fails its checks is followed by frames that were already
-    /// durable when written: the log is damaged before its synced end.
-    #[error("corrupt WAL frame in {} at offset {offset} (LSN {lsn}): {reason}; later frames were already durable", path.display())]
+    /// A frame that fails its checks lies before a point the log is known to
+    /// have been durable to (a later frame, or the clean-close marker, says
+    /// so): the log is damaged before its synced end.
+    #[error("corrupt WAL frame in {} at offset {offset} (LSN {lsn}): {reason}; the log was durable past it", path.display())]
     Corrupt {
         /// The segment file.
         path: PathBuf,
@@ -70,13 +72,19 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
-    /// An earlier write or sync failed; the log accepts no more writes
-    /// (a failed fsync is never retried).
+    /// An earlier write, sync or segment switch failed; the log accepts no
+    /// more writes (a failed fsync is never retried).
     #[error("WAL is poisoned by an earlier failure: {cause}")]
     Poisoned {
-        /// The failure that poisoned it.
+        /// The failure that poisoned it, as the calls that failed saw it.
         #[source]
-        cause: Arc<uring::Error>,
+        cause: Arc<Error>,
+    },
+    /// The WAL directory does not exist.
+    #[error("no WAL directory at {}", dir.display())]
+    NoLog {
+        /// The directory.
+        dir: PathBuf,
     },
     /// The log is shutting down.
     #[error("WAL is closed")]

@@ -5,13 +5,15 @@
 //!      0    4 crc32        CRC32 (crc32fast) of the payload, then header bytes 4..32
 //!      4    4 payload_bytes
 //!      8    8 lsn          the frame's own position in the log
-//!     16    8 durable_lsn  how far the log was durable when this frame was made
+//!     16    8 durable_lsn  how far the log was durable when this frame's batch was written
 //!     24    1 kind         1 = batch, 2 = padding to the end of the segment
-//!     25    3 reserved     zero
+//!     25    1 flags        bit 0: ends its batch (the next frame starts at the next block)
+//!     26    2 reserved     zero
 //!     28    4 term         leader term (0 on a single node)
 //! ```
-//! All integers little-endian. The CRC covers the payload first so that it
-//! can be computed outside the lock that assigns the LSN.
+//! All integers little-endian. The CRC covers the payload first so that
+//! writers compute that part outside any lock; the committer seals the
+//! header (with the durable LSN and the flags) as it submits the batch.
 
 use crate::constants::{FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX};
 use crate::Lsn;
@@ -51,6 +53,10 @@ impl std::fmt::Display for FrameKind {
     }
 }
 
+/// Flag: the frame is the last of its batch; the rest of its 4 KiB block
+/// is zero, and the next batch starts at the next block boundary.
+const FLAG_ENDS_BATCH: u8 = 1;
+
 /// A decoded, checked frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameHeader {
@@ -58,10 +64,13 @@ pub struct FrameHeader {
     pub payload_bytes: u32,
     /// The frame's position.
     pub lsn: Lsn,
-    /// The durable end of the log when the frame was made.
+    /// The durable end of the log when the frame's batch was written: every
+    /// frame before it had been acknowledged durable.
     pub durable_lsn: Lsn,
     /// What it carries.
     pub kind: FrameKind,
+    /// Last frame of its batch: the next frame starts at the next block.
+    pub ends_batch: bool,
     /// Leader term.
     pub term: u32,
 }
@@ -75,6 +84,13 @@ impl FrameHeader {
     /// The LSN just past this frame.
     pub fn end(&self) -> Lsn {
         Lsn(self.lsn.0 + self.frame_bytes())
+    }
+
+    /// Where the next frame starts: right after this one, or at the next
+    /// block boundary if this one ends its batch.
+    pub fn next_lsn(&self) -> Lsn {
+        let end = self.end().0;
+        Lsn(if self.ends_batch { end.next_multiple_of(uring::BLOCK_BYTES as u64) } else { end })
     }
 }
 
@@ -92,6 +108,8 @@ pub enum FrameFault {
     PastSegment,
     /// The checksum does not match.
     BadCrc,
+    /// The device could not read it (EIO): a torn sector.
+    Unreadable,
 }
 
 impl FrameFault {
@@ -103,6 +121,7 @@ impl FrameFault {
             FrameFault::BadHeader => "header out of range",
             FrameFault::PastSegment => "length runs past the segment",
             FrameFault::BadCrc => "checksum mismatch",
+            FrameFault::Unreadable => "unreadable (EIO)",
         }
     }
 }
@@ -133,10 +152,18 @@ pub(crate) fn decode_header(header: &[u8], lsn: Lsn) -> Result<FrameHeader, Fram
     }
     let payload_bytes = u32_at(header, 4);
     let kind = FrameKind::from_code(header[24]).ok_or(FrameFault::BadHeader)?;
-    if payload_bytes as usize > FRAME_PAYLOAD_BYTES_MAX || header[25..28] != [0, 0, 0] {
+    let flags = header[25];
+    if payload_bytes as usize > FRAME_PAYLOAD_BYTES_MAX || flags & !FLAG_ENDS_BATCH != 0 || header[26..28] != [0, 0] {
         return Err(FrameFault::BadHeader);
     }
-    Ok(FrameHeader { payload_bytes, lsn, durable_lsn: Lsn(u64_at(header, 16)), kind, term: u32_at(header, 28) })
+    Ok(FrameHeader {
+        payload_bytes,
+        lsn,
+        durable_lsn: Lsn(u64_at(header, 16)),
+        kind,
+        ends_batch: flags & FLAG_ENDS_BATCH != 0,
+        term: u32_at(header, 28),
+    })
 }
 
 /// Checks a whole frame's CRC: `frame` is header then payload.
@@ -150,6 +177,35 @@ pub(crate) fn check_crc(frame: &[u8]) -> Result<(), FrameFault> {
     } else {
         Err(FrameFault::BadCrc)
     }
+}
+
+/// What goes into a frame's header besides its length and CRC.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Seal {
+    pub(crate) lsn: Lsn,
+    pub(crate) durable_lsn: Lsn,
+    pub(crate) kind: FrameKind,
+    pub(crate) ends_batch: bool,
+    pub(crate) term: u32,
+}
+
+/// Writes the header of `frame` (header room, then payload) and finishes
+/// the CRC begun by `payload_crc` (the CRC of the payload alone).
+pub(crate) fn seal_frame(frame: &mut [u8], payload_crc: u32, seal: Seal) {
+    let payload_bytes = u32::try_from(frame.len() - FRAME_HEADER_BYTES).expect("payload length checked");
+    let header = &mut frame[..FRAME_HEADER_BYTES];
+    header[4..8].copy_from_slice(&payload_bytes.to_le_bytes());
+    header[8..16].copy_from_slice(&seal.lsn.0.to_le_bytes());
+    header[16..24].copy_from_slice(&seal.durable_lsn.0.to_le_bytes());
+    header[24] = seal.kind.code();
+    header[25] = if seal.ends_batch { FLAG_ENDS_BATCH } else { 0 };
+    header[26..28].fill(0);
+    header[28..32].copy_from_slice(&seal.term.to_le_bytes());
+    let mut hasher = crc32fast::Hasher::new_with_initial_len(payload_crc, u64::from(payload_bytes));
+    hasher.update(&header[4..]);
+    let crc = hasher.finalize();
+    header[..4].copy_from_slice(&crc.to_le_bytes());
+    debug_assert_eq!(check_crc(frame), Ok(()));
 }
 
 /// A frame being built: the header's room first, then the payload, so that
@@ -198,32 +254,16 @@ impl FrameBuf {
         self.bytes.len() - FRAME_HEADER_BYTES
     }
 
-    /// Header plus payload.
-    pub(crate) fn frame_bytes(&self) -> usize {
-        self.bytes.len()
-    }
-
     /// The CRC of the payload alone, the part that needs no LSN.
     pub(crate) fn payload_crc(&self) -> u32 {
         crc32fast::hash(&self.bytes[FRAME_HEADER_BYTES..])
     }
 
-    /// Writes the header and finishes the CRC begun by `payload_crc`.
+    /// Seals the frame in place, as the last of its batch (tests build logs by hand with it).
+    #[cfg(test)]
     pub(crate) fn seal(&mut self, payload_crc: u32, lsn: Lsn, durable_lsn: Lsn, kind: FrameKind, term: u32) {
-        let payload_bytes = u32::try_from(self.payload_bytes()).expect("payload length checked");
-        let header = &mut self.bytes[..FRAME_HEADER_BYTES];
-        header[4..8].copy_from_slice(&payload_bytes.to_le_bytes());
-        header[8..16].copy_from_slice(&lsn.0.to_le_bytes());
-        header[16..24].copy_from_slice(&durable_lsn.0.to_le_bytes());
-        header[24] = kind.code();
-        header[25..28].fill(0);
-        header[28..32].copy_from_slice(&term.to_le_bytes());
-        let payload_bytes = u64::from(payload_bytes);
-        let mut hasher = crc32fast::Hasher::new_with_initial_len(payload_crc, payload_bytes);
-        hasher.update(&header[4..]);
-        let crc = hasher.finalize();
-        header[..4].copy_from_slice(&crc.to_le_bytes());
-        debug_assert_eq!(check_crc(&self.bytes), Ok(()));
+        let seal = Seal { lsn, durable_lsn, kind, ends_batch: true, term };
+        seal_frame(&mut self.bytes, payload_crc, seal);
     }
 
     /// The encoded frame.
@@ -256,6 +296,7 @@ mod tests {
         assert_eq!(header.payload_bytes, 10);
         assert_eq!(header.durable_lsn, Lsn(1000));
         assert_eq!(header.term, 7);
+        assert!(header.ends_batch);
         assert_eq!(check_crc(&bytes), Ok(()));
         assert_eq!(decode_header(&bytes, Lsn(4097)), Err(FrameFault::WrongLsn));
         for bit in 0..bytes.len() * 8 {

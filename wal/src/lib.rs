@@ -3,10 +3,13 @@
 //! What it is: frames (one atomic batch each, CRC-checked, carrying their own
 //! LSN = byte offset in the logical log) in preallocated, recycled segment
 //! files; a group-commit writer whose one committer thread makes every
-//! waiting frame durable with one durable write (a `RWF_DSYNC` write, or a
-//! write → fdatasync chain); recovery that
-//! truncates a torn tail and refuses (typed error with file and offset) a
-//! damaged frame before the synced end; a reader from any LSN.
+//! waiting frame durable with one write and one sync per batch, as the
+//! storage's commit queue does it (a `RWF_DSYNC` write, a linked write →
+//! fdatasync chain, or `pwrite` + `fdatasync`), each batch in a fresh 4 KiB
+//! block, acknowledged in order on its own sync; recovery that makes what it
+//! reads durable first, truncates a torn tail, and refuses (typed error with
+//! file and offset) a damaged frame before the synced end; a reader from
+//! any LSN.
 //!
 //! What it is not: it does not know what a batch contains (the `kv` crate
 //! encodes payloads), and it does no networking.
@@ -17,6 +20,7 @@
 //!
 //! let disk = Arc::new(uring::SimStorage::new());
 //! let dir = std::path::Path::new("/db/wal");
+//! uring::create_dirs(disk.as_ref(), dir)?;
 //! let options = WalOptions { segment_bytes: wal::SEGMENT_BYTES_MIN, ..WalOptions::default() };
 //! let wal = Wal::open(disk.clone(), dir, options, Lsn(0), &mut |_, _| {})?;
 //! let mut frame = FrameBuf::new();
@@ -47,7 +51,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use uring::Storage;
+use uring::{DirLock, OpenMode, Storage};
 
 pub use constants::{
     COMMIT_BUFFER_BYTES, FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN,
@@ -58,7 +62,10 @@ pub use recovery::BadFrame;
 
 use committer::Committer;
 use cursor::{Cursor, Step};
-use writer::Shared;
+use writer::{Batch, Shared};
+
+/// The lock file in the WAL directory: one open log per directory.
+const LOCK_FILE: &str = "LOCK";
 
 /// A position in the logical log: its byte offset.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -134,14 +141,21 @@ impl WalStats {
 pub struct Wal {
     shared: Arc<Shared>,
     committer: Option<JoinHandle<()>>,
+    // Dropped after the committer has finished (field order).
+    _lock: DirLock,
 }
 
 impl Wal {
-    /// Opens (or creates) the log in `dir`, replays every batch frame from
-    /// `from` into `on_frame` in LSN order, truncates a torn tail, and starts
-    /// the committer.
+    /// Opens the log in the directory `dir` (starting an empty log there if
+    /// it has none), takes its lock, replays every batch frame from `from`
+    /// into `on_frame` in LSN order, truncates a torn tail, and starts the
+    /// committer. Everything replayed is durable before `open` returns: each
+    /// segment is synced, and read from the device rather than a cache,
+    /// before it is read.
     ///
     /// # Errors
+    /// [`Error::NoLog`] if `dir` does not exist; [`uring::Error::Locked`]
+    /// (as [`Error::Storage`]) if the log is open elsewhere;
     /// [`Error::Corrupt`] for damage before the synced end (in
     /// [`RecoveryMode::Strict`]), [`Error::SegmentGap`] for a missing
     /// segment, [`Error::BadSegment`] for a cut-short one,
@@ -161,10 +175,14 @@ impl Wal {
                 min_bytes: SEGMENT_BYTES_MIN,
             });
         }
-        storage.create_dir_all(dir)?;
+        if !storage.exists(dir)? {
+            return Err(Error::NoLog { dir: dir.to_owned() });
+        }
+        let lock = storage.lock(&dir.join(LOCK_FILE))?;
         remove_temporaries(storage.as_ref(), dir)?;
         let payload_bytes_max = options.payload_bytes_max();
         let mut segments = segment::list(storage.as_ref(), dir)?;
+        make_durable(storage.as_ref(), &segments)?;
         if segments.is_empty() {
             if from != Lsn(0) {
                 return Err(Error::LogStartsLater { dir: dir.to_owned(), start: Lsn(0), wanted: from });
@@ -192,30 +210,33 @@ impl Wal {
         }
         storage.sync_dir(dir)?;
         let tail_segment = segments.last().expect("non-empty").clone();
-        let (shared, rx) = Shared::new(storage, dir.to_owned(), options, payload_bytes_max, segments, end);
-        let committer = Committer::new(shared.clone(), rx, tail_segment, end)?;
+        let file = storage.open(&tail_segment.path, OpenMode::Existing)?;
+        let mut queue = storage.commit_queue()?;
+        let mut buffers = queue.buffers(COMMIT_BUFFER_BYTES);
+        let spare = buffers.pop().expect("two commit buffers");
+        let gathering = Batch::new(buffers.pop().expect("two commit buffers"), end);
+        let shared = Shared::new(storage, dir.to_owned(), options, payload_bytes_max, segments, gathering);
+        let committer = Committer::new(shared.clone(), queue, spare, tail_segment, file, end);
         let handle = std::thread::Builder::new()
             .name("ringkv-wal-committer".into())
             .spawn(move || committer.run())
             .expect("spawn the WAL committer");
-        Ok(Wal { shared, committer: Some(handle) })
+        Ok(Wal { shared, committer: Some(handle), _lock: lock })
     }
 
     /// Appends one frame. With `wait`, returns once the frame is durable;
-    /// without, once it is ordered in the log (durable with a later sync).
+    /// without, once it is ordered in the log (durable with the sync of the
+    /// batch it joined, which the committer starts as soon as it can).
     /// Returns the frame's LSN.
     ///
     /// # Errors
-    /// [`Error::FrameTooLarge`]; [`Error::Poisoned`] if this or an earlier
-    /// write or sync failed (the frame may or may not be durable).
+    /// [`Error::FrameTooLarge`]; the storage error that failed this frame's
+    /// batch (then the frame may or may not be durable); [`Error::Poisoned`]
+    /// naming that error for every later call.
     pub fn append(&self, frame: FrameBuf, wait: bool) -> Result<Lsn> {
         let (lsn, done) = self.shared.submit(frame, wait)?;
         if let Some(done) = done {
-            match done.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(cause)) => return Err(Error::Poisoned { cause }),
-                Err(_) => return Err(Error::Closed),
-            }
+            done.recv().map_err(|_| Error::Closed)??;
         }
         Ok(lsn)
     }
@@ -333,6 +354,16 @@ impl Iterator for WalReader {
     }
 }
 
+/// Syncs every segment and drops its cached pages, so that recovery reads
+/// what the device holds and everything it replays is durable before a new
+/// frame can vouch for it.
+fn make_durable(storage: &dyn Storage, segments: &[segment::Segment]) -> Result<()> {
+    for segment in segments {
+        storage.open(&segment.path, OpenMode::Existing)?.sync_and_evict()?;
+    }
+    Ok(())
+}
+
 fn remove_temporaries(storage: &dyn Storage, dir: &Path) -> Result<()> {
     for name in storage.list_dir(dir)? {
         if name.ends_with(".tmp") {
@@ -351,29 +382,37 @@ pub struct Inspection {
     pub bad: Option<BadFrame>,
     /// Where valid-looking frames past the end stop (a torn tail).
     pub junk_end: Option<Lsn>,
-    /// Whether the bad frame was followed by frames proving it durable:
-    /// corruption, not a torn tail.
+    /// Whether the log is known to have been durable past the bad frame
+    /// (a later frame or the clean-close marker says so): corruption, not a
+    /// torn tail.
     pub corrupt: bool,
 }
 
 /// Reads the whole log in `dir` without changing it, calling `on_frame`
-/// with every valid frame (padding included) and its payload, and says
-/// where it ends and why. The log must not be open for writing.
+/// with every frame (padding included) of every whole batch, and says where
+/// it ends and why. Takes the log's lock for the duration; reads what the
+/// device holds (each segment is synced and its cache dropped first).
 ///
 /// # Errors
-/// Storage errors, [`Error::SegmentGap`].
+/// [`Error::NoLog`], storage errors ([`uring::Error::Locked`] if the log is
+/// open), [`Error::SegmentGap`], [`Error::BadSegment`].
 pub fn inspect(
     storage: Arc<dyn Storage>,
     dir: &Path,
     on_frame: &mut dyn FnMut(&FrameHeader, &[u8]),
 ) -> Result<Inspection> {
+    if !storage.exists(dir)? {
+        return Err(Error::NoLog { dir: dir.to_owned() });
+    }
+    let _lock = storage.lock(&dir.join(LOCK_FILE))?;
     let segments = segment::list(storage.as_ref(), dir)?;
+    make_durable(storage.as_ref(), &segments)?;
     let from = segments.first().map_or(Lsn(0), |s| s.start);
     let scanned =
         recovery::scan(&storage, &segments, from, None, &mut |h, frame| on_frame(h, &frame[FRAME_HEADER_BYTES..]))?;
     Ok(Inspection {
         end: scanned.end,
-        corrupt: scanned.witness.is_some(),
+        corrupt: scanned.durable_past.is_some(),
         bad: scanned.bad,
         junk_end: scanned.junk_end,
     })

@@ -1,15 +1,23 @@
 //! Finding the end of the log after a crash.
 //!
-//! | state at the first frame that fails its checks (position P)          | action                                   |
-//! |----------------------------------------------------------------------|------------------------------------------|
-//! | nothing valid after P                                                | end of log = P; nothing to drop          |
-//! | valid frames after P, all made when the log was durable only to ≤ P  | torn tail: end = P, zero them, log bytes |
-//! | a valid frame after P made when the log was durable past P           | corruption: error naming file and offset |
-//! | ... and `RecoveryMode::PointInTime`                                  | end = P, zero the rest, warn             |
+//! A batch is one write: its frames, the last flagged `ends_batch`, then
+//! zeros to the end of the block; the next batch starts at the next block.
+//! The log ends at the end of the last *whole* batch (end E): frames after
+//! E whose batch's last frame never made it were never acknowledged. At the
+//! first position P ≥ E that is not a valid frame:
 //!
-//! A frame written in the same batch as P, or in a batch in flight with it,
-//! was made while the log was durable only up to some point ≤ P, so it
-//! cannot vouch for P. A frame made after P was acknowledged can.
+//! | what is known                                                          | action                                   |
+//! |------------------------------------------------------------------------|------------------------------------------|
+//! | nothing valid after E                                                  | end of log = E; nothing to drop          |
+//! | valid frames after E (P's batch, or beyond P), none durable past E     | torn tail: end = E, zero them, log bytes |
+//! | a valid frame beyond P made when the log was durable past E            | corruption: error naming P's file/offset |
+//! | the clean-close marker says the log was durable past E                 | corruption, likewise                     |
+//! | ... either, and `RecoveryMode::PointInTime`                            | end = E, zero the rest, warn             |
+//!
+//! A frame is stamped, when its batch is submitted, with the end of the log
+//! acknowledged durable then; a batch written while P's batch was in
+//! flight (pipelined) carries an earlier one and cannot vouch for it. A
+//! block the device cannot read (EIO) counts as a bad frame.
 
 use std::sync::Arc;
 
@@ -43,16 +51,19 @@ pub(crate) struct Scanned {
     pub(crate) junk_end: Option<Lsn>,
     /// The bad frame that ended the log, if one did.
     pub(crate) bad: Option<BadFrame>,
-    /// A frame proving that the bad one had been durable.
-    pub(crate) witness: Option<FrameHeader>,
+    /// How far the log is known to have been durable, if past `end`: the
+    /// bad frame had been acknowledged.
+    pub(crate) durable_past: Option<Lsn>,
 }
 
-/// Reads every frame from `from`, calling `on_frame` with each valid frame
-/// (padding included, header and payload), and says where the valid log ends.
+/// Reads every frame from `from` (a batch boundary), calling `on_frame`
+/// with each frame (padding included, header and payload) of each whole
+/// batch, and says where the valid log ends.
 ///
-/// `clean_end` is where a clean close said the log ended: if the log ends
-/// there in zeros, nothing was written after it, so the search beyond for
-/// witnesses and torn frames is skipped.
+/// `clean_end` is where a clean close said the log ended (durably): if the
+/// log ends there in zeros, nothing was written after it, and the search
+/// beyond for witnesses and torn frames is skipped; if it ends before it,
+/// that is corruption.
 pub(crate) fn scan(
     storage: &Arc<dyn Storage>,
     segments: &[Segment],
@@ -61,24 +72,34 @@ pub(crate) fn scan(
     on_frame: &mut dyn FnMut(&FrameHeader, &[u8]),
 ) -> Result<Scanned> {
     let mut cursor = Cursor::new(storage.clone(), segments.to_vec(), from);
-    loop {
+    // Frames of the batch being read, held until its last frame is seen.
+    let mut held: Vec<(FrameHeader, Vec<u8>)> = Vec::new();
+    let mut end = from;
+    let bad = loop {
         match cursor.step()? {
-            Step::Frame(header, bytes) => on_frame(&header, bytes),
-            Step::End => return Ok(Scanned { end: cursor.pos, junk_end: None, bad: None, witness: None }),
+            Step::Frame(header, bytes) if header.ends_batch => {
+                for (h, b) in held.drain(..) {
+                    on_frame(&h, &b);
+                }
+                on_frame(&header, bytes);
+                end = cursor.pos;
+            }
+            Step::Frame(header, bytes) => held.push((header, bytes.to_vec())),
+            Step::End => break None,
             Step::Bad { lsn, segment, offset, fault } => {
-                let path = segments[segment].path.clone();
-                let closed_cleanly_here = clean_end == Some(lsn) && fault == FrameFault::Zero;
-                let beyond = if closed_cleanly_here { Beyond::default() } else { look_beyond(storage, segments, lsn)? };
-                let bad = BadFrame { lsn, path, offset, fault };
-                return Ok(Scanned {
-                    end: lsn,
-                    junk_end: beyond.furthest_end,
-                    bad: Some(bad),
-                    witness: beyond.durable_witness,
-                });
+                break Some(BadFrame { lsn, path: segments[segment].path.clone(), offset, fault })
             }
         }
-    }
+    };
+    let held_end = held.last().map(|(h, _)| h.end());
+    let Some(bad) = bad else {
+        return Ok(Scanned { end, junk_end: held_end, bad: None, durable_past: None });
+    };
+    let clean_here = clean_end == Some(end) && bad.lsn == end && bad.fault == FrameFault::Zero;
+    let beyond = if clean_here { Beyond::default() } else { look_beyond(storage, segments, bad.lsn, end)? };
+    let durable_past = clean_end.filter(|&c| c > end).or(beyond.durable_witness.map(|w| w.durable_lsn));
+    let junk_end = held_end.max(beyond.furthest_end);
+    Ok(Scanned { end, junk_end, bad: Some(bad), durable_past })
 }
 
 /// Decides what a scan means under `mode`, and zeroes a torn tail so that
@@ -89,7 +110,7 @@ pub(crate) fn settle(
     scanned: &Scanned,
     mode: RecoveryMode,
 ) -> Result<()> {
-    if let (Some(bad), Some(witness)) = (&scanned.bad, &scanned.witness) {
+    if let (Some(bad), Some(durable_past)) = (&scanned.bad, scanned.durable_past) {
         match mode {
             RecoveryMode::Strict => {
                 return Err(Error::Corrupt {
@@ -100,12 +121,12 @@ pub(crate) fn settle(
                 })
             }
             RecoveryMode::PointInTime => tracing::warn!(
-                path = %bad.path.display(), offset = bad.offset, lsn = %bad.lsn, witness = %witness.lsn,
+                path = %bad.path.display(), offset = bad.offset, lsn = %bad.lsn, %durable_past,
                 "corrupt WAL frame before durable frames; recovering to the point before it, later frames dropped"
             ),
         }
     }
-    let Some(junk_end) = scanned.junk_end else {
+    let Some(junk_end) = scanned.junk_end.filter(|&j| j > scanned.end) else {
         return Ok(());
     };
     let dropped_bytes = junk_end.0.saturating_sub(scanned.end.0);
@@ -123,17 +144,15 @@ pub(crate) fn settle(
     Ok(())
 }
 
-/// Zeroes `[from, to)` of a segment in whole blocks, keeping the bytes
-/// before `from` in its first block, then syncs.
+/// Zeroes `[from, to)` of a segment (`from` a block boundary) in whole
+/// blocks, then syncs. Nothing before `from` is read or rewritten.
 fn zero_range(storage: &Arc<dyn Storage>, segment: &Segment, from: u64, to: u64) -> Result<()> {
     let block = BLOCK_BYTES as u64;
+    assert_eq!(from % block, 0, "the log ends at a block boundary");
     let file = storage.open(&segment.path, OpenMode::Existing)?;
-    let first = from / block * block;
     let last = to.next_multiple_of(block).min(segment.size_bytes);
-    let mut buf = AlignedBuf::new((last - first) as usize);
-    file.read_at(first, &mut buf[..block as usize])?;
-    buf[(from - first) as usize..].fill(0);
-    file.write_at(first, &buf[..(last - first) as usize])?;
+    let zeros = AlignedBuf::new((last - from) as usize);
+    file.write_at(from, &zeros[..(last - from) as usize])?;
     file.sync_data()?;
     Ok(())
 }
@@ -149,6 +168,7 @@ mod tests {
     use crate::{Wal, WalOptions, FRAME_HEADER_BYTES, SEGMENT_BYTES_MIN};
 
     fn replay(disk: &SimStorage, options: WalOptions) -> (Wal, Vec<Vec<u8>>) {
+        uring::create_dirs(disk, Path::new("/w")).unwrap();
         let mut seen = Vec::new();
         let wal =
             Wal::open(Arc::new(disk.clone()), Path::new("/w"), options, Lsn(0), &mut |_, p| seen.push(p.to_vec()));
@@ -172,19 +192,22 @@ mod tests {
         let (wal, _) = replay(&disk, options);
         let mut a = FrameBuf::new();
         a.extend(b"acknowledged");
-        let t = Lsn(wal.append(a, true).unwrap().0 + FRAME_HEADER_BYTES as u64 + 12);
+        assert_eq!(wal.append(a, true).unwrap(), Lsn(0));
         drop(wal);
-        // A batch torn by a power cut: its first frame (at t) is garbage, a
-        // later one (at block boundary b, made when the log was durable to t) survived.
+        disk.remove_file(Path::new("/w/CLEAN")).unwrap(); // as a crash leaves it
+                                                          // The next batch starts at the next block (t). A power cut tore it:
+                                                          // its first block is garbage, a later frame of it (at b, made when the
+                                                          // log was durable to t) survived.
+        let t = Lsn(uring::BLOCK_BYTES as u64);
+        let b = Lsn(3 * uring::BLOCK_BYTES as u64);
         let file = disk.open(Path::new("/w/00000000000000000000.wal"), uring::OpenMode::Existing).unwrap();
-        let b = Lsn(2 * uring::BLOCK_BYTES as u64);
         file.write_at(t.0, &[0xAB; 100]).unwrap();
         file.write_at(b.0, &sealed(b"never acknowledged", b, t)).unwrap();
         file.sync_data().unwrap();
 
         let (wal, seen) = replay(&disk, options);
         assert_eq!(seen, vec![b"acknowledged".to_vec()]);
-        // A new frame that ends exactly at b.
+        // A new batch that ends exactly at b.
         let mut z = FrameBuf::new();
         z.resize_payload((b.0 - t.0) as usize - FRAME_HEADER_BYTES);
         assert_eq!(wal.append(z, true).unwrap(), t);

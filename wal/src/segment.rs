@@ -124,39 +124,93 @@ pub(crate) fn recycle(storage: &dyn Storage, segment: &Segment) -> Result<()> {
 }
 
 /// Reads a segment through an aligned window, so that frame-sized reads
-/// of an O_DIRECT file cost one large read per window.
+/// of an O_DIRECT file cost one large read per window. A block the device
+/// cannot read (EIO: a sector torn by a power cut) is remembered, and a
+/// read that touches it answers `None`.
 pub(crate) struct WindowReader {
     pub(crate) file: Arc<dyn File>,
     size_bytes: u64,
     window: AlignedBuf,
     window_start: u64,
     window_len: usize,
+    /// File offsets of the window's unreadable blocks (read as zeros).
+    unreadable: Vec<u64>,
+}
+
+/// Whether a read failed because the device could not read the bytes.
+fn is_media_error(e: &uring::Error) -> bool {
+    e.raw_os_error() == Some(libc::EIO)
 }
 
 impl WindowReader {
     pub(crate) fn new(file: Arc<dyn File>, size_bytes: u64) -> WindowReader {
-        WindowReader { file, size_bytes, window: AlignedBuf::new(READ_WINDOW_BYTES), window_start: 0, window_len: 0 }
+        WindowReader {
+            file,
+            size_bytes,
+            window: AlignedBuf::new(READ_WINDOW_BYTES),
+            window_start: 0,
+            window_len: 0,
+            unreadable: Vec::new(),
+        }
     }
 
-    /// `len` bytes at file offset `offset`; the range must lie in the file.
-    pub(crate) fn bytes(&mut self, offset: u64, len: usize) -> Result<&[u8]> {
+    /// `len` bytes at file offset `offset` (the range must lie in the file),
+    /// or `None` if they touch an unreadable block.
+    pub(crate) fn bytes(&mut self, offset: u64, len: usize) -> Result<Option<&[u8]>> {
+        self.load(offset, len)?;
+        let end = offset + len as u64;
+        let block = BLOCK_BYTES as u64;
+        if self.unreadable.iter().any(|&b| b < end && offset < b + block) {
+            return Ok(None);
+        }
+        let at = (offset - self.window_start) as usize;
+        Ok(Some(&self.window[at..at + len]))
+    }
+
+    /// As `bytes`, with unreadable blocks read as zeros.
+    pub(crate) fn bytes_lossy(&mut self, offset: u64, len: usize) -> Result<&[u8]> {
+        self.load(offset, len)?;
+        let at = (offset - self.window_start) as usize;
+        Ok(&self.window[at..at + len])
+    }
+
+    fn load(&mut self, offset: u64, len: usize) -> Result<()> {
         let end = offset + len as u64;
         assert!(end <= self.size_bytes, "read past the segment's end");
         let window_end = self.window_start + self.window_len as u64;
-        if offset < self.window_start || end > window_end {
-            let block = BLOCK_BYTES as u64;
-            let start = offset / block * block;
-            let want = (end - start).max(READ_WINDOW_BYTES as u64).next_multiple_of(block);
-            let read_len = want.min(self.size_bytes - start) as usize;
-            if self.window.len() < read_len {
-                self.window = AlignedBuf::new(read_len);
-            }
-            let read_len_aligned = read_len.next_multiple_of(BLOCK_BYTES);
-            self.file.read_at(start, &mut self.window[..read_len_aligned])?;
-            self.window_start = start;
-            self.window_len = read_len;
+        if offset >= self.window_start && end <= window_end {
+            return Ok(());
         }
-        let at = (offset - self.window_start) as usize;
-        Ok(&self.window[at..at + len])
+        let block = BLOCK_BYTES as u64;
+        let start = offset / block * block;
+        let want = (end - start).max(READ_WINDOW_BYTES as u64).next_multiple_of(block);
+        let read_len = want.min(self.size_bytes - start) as usize;
+        if self.window.len() < read_len {
+            self.window = AlignedBuf::new(read_len);
+        }
+        let read_len_aligned = read_len.next_multiple_of(BLOCK_BYTES);
+        self.unreadable.clear();
+        self.window_len = 0;
+        match self.file.read_at(start, &mut self.window[..read_len_aligned]) {
+            Ok(()) => {}
+            Err(e) if is_media_error(&e) => {
+                // Find the blocks that cannot be read, one at a time.
+                for at in (0..read_len_aligned).step_by(BLOCK_BYTES) {
+                    let part = &mut self.window[at..at + BLOCK_BYTES];
+                    match self.file.read_at(start + at as u64, part) {
+                        Ok(()) => {}
+                        Err(e) if is_media_error(&e) => {
+                            part.fill(0);
+                            self.unreadable.push(start + at as u64);
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.window_start = start;
+        self.window_len = read_len;
+        Ok(())
     }
 }

@@ -1,40 +1,145 @@
-//! The group-commit writer.
+//! The writers' side of group commit.
 //!
-//! Writers seal their frames (LSN, CRC) under a short lock that hands out
-//! positions and send them, in LSN order, to one committer thread
-//! (`committer.rs`), which batches them, makes each batch durable and wakes
-//! its writers. While a batch is in flight the next one gathers in the
-//! channel.
+//! Under the tail lock a writer takes the next LSN and copies its frame
+//! into the batch being gathered (its CRC over the payload was computed
+//! before, outside the lock); the committer thread (`committer.rs`) swaps
+//! the batch out, under the same lock, when it can write one. A batch
+//! starts at a block boundary, so no write ever covers bytes an earlier
+//! write covered: a write torn by a power cut can only damage its own,
+//! unacknowledged, frames. If the batch is full, or the next frame belongs
+//! to the next segment, the writer waits for the committer to swap in an
+//! empty one.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crossbeam_channel::{Receiver, Sender};
-use uring::Storage;
+use uring::{IoBuf, Storage, BLOCK_BYTES};
 
 use crate::constants::FRAME_HEADER_BYTES;
 use crate::error::{Error, Result};
-use crate::frame::{FrameBuf, FrameKind};
+use crate::frame::{seal_frame, FrameBuf, FrameKind, Seal};
 use crate::segment::Segment;
 use crate::{Lsn, WalOptions, WalStats};
 
 /// How the committer tells a writer its frame is durable, or why not.
-pub(crate) type Done = Result<(), Arc<uring::Error>>;
+pub(crate) type Done = Result<()>;
 
-/// A frame on its way to the committer.
-pub(crate) struct Pending {
-    pub(crate) lsn: Lsn,
-    pub(crate) frame: FrameBuf,
-    pub(crate) waiter: Option<Sender<Done>>,
+/// A frame's place in a batch.
+struct Slot {
+    /// Offset in the batch's buffer.
+    at: usize,
+    len: usize,
+    /// CRC of the payload alone (padding: computed when sealed).
+    payload_crc: u32,
+    kind: FrameKind,
 }
 
-/// Where the next frame goes; guarded by the lock that orders the log.
+/// Frames gathered into one buffer, written with one write and one sync.
+pub(crate) struct Batch {
+    pub(crate) buf: IoBuf,
+    /// LSN of `buf[0]`: a block boundary.
+    pub(crate) start: Lsn,
+    fill: usize,
+    slots: Vec<Slot>,
+    pub(crate) waiters: Vec<Sender<Done>>,
+    /// No more frames fit in its segment: the next one goes into the next
+    /// batch, at the next segment's start.
+    ends_segment: bool,
+}
+
+impl Batch {
+    pub(crate) fn new(buf: IoBuf, start: Lsn) -> Batch {
+        assert_eq!(start.0 % BLOCK_BYTES as u64, 0, "a batch starts at a block boundary");
+        Batch { buf, start, fill: 0, slots: Vec::new(), waiters: Vec::new(), ends_segment: false }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Batch frames (not padding) it holds.
+    pub(crate) fn frames(&self) -> u64 {
+        self.slots.iter().filter(|s| s.kind == FrameKind::Batch).count() as u64
+    }
+
+    /// Where the next batch starts: the block after its last byte (the end
+    /// of its segment, when it fills it).
+    pub(crate) fn end(&self) -> Lsn {
+        Lsn((self.start.0 + self.fill as u64).next_multiple_of(BLOCK_BYTES as u64))
+    }
+
+    /// Copies `frame` in at the next LSN and returns it; `None` if it must
+    /// wait for the next batch (this one is full or ends its segment). A
+    /// frame that does not fit in the rest of the segment is preceded by a
+    /// padding frame to the segment's end (or, with less than a header's
+    /// room left, by nothing) and waits for the next batch.
+    fn place(&mut self, frame: &FrameBuf, payload_crc: u32, segment_end: Lsn) -> Option<Lsn> {
+        if self.ends_segment {
+            return None;
+        }
+        let at = Lsn(self.start.0 + self.fill as u64);
+        assert!(at <= segment_end, "a batch stays inside its segment");
+        let bytes = frame.as_bytes();
+        let room = (segment_end.0 - at.0) as usize;
+        if bytes.len() > room {
+            if room >= FRAME_HEADER_BYTES {
+                if self.fill + room > self.buf.len() {
+                    return None; // the padding goes first thing in the next batch
+                }
+                self.buf[self.fill..self.fill + room].fill(0);
+                self.slots.push(Slot { at: self.fill, len: room, payload_crc: 0, kind: FrameKind::Padding });
+                self.fill += room;
+            }
+            self.ends_segment = true;
+            return None;
+        }
+        if self.fill + bytes.len() > self.buf.len() {
+            return None;
+        }
+        self.buf[self.fill..self.fill + bytes.len()].copy_from_slice(bytes);
+        self.slots.push(Slot { at: self.fill, len: bytes.len(), payload_crc, kind: FrameKind::Batch });
+        self.fill += bytes.len();
+        Some(at)
+    }
+
+    /// Seals every frame's header with `durable` (how far the log was
+    /// acknowledged durable before this batch: the batch vouches for it)
+    /// and marks the last frame as ending the batch; zeroes the rest of the
+    /// last block. Returns the length to write.
+    pub(crate) fn seal(&mut self, durable: Lsn, term: u32) -> usize {
+        assert!(!self.is_empty(), "an empty batch is never written");
+        assert!(durable <= self.start, "the durable end lies before the batch");
+        let last = self.slots.len() - 1;
+        for (i, slot) in self.slots.iter().enumerate() {
+            let frame = &mut self.buf[slot.at..slot.at + slot.len];
+            let payload_crc = match slot.kind {
+                FrameKind::Batch => slot.payload_crc,
+                FrameKind::Padding => crc32fast::hash(&frame[FRAME_HEADER_BYTES..]),
+            };
+            let lsn = Lsn(self.start.0 + slot.at as u64);
+            let seal = Seal { lsn, durable_lsn: durable, kind: slot.kind, ends_batch: i == last, term };
+            seal_frame(frame, payload_crc, seal);
+        }
+        let len = self.fill.next_multiple_of(BLOCK_BYTES);
+        self.buf[self.fill..len].fill(0);
+        len
+    }
+}
+
+/// What writers and the committer share under the tail lock.
 pub(crate) struct Tail {
-    next: Lsn,
-    segment_end: Lsn,
-    poisoned: Option<Arc<uring::Error>>,
-    tx: Option<Sender<Pending>>,
+    /// The batch writers copy frames into.
+    pub(crate) gathering: Batch,
+    /// End of the segment the gathering batch lies in.
+    pub(crate) segment_end: Lsn,
+    pub(crate) poisoned: Option<Arc<Error>>,
+    pub(crate) closed: bool,
+    /// The committer is asleep on `Shared::work`.
+    pub(crate) committer_sleeping: bool,
+    /// Writers asleep on `Shared::room`.
+    pub(crate) writers_waiting: usize,
 }
 
 impl Tail {
@@ -58,6 +163,14 @@ pub(crate) struct Shared {
     pub(crate) options: WalOptions,
     pub(crate) payload_bytes_max: usize,
     pub(crate) tail: Mutex<Tail>,
+    /// Writers wait here for an empty batch.
+    pub(crate) room: Condvar,
+    /// The committer waits here for frames.
+    pub(crate) work: Condvar,
+    /// A frame was placed since the committer last took a batch (polled by
+    /// the idle committer before it sleeps).
+    pub(crate) has_frames: AtomicBool,
+    /// The end of the log acknowledged durable.
     pub(crate) durable: AtomicU64,
     pub(crate) counters: Counters,
     /// The live segments, oldest first.
@@ -71,22 +184,31 @@ impl Shared {
         options: WalOptions,
         payload_bytes_max: usize,
         segments: Vec<Segment>,
-        end: Lsn,
-    ) -> (Arc<Shared>, Receiver<Pending>) {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        gathering: Batch,
+    ) -> Arc<Shared> {
         let segment_end = segments.last().expect("a live segment").end();
-        let tail = Tail { next: end, segment_end, poisoned: None, tx: Some(tx) };
-        let shared = Shared {
+        let end = gathering.start;
+        let tail = Tail {
+            gathering,
+            segment_end,
+            poisoned: None,
+            closed: false,
+            committer_sleeping: false,
+            writers_waiting: 0,
+        };
+        Arc::new(Shared {
             storage,
             dir,
             options,
             payload_bytes_max,
             tail: Mutex::new(tail),
+            room: Condvar::new(),
+            work: Condvar::new(),
+            has_frames: AtomicBool::new(false),
             durable: AtomicU64::new(end.0),
             counters: Counters::default(),
             segments: Mutex::new(segments),
-        };
-        (Arc::new(shared), rx)
+        })
     }
 
     pub(crate) fn lock_tail(&self) -> MutexGuard<'_, Tail> {
@@ -110,58 +232,71 @@ impl Shared {
         }
     }
 
-    /// Seals `frame` at the next position and hands it to the committer.
-    /// Returns its LSN and, if `wait`, the channel its durability is told on.
-    pub(crate) fn submit(&self, mut frame: FrameBuf, wait: bool) -> Result<(Lsn, Option<Receiver<Done>>)> {
+    /// Places `frame` at the next position of the gathering batch. Returns
+    /// its LSN and, if `wait`, the channel its durability is told on.
+    pub(crate) fn submit(&self, frame: FrameBuf, wait: bool) -> Result<(Lsn, Option<Receiver<Done>>)> {
         let payload_bytes = frame.payload_bytes();
         if payload_bytes > self.payload_bytes_max {
             return Err(Error::FrameTooLarge { bytes: payload_bytes, limit: self.payload_bytes_max });
         }
         let crc = frame.payload_crc();
-        let (waiter, done) = if wait {
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        let term = self.options.term;
         let mut tail = self.lock_tail();
-        if let Some(cause) = &tail.poisoned {
-            return Err(Error::Poisoned { cause: cause.clone() });
-        }
-        let len = frame.frame_bytes() as u64;
-        let durable = self.durable_lsn();
-        if tail.next.0 + len > tail.segment_end.0 {
-            let room = (tail.segment_end.0 - tail.next.0) as usize;
-            if room >= FRAME_HEADER_BYTES {
-                let mut pad = FrameBuf::with_capacity(room - FRAME_HEADER_BYTES);
-                pad.resize_payload(room - FRAME_HEADER_BYTES);
-                let pad_crc = pad.payload_crc();
-                pad.seal(pad_crc, tail.next, durable, FrameKind::Padding, term);
-                let tx = tail.tx.as_ref().ok_or(Error::Closed)?;
-                tx.send(Pending { lsn: tail.next, frame: pad, waiter: None }).map_err(|_| Error::Closed)?;
+        let lsn = loop {
+            if let Some(cause) = &tail.poisoned {
+                return Err(Error::Poisoned { cause: cause.clone() });
             }
-            tail.next = tail.segment_end;
-            tail.segment_end = Lsn(tail.segment_end.0 + self.options.segment_bytes);
+            if tail.closed {
+                return Err(Error::Closed);
+            }
+            let segment_end = tail.segment_end;
+            if let Some(lsn) = tail.gathering.place(&frame, crc, segment_end) {
+                break lsn;
+            }
+            tail.writers_waiting += 1;
+            if tail.committer_sleeping {
+                // The batch cannot take this frame: the committer must swap it out.
+                tail.committer_sleeping = false;
+                self.work.notify_one();
+            }
+            tail = self.room.wait(tail).expect("WAL tail lock");
+            tail.writers_waiting -= 1;
+        };
+        let done = if wait {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            tail.gathering.waiters.push(tx);
+            Some(rx)
+        } else {
+            None
+        };
+        self.has_frames.store(true, Ordering::Release);
+        let wake = std::mem::take(&mut tail.committer_sleeping);
+        drop(tail);
+        if wake {
+            self.work.notify_one();
         }
-        let lsn = tail.next;
-        frame.seal(crc, lsn, durable, FrameKind::Batch, term);
-        tail.next = Lsn(lsn.0 + len);
-        let tx = tail.tx.as_ref().ok_or(Error::Closed)?;
-        tx.send(Pending { lsn, frame, waiter }).map_err(|_| Error::Closed)?;
         Ok((lsn, done))
     }
 
     /// Stops taking frames; the committer finishes what it has and exits.
     pub(crate) fn close(&self) {
-        self.lock_tail().tx = None;
+        let mut tail = self.lock_tail();
+        tail.closed = true;
+        tail.committer_sleeping = false;
+        self.work.notify_one();
+        self.room.notify_all();
     }
 
-    pub(crate) fn poison(&self, cause: Arc<uring::Error>) {
+    /// Refuses every later write with `Poisoned { cause }`, and fails the
+    /// writers of the batch being gathered likewise.
+    pub(crate) fn poison(&self, cause: Arc<Error>) {
         let mut tail = self.lock_tail();
         if tail.poisoned.is_none() {
             tracing::error!(error = %cause, "WAL write failed; refusing further writes");
-            tail.poisoned = Some(cause);
+            tail.poisoned = Some(cause.clone());
         }
+        for waiter in tail.gathering.waiters.drain(..) {
+            let _ = waiter.send(Err(Error::Poisoned { cause: cause.clone() }));
+        }
+        self.room.notify_all();
     }
 }

@@ -17,6 +17,7 @@ fn options() -> WalOptions {
 }
 
 fn replay(disk: &SimStorage) -> wal::Result<Vec<Vec<u8>>> {
+    uring::create_dirs(disk, Path::new(DIR)).unwrap();
     let mut seen = Vec::new();
     let wal = Wal::open(Arc::new(disk.clone()), Path::new(DIR), options(), Lsn(0), &mut |_, p| seen.push(p.to_vec()))?;
     drop(wal);
@@ -45,6 +46,7 @@ proptest! {
     #[test]
     fn garbage_after_durable_frames_keeps_them(bytes in proptest::collection::vec(any::<u8>(), 1..5000), gap in 0u64..3000) {
         let disk = SimStorage::new();
+        uring::create_dirs(&disk, Path::new(DIR)).unwrap();
         let wal = Wal::open(Arc::new(disk.clone()), Path::new(DIR), options(), Lsn(0), &mut |_, _| {}).unwrap();
         let mut end = 0;
         for i in 0..10u8 {
@@ -53,6 +55,8 @@ proptest! {
             end = wal.append(frame, true).unwrap().0 + 132;
         }
         drop(wal);
+        // As a crash would leave it: no clean-close marker.
+        disk.remove_file(&Path::new(DIR).join("CLEAN")).unwrap();
         let path = Path::new(DIR).join(format!("{:020}.wal", 0));
         let file = disk.open(&path, OpenMode::Existing).unwrap();
         file.write_at(end + gap, &bytes).unwrap();

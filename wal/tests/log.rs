@@ -27,6 +27,7 @@ fn payload(i: usize, len: usize) -> Vec<u8> {
 type Replayed = Vec<(Lsn, Vec<u8>)>;
 
 fn open(disk: &SimStorage, options: WalOptions) -> wal::Result<(Wal, Replayed)> {
+    uring::create_dirs(disk, Path::new(DIR)).unwrap();
     let mut seen = Vec::new();
     let wal =
         Wal::open(Arc::new(disk.clone()), Path::new(DIR), options, Lsn(0), &mut |h, p| seen.push((h.lsn, p.to_vec())))?;
@@ -85,7 +86,8 @@ fn reclaimed_segments_are_recycled_and_the_log_goes_on() {
     assert!(count > 0);
 }
 
-/// Writes `n` durable frames and returns their LSNs and payloads.
+/// Writes `n` durable frames, then crashes (no clean-close marker), and
+/// returns their LSNs and payloads.
 fn write_frames(disk: &SimStorage, n: usize) -> Vec<(Lsn, Vec<u8>)> {
     let (wal, _) = open(disk, options()).unwrap();
     let frames: Vec<_> = (0..n)
@@ -95,6 +97,7 @@ fn write_frames(disk: &SimStorage, n: usize) -> Vec<(Lsn, Vec<u8>)> {
         })
         .collect();
     drop(wal);
+    disk.remove_file(&Path::new(DIR).join("CLEAN")).unwrap();
     frames
 }
 
@@ -211,6 +214,8 @@ fn torn_unsynced_tail_is_truncated_and_stale_frames_never_come_back() {
     }
 }
 
+/// The call that failed gets the real error; later calls get `Poisoned`
+/// naming it.
 #[test]
 fn failed_sync_poisons_the_log() {
     let disk = SimStorage::new();
@@ -219,10 +224,13 @@ fn failed_sync_poisons_the_log() {
     // The commit's write passes, its sync fails.
     disk.fail_file_call(&Path::new(DIR).join(format!("{:020}.wal", 0)), 1, libc::EIO);
     let err = wal.append(frame(b"two"), true).unwrap_err();
-    assert!(matches!(err, Error::Poisoned { .. }), "{err:?}");
+    let Error::Storage(real) = &err else { panic!("the failing call gets the real error: {err:?}") };
+    assert_eq!(real.raw_os_error(), Some(libc::EIO));
     assert!(err.to_string().contains("fdatasync"), "{err}");
     let again = wal.append(frame(b"three"), true).unwrap_err();
-    assert!(matches!(again, Error::Poisoned { .. }), "later writes are refused: {again:?}");
+    let Error::Poisoned { cause } = &again else { panic!("later writes are refused: {again:?}") };
+    assert!(matches!(**cause, Error::Storage(_)), "{cause:?}");
+    assert!(again.to_string().contains("fdatasync"), "{again}");
 }
 
 #[test]
@@ -231,9 +239,10 @@ fn full_disk_on_write_is_a_typed_error() {
     let (wal, _) = open(&disk, options()).unwrap();
     disk.fail_file_call(&Path::new(DIR).join(format!("{:020}.wal", 0)), 0, libc::ENOSPC);
     let err = wal.append(frame(b"x"), true).unwrap_err();
-    let Error::Poisoned { cause } = &err else { panic!("{err:?}") };
-    assert_eq!(cause.raw_os_error(), Some(libc::ENOSPC));
+    let Error::Storage(real) = &err else { panic!("{err:?}") };
+    assert_eq!(real.raw_os_error(), Some(libc::ENOSPC));
     assert!(err.to_string().contains("/db/wal/00000000000000000000.wal"), "{err}");
+    assert!(matches!(wal.append(frame(b"y"), true), Err(Error::Poisoned { .. })));
 }
 
 #[test]

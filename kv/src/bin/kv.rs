@@ -110,6 +110,8 @@ fn parse_segment_bytes(text: &str) -> Result<u64, String> {
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let options = options(&cli);
     let open = || Kv::open(&cli.db, options);
+    // Commands that only read never create a store: a typo is an error.
+    let open_existing = || Kv::open(&cli.db, Options { create_if_missing: false, ..options });
     if let Command::CrashWriter { threads, round } = cli.command {
         // Its threads print themselves: stdout must not be held here.
         crash_writer(Arc::new(open()?), threads, round);
@@ -119,7 +121,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match &cli.command {
         Command::Put { key, value } => open()?.put(key, value)?,
         Command::Del { key } => open()?.delete(key)?,
-        Command::Get { key } => match open()?.get(key)? {
+        Command::Get { key } => match open_existing()?.get(key)? {
             Some(value) => writeln!(out, "{}", String::from_utf8_lossy(&value))?,
             None => {
                 eprintln!("kv: {key:?} not found");
@@ -127,7 +129,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
         },
         Command::Scan { from, to, limit } => {
-            let db = open()?;
+            let db = open_existing()?;
             let start = from.clone().map_or(std::ops::Bound::Unbounded, std::ops::Bound::Included);
             let end = to.clone().map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
             for (k, v) in db.scan((start, end)).take(limit.unwrap_or(usize::MAX)) {
@@ -135,7 +137,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
         }
         Command::Stats => {
-            let db = open()?;
+            let db = open_existing()?;
             let stats = db.stats();
             writeln!(out, "dir\t{}", db.dir().display())?;
             writeln!(out, "io_backend\t{}", stats.backend)?;
