@@ -495,3 +495,61 @@ impl Drop for UringQueue {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::os::OsFile;
+    use crate::storage::OpenMode;
+    use crate::BLOCK_BYTES;
+
+    /// Runs one commit of a block of 9s through a linked-chain queue whose
+    /// chain the kernel takes in two submissions (`split`); returns the
+    /// queue's trace and events.
+    fn commit_split(split: bool) -> Option<(Vec<(u64, Op)>, Vec<String>)> {
+        let Ok(ring) = Ring::new(BLOCK_BYTES, COMMIT_BUFFERS) else {
+            eprintln!("skipped: io_uring is not available here");
+            return None;
+        };
+        let dir = tempfile_dir();
+        let file: Arc<dyn File> = Arc::new(OsFile::open(&dir.join("chain"), OpenMode::Create).unwrap());
+        let mut queue = UringQueue::new(Arc::new(ring), SyncMode::LinkedFsync);
+        queue.split_next_chain = split;
+        let mut buf = queue.buffers(BLOCK_BYTES).pop().unwrap();
+        buf.fill(9);
+        let ticket = queue.submit(&file, 0, buf, BLOCK_BYTES);
+        let mut events = Vec::new();
+        while queue.in_flight() > 0 {
+            events.push(match queue.wait() {
+                CommitEvent::Written { ticket: t, result, .. } => format!("written {t} {}", result.is_ok()),
+                CommitEvent::Synced { ticket: t, result } => format!("synced {t} {}", result.is_ok()),
+            });
+        }
+        assert_eq!(events, vec![format!("written {ticket} true"), format!("synced {ticket} true")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        Some((queue.trace.clone(), events))
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ringkv-queue-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_whole_chain_is_proved_by_its_linked_sync() {
+        let Some((trace, _)) = commit_split(false) else { return };
+        assert_eq!(trace, vec![(1, Op::Write), (1, Op::LinkedSync)]);
+    }
+
+    /// Regression: the count `submit` returns was ignored, so a chain whose
+    /// sync went in on its own (and may run before the write) counted as
+    /// proof the write was durable.
+    #[test]
+    fn a_chain_taken_in_parts_gets_a_standalone_sync_after_its_write() {
+        let Some((trace, _)) = commit_split(true) else { return };
+        assert_eq!(trace, vec![(1, Op::Write), (1, Op::LinkedSync), (1, Op::StandaloneSync)]);
+    }
+}
