@@ -226,3 +226,148 @@ fn injected_errors_name_the_call() {
     assert!(err.to_string().contains("pwrite /d/f at offset 0"), "{err}");
     file.write_at(0, b"x").unwrap();
 }
+
+/// Lists a directory of the disk, sorted.
+fn names(disk: &SimStorage, dir: &Path) -> Vec<String> {
+    let mut names = disk.list_dir(dir).unwrap();
+    names.sort();
+    names
+}
+
+#[test]
+fn power_cut_keeps_a_prefix_of_each_directorys_unsynced_operations() {
+    let mut outcomes = std::collections::BTreeSet::new();
+    for seed in 0..200 {
+        let disk = SimStorage::new();
+        let dir = Path::new("/d");
+        create_dirs(&disk, dir).unwrap();
+        disk.open(&dir.join("a"), OpenMode::Create).unwrap();
+        disk.sync_dir(dir).unwrap();
+        disk.open(&dir.join("b"), OpenMode::Create).unwrap();
+        disk.rename(&dir.join("a"), &dir.join("c")).unwrap();
+        disk.remove_file(&dir.join("b")).unwrap();
+        // A directory made without syncing its parent may vanish, with its contents.
+        disk.create_dir(Path::new("/e")).unwrap();
+        disk.open(Path::new("/e/f"), OpenMode::Create).unwrap();
+        disk.sync_dir(Path::new("/e")).unwrap();
+        disk.power_cut();
+        let after = disk.after_power_cut(seed);
+        let got = names(&after, dir);
+        let prefixes = [vec!["a"], vec!["a", "b"], vec!["b", "c"], vec!["c"]];
+        assert!(prefixes.iter().any(|p| *p == got), "seed={seed}: {got:?} is no prefix of the operations");
+        let e = after.exists(Path::new("/e")).unwrap();
+        assert_eq!(after.exists(Path::new("/e/f")).unwrap(), e, "seed={seed}: /e/f outlived /e");
+        outcomes.insert((got, e));
+    }
+    assert!(outcomes.len() >= 6, "every prefix, with and without /e, comes up: {outcomes:?}");
+}
+
+#[test]
+fn failed_sync_leaves_the_cache_ahead_of_the_disk_until_evicted() {
+    let mut lost = 0;
+    for seed in 0..100 {
+        let disk = SimStorage::new().seeded(seed);
+        let dir = Path::new("/d");
+        create_dirs(&disk, dir).unwrap();
+        let file = disk.open(&dir.join("f"), OpenMode::Create).unwrap();
+        disk.sync_dir(dir).unwrap();
+        file.write_at(0, &[1u8; BLOCK_BYTES]).unwrap();
+        file.sync_data().unwrap();
+        file.write_at(0, &[2u8; BLOCK_BYTES]).unwrap();
+        disk.fail_file_call(&dir.join("f"), 0, libc::EIO);
+        assert_eq!(file.sync_data().unwrap_err().raw_os_error(), Some(libc::EIO));
+        let mut back = vec![0u8; BLOCK_BYTES];
+        file.read_at(0, &mut back).unwrap();
+        assert!(back.iter().all(|&b| b == 2), "seed={seed}: the cache still holds the write");
+        file.sync_data().unwrap(); // the pages are clean: nothing to write, no error
+        file.sync_and_evict().unwrap();
+        file.read_at(0, &mut back).unwrap();
+        assert!(back.iter().all(|&b| b == 1 || b == 2), "seed={seed}");
+        lost += usize::from(back.iter().any(|&b| b == 1));
+        // What eviction shows is what a power cut leaves.
+        disk.power_cut();
+        let mut after = vec![0u8; BLOCK_BYTES];
+        let after_disk = disk.after_power_cut(seed);
+        after_disk.open(&dir.join("f"), OpenMode::Existing).unwrap().read_at(0, &mut after).unwrap();
+        assert_eq!(after, back, "seed={seed}");
+    }
+    assert!(lost > 10, "a failed writeback loses some of its writes ({lost} of 100)");
+}
+
+#[test]
+fn strict_power_cut_leaves_torn_sectors_garbage_or_unreadable_until_rewritten() {
+    let (mut unreadable, mut garbage) = (0, 0);
+    for seed in 0..300 {
+        let disk = SimStorage::new().strict(true);
+        let dir = Path::new("/d");
+        create_dirs(&disk, dir).unwrap();
+        let file = disk.open(&dir.join("f"), OpenMode::Create).unwrap();
+        disk.sync_dir(dir).unwrap();
+        file.write_at(0, &[1u8; 2 * BLOCK_BYTES]).unwrap();
+        file.sync_data().unwrap();
+        file.write_at(BLOCK_BYTES as u64, &[2u8; BLOCK_BYTES]).unwrap();
+        disk.power_cut();
+        let after = disk.after_power_cut(seed);
+        let file = after.open(&dir.join("f"), OpenMode::Existing).unwrap();
+        let mut synced = vec![0u8; BLOCK_BYTES];
+        file.read_at(0, &mut synced).unwrap();
+        assert!(synced.iter().all(|&b| b == 1), "seed={seed}: a synced block was touched");
+        for sector in 0..BLOCK_BYTES / SECTOR_BYTES {
+            let at = (BLOCK_BYTES + sector * SECTOR_BYTES) as u64;
+            let mut back = vec![0u8; SECTOR_BYTES];
+            match file.read_at(at, &mut back) {
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(libc::EIO), "seed={seed}: {e}");
+                    unreadable += 1;
+                    file.write_at(at, &[3u8; SECTOR_BYTES]).unwrap();
+                    file.read_at(at, &mut back).expect("a rewritten sector reads again");
+                }
+                Ok(()) if back.iter().all(|&b| b == 1) || back.iter().all(|&b| b == 2) => {}
+                Ok(()) => garbage += 1,
+            }
+        }
+    }
+    assert!(
+        unreadable > 0 && garbage > 0,
+        "both kinds of torn sector come up: {unreadable} unreadable, {garbage} garbage"
+    );
+}
+
+#[test]
+fn sim_queue_completes_syncs_in_any_order_and_misreports_writeback_errors_on_buffered_files() {
+    let (mut reversed, mut misreported) = (false, false);
+    for seed in 0..100 {
+        for direct in [true, false] {
+            let disk = SimStorage::new().pipelined(direct).seeded(seed);
+            let dir = Path::new("/d");
+            create_dirs(&disk, dir).unwrap();
+            let file = disk.open(&dir.join("f"), OpenMode::Create).unwrap();
+            let mut queue = disk.commit_queue().unwrap();
+            assert_eq!(queue.depth(file.as_ref()) > 1, direct, "only O_DIRECT files overlap syncs");
+            let mut tickets = Vec::new();
+            for i in 0..2u8 {
+                let mut buf = queue.buffers(BLOCK_BYTES).pop().unwrap();
+                buf.fill(i);
+                tickets.push(queue.submit(&file, u64::from(i) * BLOCK_BYTES as u64, buf, BLOCK_BYTES));
+            }
+            // The first sync to run hits a writeback error.
+            disk.fail_file_call(&dir.join("f"), 0, libc::EIO);
+            let mut synced = Vec::new();
+            while queue.in_flight() > 0 {
+                if let CommitEvent::Synced { ticket, result } = queue.wait() {
+                    synced.push((ticket, result.is_ok()));
+                }
+            }
+            assert_eq!(synced.iter().filter(|(_, ok)| !ok).count(), 1, "seed={seed}: one sync reports the error");
+            reversed |= synced[0].0 == tickets[1];
+            // Misreported: the sync that ran first (and failed) said Ok.
+            misreported |= !direct && synced[0].1;
+            assert!(direct || !synced[0].1 || !synced[1].1, "seed={seed}");
+            if direct {
+                assert!(!synced[0].1, "seed={seed}: on O_DIRECT files the error goes to the sync that hit it");
+            }
+        }
+    }
+    assert!(reversed, "syncs complete in either order");
+    assert!(misreported, "a buffered file's writeback error is sometimes reported to the other sync");
+}
