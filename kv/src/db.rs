@@ -127,6 +127,11 @@ impl Kv {
             }
             uring::create_dirs(storage.as_ref(), &wal_dir)?;
         }
+        // A creator killed between a mkdir and its parent's sync leaves
+        // entries that exist but may not be durable: make them so before
+        // anything is acknowledged (`Wal::open` does `wal/`'s own).
+        uring::sync_parent(storage.as_ref(), dir)?;
+        storage.sync_dir(dir)?;
         let lock = storage.lock(&dir.join(LOCK_FILE))?;
         let wal_options = WalOptions { segment_bytes: options.segment_bytes, recovery: options.recovery, term: 0 };
         let memtable = Memtable::default();

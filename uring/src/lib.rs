@@ -63,4 +63,4 @@ pub use error::{Error, Result};
 pub use queue::{CommitEvent, CommitQueue};
 pub use real::{open_storage, StorageOptions};
 pub use sim::{SimRng, SimStorage};
-pub use storage::{create_dirs, Backend, DirLock, File, Io, OpenMode, Storage, SyncMode};
+pub use storage::{create_dirs, sync_parent, Backend, DirLock, File, Io, OpenMode, Storage, SyncMode};

@@ -183,10 +183,19 @@ pub fn create_dirs(storage: &dyn Storage, path: &Path) -> Result<()> {
     }
     for dir in missing[..first_missing].iter().rev() {
         storage.create_dir(dir)?;
-        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        storage.sync_dir(parent)?;
+        sync_parent(storage, dir)?;
     }
     Ok(())
+}
+
+/// Makes the entry of `path` in its parent directory durable (syncs the
+/// parent; `.` for a relative path of one component).
+///
+/// # Errors
+/// `Io` naming the parent directory.
+pub fn sync_parent(storage: &dyn Storage, path: &Path) -> Result<()> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    storage.sync_dir(parent)
 }
 
 /// An open file. Offsets are bytes from the start of the file.
