@@ -295,6 +295,20 @@ impl UringQueue {
         self.push(ticket, vec![(entry, Op::StandaloneSync)]);
     }
 
+    /// Blocks until at least one completion arrives, and takes them all.
+    fn wait_for_completions(&mut self) {
+        match self.ring.lock().submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => {}
+            Err(e) => {
+                // The kernel may still own buffers we would free: no safe way on.
+                eprintln!("ringkv: io_uring_enter failed with commits in flight: {e}");
+                std::process::abort();
+            }
+        }
+        self.reap();
+    }
+
     /// Takes every completion off the ring.
     fn reap(&mut self) {
         let mut ring = self.ring.lock();
@@ -456,15 +470,7 @@ impl CommitQueue for UringQueue {
                 continue;
             }
             assert!(!self.ops.is_empty(), "wait with nothing in flight");
-            match self.ring.lock().submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => {}
-                Err(e) => {
-                    eprintln!("ringkv: io_uring_enter failed with commits in flight: {e}");
-                    std::process::abort();
-                }
-            }
-            self.reap();
+            self.wait_for_completions();
         }
     }
 
@@ -483,15 +489,7 @@ impl Drop for UringQueue {
             if self.ops.is_empty() {
                 break;
             }
-            match self.ring.lock().submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => {}
-                Err(e) => {
-                    eprintln!("ringkv: io_uring_enter failed with commits in flight: {e}");
-                    std::process::abort();
-                }
-            }
-            self.reap();
+            self.wait_for_completions();
         }
     }
 }
