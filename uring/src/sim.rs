@@ -20,7 +20,10 @@
 //!   was to make durable then reach the disk only in part (dropped, torn or
 //!   kept, by the seed), and are no longer pending: a later sync succeeds
 //!   without them. Reads still see them, as a page cache whose writeback
-//!   failed does, until [`File::sync_and_evict`] drops the cache.
+//!   failed does, until [`File::sync_and_evict`] drops the cache. A failed
+//!   directory sync likewise keeps a prefix of the directory's operations
+//!   on the disk and loses the rest for good, while the namespace still
+//!   shows them.
 //! - **Concurrent syncs** on the commit queue complete in any order (by
 //!   the seed). On a buffered file a writeback error hits every overlapping
 //!   sync's data but is reported to only one of them, at random: the others
@@ -459,8 +462,21 @@ impl Storage for SimStorage {
     }
 
     fn sync_dir(&self, path: &Path) -> Result<()> {
-        let mut state = self.lock_state();
-        state.tick().map_err(|e| Error::io("fsync", path, None, e))?;
+        let mut guard = self.lock_state();
+        let state = &mut *guard;
+        if let Err(e) = state.tick() {
+            if !state.powered_off {
+                // The directory's writeback failed: a prefix of its operations
+                // reached the disk, the rest are lost to it (the namespace
+                // still shows them), and no later sync brings them back.
+                let ops = state.dir_ops.remove(path).unwrap_or_default();
+                let keep = state.rng.below(ops.len() as u64 + 1) as usize;
+                for op in &ops[..keep] {
+                    apply(&mut state.durable_names, op);
+                }
+            }
+            return Err(Error::io("fsync", path, None, e));
+        }
         if !state.is_dir(path) {
             return Err(not_found("fsync", path));
         }

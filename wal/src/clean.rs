@@ -1,8 +1,11 @@
 //! The clean-close marker: `CLEAN` in the WAL directory holds the LSN where
-//! the log ended when it was closed with everything durable. Open reads and
-//! removes it (durably) before anything else; if the log then ends exactly
-//! there, in zeros, nothing was written after the close, and recovery skips
-//! searching the rest of the log for torn frames and witnesses.
+//! the log ended when it was closed with everything durable. Open reads it
+//! first: it proves the log durable to that LSN (damage before it is
+//! corruption), and if the log ends exactly there, in zeros, nothing was
+//! written after the close, so recovery skips searching the rest of the log
+//! for torn frames and witnesses. Open removes it (durably) only once
+//! recovery has succeeded, before anything new is written: a refused open
+//! leaves it, so a retried open refuses again.
 //!
 //! ```text
 //! offset size
@@ -33,9 +36,9 @@ pub(crate) fn mark(storage: &dyn Storage, dir: &Path, end: Lsn) -> Result<()> {
     Ok(())
 }
 
-/// Reads and durably removes the marker. `None` if there is none, or it is
-/// damaged (then recovery just does the full search).
-pub(crate) fn take(storage: &dyn Storage, dir: &Path) -> Result<Option<Lsn>> {
+/// Reads the marker. `None` if there is none, or it is damaged (then
+/// recovery just does the full search).
+pub(crate) fn read(storage: &dyn Storage, dir: &Path) -> Result<Option<Lsn>> {
     let path = dir.join(FILE);
     if !storage.exists(&path)? {
         return Ok(None);
@@ -44,16 +47,22 @@ pub(crate) fn take(storage: &dyn Storage, dir: &Path) -> Result<Option<Lsn>> {
     // Read what the device holds, as for the segments.
     file.sync_and_evict()?;
     let mut block = AlignedBuf::new(BLOCK_BYTES);
-    let end = match file.read_at(0, &mut block) {
+    Ok(match file.read_at(0, &mut block) {
         Ok(()) => {
             let crc = u32::from_le_bytes(block[8..12].try_into().expect("4 bytes"));
             let lsn = u64::from_le_bytes(block[..8].try_into().expect("8 bytes"));
             (crc32fast::hash(&block[..8]) == crc).then_some(Lsn(lsn))
         }
         Err(_) => None,
-    };
-    drop(file);
-    storage.remove_file(&path)?;
-    storage.sync_dir(dir)?;
-    Ok(end)
+    })
+}
+
+/// Removes the marker durably, if there is one.
+pub(crate) fn remove(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    let path = dir.join(FILE);
+    if storage.exists(&path)? {
+        storage.remove_file(&path)?;
+        storage.sync_dir(dir)?;
+    }
+    Ok(())
 }

@@ -23,6 +23,10 @@ pub const SEGMENT_BYTES_MIN: u64 = 256 << 10;
 /// Window the reader pulls from a segment at a time.
 pub const READ_WINDOW_BYTES: usize = 1 << 20;
 
+/// Reads of a block that fails with EIO before recovery takes it for a torn
+/// sector: a transient error must not end the log early.
+pub const READ_ATTEMPTS: usize = 3;
+
 /// Chunk used to zero-fill a new segment.
 pub const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
 

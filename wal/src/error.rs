@@ -64,6 +64,17 @@ pub enum Error {
         /// The LSN asked for.
         wanted: Lsn,
     },
+    /// Replay was asked to start where no batch starts: past the end of the
+    /// log, or inside a batch.
+    #[error("WAL in {} has no batch starting at LSN {wanted} (the log ends at LSN {end})", dir.display())]
+    NotABatchStart {
+        /// The WAL directory.
+        dir: PathBuf,
+        /// Where the recovered log ends.
+        end: Lsn,
+        /// The LSN asked for.
+        wanted: Lsn,
+    },
     /// A frame's payload is larger than this log accepts.
     #[error("WAL frame payload of {bytes} bytes exceeds the limit of {limit} bytes")]
     FrameTooLarge {

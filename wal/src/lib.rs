@@ -148,8 +148,10 @@ pub struct Wal {
 impl Wal {
     /// Opens the log in the directory `dir` (starting an empty log there if
     /// it has none), takes its lock, replays every batch frame from `from`
-    /// into `on_frame` in LSN order, truncates a torn tail, and starts the
-    /// committer. Everything replayed is durable before `open` returns: each
+    /// (the log's start or the end of a batch) into `on_frame` in LSN order,
+    /// truncates a torn tail, and starts the committer. The whole log is
+    /// read to find its end; with old segments reclaimed that is little more
+    /// than the part replayed. Everything replayed is durable before `open` returns: each
     /// segment is synced, and read from the device rather than a cache,
     /// before it is read.
     ///
@@ -160,6 +162,8 @@ impl Wal {
     /// [`RecoveryMode::Strict`]), [`Error::SegmentGap`] for a missing
     /// segment, [`Error::BadSegment`] for a cut-short one,
     /// [`Error::LogStartsLater`] if `from` was reclaimed,
+    /// [`Error::NotABatchStart`] if no batch starts at `from` (past the end,
+    /// or inside a batch),
     /// [`Error::InvalidSegmentBytes`] for an unusable segment size, and
     /// storage errors naming the file.
     pub fn open(
@@ -190,16 +194,22 @@ impl Wal {
             segments.push(segment::create(storage.as_ref(), dir, from, options.segment_bytes)?);
         }
         let start = segments[0].start;
-        if from < start || from > segments.last().expect("non-empty").end() {
+        if from < start {
             return Err(Error::LogStartsLater { dir: dir.to_owned(), start, wanted: from });
         }
-        let clean_end = clean::take(storage.as_ref(), dir)?;
+        let clean_end = clean::read(storage.as_ref(), dir)?;
         let scanned = recovery::scan(&storage, &segments, from, clean_end, &mut |header, frame| {
             if header.kind == FrameKind::Batch {
                 on_frame(header, &frame[FRAME_HEADER_BYTES..]);
             }
         })?;
+        if !scanned.from_is_a_batch_start || from > scanned.end {
+            return Err(Error::NotABatchStart { dir: dir.to_owned(), end: scanned.end, wanted: from });
+        }
         recovery::settle(&storage, &segments, &scanned, options.recovery)?;
+        // Recovery succeeded: the marker has done its work (a refused open
+        // keeps it, so that a retry refuses again).
+        clean::remove(storage.as_ref(), dir)?;
         let end = scanned.end;
         // Segments wholly past the end hold nothing of the log: recycle them.
         while segments.len() > 1 && segments.last().expect("non-empty").start > end {
@@ -408,8 +418,10 @@ pub fn inspect(
     let segments = segment::list(storage.as_ref(), dir)?;
     make_durable(storage.as_ref(), &segments)?;
     let from = segments.first().map_or(Lsn(0), |s| s.start);
-    let scanned =
-        recovery::scan(&storage, &segments, from, None, &mut |h, frame| on_frame(h, &frame[FRAME_HEADER_BYTES..]))?;
+    let clean_end = clean::read(storage.as_ref(), dir)?;
+    let scanned = recovery::scan(&storage, &segments, from, clean_end, &mut |h, frame| {
+        on_frame(h, &frame[FRAME_HEADER_BYTES..])
+    })?;
     Ok(Inspection {
         end: scanned.end,
         corrupt: scanned.durable_past.is_some(),

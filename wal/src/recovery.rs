@@ -54,11 +54,15 @@ pub(crate) struct Scanned {
     /// How far the log is known to have been durable, if past `end`: the
     /// bad frame had been acknowledged.
     pub(crate) durable_past: Option<Lsn>,
+    /// The replay start asked for is the log's start or a whole batch's end.
+    pub(crate) from_is_a_batch_start: bool,
 }
 
-/// Reads every frame from `from` (a batch boundary), calling `on_frame`
-/// with each frame (padding included, header and payload) of each whole
-/// batch, and says where the valid log ends.
+/// Reads every frame of the log (from the first segment's start), calling
+/// `on_frame` with each frame (padding included, header and payload) of
+/// each whole batch at or after `from`, and says where the valid log ends.
+/// `from_is_a_batch_start` in the result says whether `from` is the log's
+/// start or the end of a whole batch.
 ///
 /// `clean_end` is where a clean close said the log ended (durably): if the
 /// log ends there in zeros, nothing was written after it, and the search
@@ -71,18 +75,23 @@ pub(crate) fn scan(
     clean_end: Option<Lsn>,
     on_frame: &mut dyn FnMut(&FrameHeader, &[u8]),
 ) -> Result<Scanned> {
-    let mut cursor = Cursor::new(storage.clone(), segments.to_vec(), from);
+    let start = segments.first().map_or(Lsn(0), |s| s.start);
+    let mut cursor = Cursor::new(storage.clone(), segments.to_vec(), start);
     // Frames of the batch being read, held until its last frame is seen.
     let mut held: Vec<(FrameHeader, Vec<u8>)> = Vec::new();
-    let mut end = from;
+    let mut end = start;
+    let mut from_is_a_batch_start = from == start;
     let bad = loop {
         match cursor.step()? {
             Step::Frame(header, bytes) if header.ends_batch => {
-                for (h, b) in held.drain(..) {
+                for (h, b) in held.drain(..).filter(|(h, _)| h.lsn >= from) {
                     on_frame(&h, &b);
                 }
-                on_frame(&header, bytes);
+                if header.lsn >= from {
+                    on_frame(&header, bytes);
+                }
                 end = cursor.pos;
+                from_is_a_batch_start |= end == from;
             }
             Step::Frame(header, bytes) => held.push((header, bytes.to_vec())),
             Step::End => break None,
@@ -93,13 +102,13 @@ pub(crate) fn scan(
     };
     let held_end = held.last().map(|(h, _)| h.end());
     let Some(bad) = bad else {
-        return Ok(Scanned { end, junk_end: held_end, bad: None, durable_past: None });
+        return Ok(Scanned { end, junk_end: held_end, bad: None, durable_past: None, from_is_a_batch_start });
     };
     let clean_here = clean_end == Some(end) && bad.lsn == end && bad.fault == FrameFault::Zero;
     let beyond = if clean_here { Beyond::default() } else { look_beyond(storage, segments, bad.lsn, end)? };
     let durable_past = clean_end.filter(|&c| c > end).or(beyond.durable_witness.map(|w| w.durable_lsn));
     let junk_end = held_end.max(beyond.furthest_end);
-    Ok(Scanned { end, junk_end, bad: Some(bad), durable_past })
+    Ok(Scanned { end, junk_end, bad: Some(bad), durable_past, from_is_a_batch_start })
 }
 
 /// Decides what a scan means under `mode`, and zeroes a torn tail so that

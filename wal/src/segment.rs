@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use uring::{AlignedBuf, File, OpenMode, Storage, BLOCK_BYTES};
 
-use crate::constants::{READ_WINDOW_BYTES, SEGMENT_BYTES_MIN, ZERO_FILL_CHUNK_BYTES};
+use crate::constants::{READ_ATTEMPTS, READ_WINDOW_BYTES, SEGMENT_BYTES_MIN, ZERO_FILL_CHUNK_BYTES};
 use crate::error::{Error, Result};
 use crate::Lsn;
 
@@ -194,16 +194,23 @@ impl WindowReader {
         match self.file.read_at(start, &mut self.window[..read_len_aligned]) {
             Ok(()) => {}
             Err(e) if is_media_error(&e) => {
-                // Find the blocks that cannot be read, one at a time.
+                // Find the blocks that cannot be read, one at a time; a block
+                // is unreadable only if it fails every attempt.
                 for at in (0..read_len_aligned).step_by(BLOCK_BYTES) {
                     let part = &mut self.window[at..at + BLOCK_BYTES];
-                    match self.file.read_at(start + at as u64, part) {
-                        Ok(()) => {}
-                        Err(e) if is_media_error(&e) => {
-                            part.fill(0);
-                            self.unreadable.push(start + at as u64);
+                    let mut attempts = 0;
+                    loop {
+                        attempts += 1;
+                        match self.file.read_at(start + at as u64, part) {
+                            Ok(()) => break,
+                            Err(e) if is_media_error(&e) && attempts < READ_ATTEMPTS => {}
+                            Err(e) if is_media_error(&e) => {
+                                part.fill(0);
+                                self.unreadable.push(start + at as u64);
+                                break;
+                            }
+                            Err(e) => return Err(e.into()),
                         }
-                        Err(e) => return Err(e.into()),
                     }
                 }
             }
