@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use uring::{AlignedBuf, OpenMode, Storage, BLOCK_BYTES};
 
+use crate::constants::COMMIT_BUFFER_BYTES;
 use crate::cursor::{look_beyond, Beyond, Cursor, Step};
 use crate::error::{Error, Result};
 use crate::frame::{FrameFault, FrameHeader};
@@ -93,7 +94,21 @@ pub(crate) fn scan(
                 end = cursor.pos;
                 from_is_a_batch_start |= end == from;
             }
-            Step::Frame(header, bytes) => held.push((header, bytes.to_vec())),
+            Step::Frame(header, bytes) => {
+                // A batch is one write from one commit buffer: a longer run
+                // of frames without a batch end is no torn batch of this
+                // format (an older log, or damage), and is never zeroed.
+                if header.end().0 - end.0 > COMMIT_BUFFER_BYTES as u64 {
+                    let segment = segments.iter().find(|s| s.contains(end)).expect("the log's end lies in a segment");
+                    return Err(Error::Corrupt {
+                        path: segment.path.clone(),
+                        offset: end.0 - segment.start.0,
+                        lsn: end,
+                        reason: "frames without a batch end run longer than a batch can (a log of an older format?)",
+                    });
+                }
+                held.push((header, bytes.to_vec()));
+            }
             Step::End => break None,
             Step::Bad { lsn, segment, offset, fault } => {
                 break Some(BadFrame { lsn, path: segments[segment].path.clone(), offset, fault })
@@ -190,6 +205,45 @@ mod tests {
         let crc = f.payload_crc();
         f.seal(crc, lsn, durable, FrameKind::Batch, 0);
         f.as_bytes().to_vec()
+    }
+
+    /// A log of the format before batches had an end flag (frames back to
+    /// back, none flagged) is refused, never zeroed as a torn tail.
+    #[test]
+    fn a_log_without_batch_ends_is_refused_not_zeroed() {
+        let segment_bytes = 4 << 20;
+        let options = WalOptions { segment_bytes, ..WalOptions::default() };
+        let disk = SimStorage::new();
+        drop(replay(&disk, options).0);
+        disk.remove_file(Path::new("/w/CLEAN")).unwrap();
+        let file = disk.open(Path::new("/w/00000000000000000000.wal"), uring::OpenMode::Existing).unwrap();
+        let mut at = 0u64;
+        for i in 0..400u32 {
+            let mut f = FrameBuf::new();
+            f.extend(&[i as u8; 10_000]);
+            let crc = f.payload_crc();
+            let seal = crate::frame::Seal {
+                lsn: Lsn(at),
+                durable_lsn: Lsn(at),
+                kind: FrameKind::Batch,
+                ends_batch: false,
+                term: 0,
+            };
+            let mut bytes = f.as_bytes().to_vec();
+            crate::frame::seal_frame(&mut bytes, crc, seal);
+            if at + bytes.len() as u64 > segment_bytes {
+                break;
+            }
+            file.write_at(at, &bytes).unwrap();
+            at += bytes.len() as u64;
+        }
+        file.sync_data().unwrap();
+        let mut seen = 0;
+        let err = Wal::open(Arc::new(disk.clone()), Path::new("/w"), options, Lsn(0), &mut |_, _| seen += 1);
+        assert!(matches!(err, Err(crate::Error::Corrupt { lsn: Lsn(0), .. })), "{:?}", err.err());
+        let mut first = [0u8; 16];
+        file.read_at(0, &mut first).unwrap();
+        assert_ne!(first, [0u8; 16], "nothing was zeroed");
     }
 
     /// Regression: a torn tail's surviving frames were left in place, and a
