@@ -22,7 +22,9 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(name = "benches", about = "ringkv benchmark suite")]
 struct Args {
-    /// Directory to run in, on the disk to measure; each run gets a fresh subdirectory.
+    /// Directory to run in, on the disk to measure. Each run works in a new
+    /// subdirectory of its own and removes only that (and this directory,
+    /// if the run created it and leaves it empty).
     #[arg(long, default_value = "ringkv-bench")]
     dir: PathBuf,
     /// Where the CSV, JSON and SVG files go.
@@ -61,7 +63,7 @@ fn main() {
     let all = systems::names();
     let systems: Vec<&str> =
         all.iter().copied().filter(|s| args.systems.is_empty() || args.systems.iter().any(|w| w == s)).collect();
-    std::fs::create_dir_all(&args.dir).expect("bench dir");
+    let workspace = RunDir::create(&args.dir);
     let machine = report::Machine::probe(&args.dir);
     println!("# ringkv benchmarks, {} UTC", machine.date_utc);
     println!(
@@ -72,7 +74,7 @@ fn main() {
     for (system, note) in systems::setup_notes().into_iter().filter(|(s, _)| systems.contains(s)) {
         println!("# {system}: {note}");
     }
-    let measurements = run_all(&args, &systems);
+    let measurements = run_all(&args, &systems, &workspace.path);
     let rows = report::rows(&measurements);
     println!("{}", report::table_header());
     for row in &rows {
@@ -81,15 +83,51 @@ fn main() {
     for file in report::write_all(&args.out, &machine, &measurements, &rows, &systems) {
         println!("# wrote {}", file.display());
     }
-    let _ = std::fs::remove_dir_all(&args.dir);
+    workspace.remove();
 }
 
+/// The directory one run works in: created new inside `--dir` (never an
+/// existing one), and the only thing the run removes, with `--dir` itself
+/// if the run created it and it is left empty.
+struct RunDir {
+    path: PathBuf,
+    parent: PathBuf,
+    created_parent: bool,
+}
+
+impl RunDir {
+    fn create(parent: &std::path::Path) -> RunDir {
+        let created_parent = !parent.exists();
+        std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let path = parent.join(format!("ringkv-bench-run-{}-{stamp}", std::process::id()));
+        // create_dir, not create_dir_all: it fails rather than reuse a directory.
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        RunDir { path, parent: parent.to_owned(), created_parent }
+    }
+
+    fn remove(self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            eprintln!("benches: could not remove {}: {e}", self.path.display());
+        }
+        if self.created_parent {
+            // Fails, harmlessly, if anything else is in it now.
+            let _ = std::fs::remove_dir(&self.parent);
+        }
+    }
+}
+
+/// A progress line on stderr, only when it is a terminal (files and pipes
+/// get no carriage returns or escape codes).
 fn progress(line: &str) {
-    eprint!("\r\x1b[2K{line}");
-    let _ = std::io::stderr().flush();
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[2K{line}");
+        let _ = std::io::stderr().flush();
+    }
 }
 
-fn run_all(args: &Args, systems: &[&str]) -> Vec<workloads::Measurement> {
+fn run_all(args: &Args, systems: &[&str], dir: &std::path::Path) -> Vec<workloads::Measurement> {
     let seconds = Duration::from_secs_f64(args.seconds);
     let wants = |w: &str| args.workloads.iter().any(|x| x == w);
     let mut out = Vec::new();
@@ -98,14 +136,14 @@ fn run_all(args: &Args, systems: &[&str]) -> Vec<workloads::Measurement> {
         for &threads in &args.threads {
             for system in systems {
                 progress(&format!("commit: {system} with {threads} writers"));
-                let store = systems::open(system, &args.dir.join(system));
+                let store = systems::open(system, &dir.join(system));
                 out.push(workloads::commit(store.as_ref(), system, threads, seconds));
             }
         }
     }
     if wants("bulk") || wants("read") || wants("mixed") {
         for system in systems {
-            let store = systems::open(system, &args.dir.join(system));
+            let store = systems::open(system, &dir.join(system));
             progress(&format!("bulk: {system}, {} puts in batches of {}", args.bulk, args.batch));
             let bulk = workloads::bulk(store.as_ref(), system, args.bulk, args.batch);
             if wants("bulk") {
@@ -122,6 +160,8 @@ fn run_all(args: &Args, systems: &[&str]) -> Vec<workloads::Measurement> {
         }
     }
     progress("");
-    eprintln!();
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!();
+    }
     out
 }

@@ -51,7 +51,7 @@ pub fn names() -> Vec<&'static str> {
     setup_notes().into_iter().map(|(name, _)| name).collect()
 }
 
-/// Opens `name` fresh in `dir`.
+/// Opens `name` fresh in `dir`, a directory of this run's own (see `RunDir`).
 pub fn open(name: &str, dir: &Path) -> Arc<dyn Store> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).expect("bench dir");
