@@ -52,8 +52,12 @@ impl Memtable {
         self.map.read().expect("memtable lock").get(key).and_then(|e| e.value.clone())
     }
 
-    /// Up to `limit` live entries from `start`, below `end`.
+    /// Up to `limit` live entries from `start`, below `end`; none for a
+    /// range that ends before it starts.
     pub(crate) fn range(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        if is_empty_range(start, end) {
+            return Vec::new(); // BTreeMap::range would panic
+        }
         let map = self.map.read().expect("memtable lock");
         map.range::<[u8], _>((start, end))
             .filter_map(|(k, e)| e.value.as_ref().map(|v| (k.clone(), v.clone())))
@@ -64,5 +68,17 @@ impl Memtable {
     /// Live keys.
     pub(crate) fn live_keys(&self) -> usize {
         self.map.read().expect("memtable lock").values().filter(|e| e.value.is_some()).count()
+    }
+}
+
+/// Whether no key lies in `(start, end)`: it ends before it starts, or at
+/// its start with either end excluded.
+fn is_empty_range(start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
+    match (start, end) {
+        (Bound::Included(s), Bound::Included(e)) => s > e,
+        (Bound::Included(s) | Bound::Excluded(s), Bound::Excluded(e)) | (Bound::Excluded(s), Bound::Included(e)) => {
+            s >= e
+        }
+        _ => false,
     }
 }

@@ -101,3 +101,28 @@ fn model_on_real_backends() {
         }
     }
 }
+
+/// Regression: a range that ends before it starts panicked inside
+/// `BTreeMap::range` (`db.scan("c".."a")`, `kv scan --from z --to a`).
+#[test]
+fn backwards_and_empty_ranges_scan_nothing() {
+    let disk = uring::SimStorage::new();
+    let db =
+        Kv::open_on(std::sync::Arc::new(disk), std::path::Path::new("/db"), common::options(common::AUTO)).unwrap();
+    for k in ["a", "b", "c"] {
+        db.put(k, k).unwrap();
+    }
+    assert_eq!(db.scan("c".."a").count(), 0);
+    assert_eq!(db.scan("b".."b").count(), 0);
+    assert_eq!(db.scan("c"..="a").count(), 0);
+    assert_eq!(db.scan("b"..="b").count(), 1);
+    use std::ops::Bound::Excluded;
+    assert_eq!(db.scan::<&str>((Excluded("b"), Excluded("b"))).count(), 0);
+    assert_eq!(db.scan::<&str>((Excluded("a"), Excluded("c"))).count(), 1);
+    let dir = common::temp_dir("backwards");
+    let db = dir.path().to_str().unwrap();
+    assert!(common::kv_bin().args(["--db", db, "put", "m", "v"]).output().unwrap().status.success());
+    let out = common::kv_bin().args(["--db", db, "scan", "--from", "z", "--to", "a"]).output().unwrap();
+    assert!(out.status.success(), "no panic: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout.is_empty());
+}
