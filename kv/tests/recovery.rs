@@ -99,6 +99,11 @@ fn flipped_bit_in_an_early_frame_is_a_typed_error_naming_file_and_offset() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(1), "{stdout}");
         assert!(stdout.contains(&format!("offset {lsn}")), "{stdout}");
+        // So does `kv wal-dump` (it exited 0 while printing CORRUPT).
+        let out = common::kv_bin().args(["--db", dir.path().to_str().unwrap(), "wal-dump"]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("CORRUPT"), "{stdout}");
+        assert_eq!(out.status.code(), Some(1), "{stdout}");
 
         // Point-in-time recovery opens with the frames before the damage.
         let options = Options { recovery: RecoveryMode::PointInTime, ..common::options(io) };

@@ -79,7 +79,7 @@ fn commands_that_only_read_never_create_a_store() {
     for args in [&["get", "x"][..], &["scan"], &["stats"], &["check"], &["wal-dump"]] {
         let out = common::kv_bin().arg("--db").arg(&typo).args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} succeeded on a missing store");
+        assert_eq!(out.status.code(), Some(1), "{args:?}: no store there: {stderr}");
         assert!(stderr.contains("TYPO"), "{args:?}: the error names the directory: {stderr}");
         assert!(!stderr.contains("offset"), "{args:?}: a directory has no offset: {stderr}");
         assert!(!typo.exists(), "{args:?} created {}", typo.display());
@@ -122,7 +122,7 @@ fn a_short_write_inside_a_block_is_a_typed_error_through_the_committer() {
         }
         let out = child.output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{backend:?}: a typed error, exit status 2: {stderr}");
+        assert_eq!(out.status.code(), Some(3), "{backend:?}: a typed store error, exit status 3: {stderr}");
         assert!(!stderr.contains("panicked"), "{backend:?}: {stderr}");
         assert!(stderr.contains("no progress") && stderr.contains(".wal"), "{backend:?}: says why and where: {stderr}");
         // Nothing acknowledged was lost, and the store opens again.

@@ -62,7 +62,7 @@ enum Command {
     Stats,
     /// Verify every WAL frame and batch; exit status 0 only if sound.
     Check,
-    /// One line per WAL frame: LSN, kind, length, CRC.
+    /// One line per WAL frame: LSN, kind, length, CRC; exit status 1 if the log is corrupt.
     WalDump,
     /// Test helper: durable writes from several threads, printing `ack KEY...`
     /// after each acknowledged write, until killed.
@@ -81,15 +81,23 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    let cli = Cli::parse(); // a usage error exits with status 2
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kv: {e}");
-            ExitCode::from(2)
+            match e.downcast_ref::<kv::Error>() {
+                Some(kv::Error::NotFound { .. }) => ExitCode::from(EXIT_NOT_FOUND_OR_UNSOUND),
+                _ => ExitCode::from(EXIT_STORE_ERROR),
+            }
         }
     }
 }
+
+/// Exit status: no such key or store, or `check`/`wal-dump` found damage.
+const EXIT_NOT_FOUND_OR_UNSOUND: u8 = 1;
+/// Exit status: the store failed (I/O, corruption on open, locked, ...).
+const EXIT_STORE_ERROR: u8 = 3;
 
 fn options(cli: &Cli) -> Options {
     let recovery = match cli.recovery {
@@ -125,7 +133,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             Some(value) => writeln!(out, "{}", String::from_utf8_lossy(&value))?,
             None => {
                 eprintln!("kv: {key:?} not found");
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(EXIT_NOT_FOUND_OR_UNSOUND));
             }
         },
         Command::Scan { from, to, limit } => {
@@ -168,7 +176,7 @@ fn check(cli: &Cli, options: Options, out: &mut impl Write) -> Result<ExitCode, 
     writeln!(out, "frames\t{frames}\noperations\t{ops}\nlog_end\t{}", inspection.end)?;
     if let Some(e) = bad_batch {
         writeln!(out, "UNSOUND: {e}")?;
-        return Ok(ExitCode::from(1));
+        return Ok(ExitCode::from(EXIT_NOT_FOUND_OR_UNSOUND));
     }
     match (&inspection.bad, inspection.corrupt) {
         (Some(bad), true) => {
@@ -180,7 +188,7 @@ fn check(cli: &Cli, options: Options, out: &mut impl Write) -> Result<ExitCode, 
                 bad.lsn,
                 bad.fault.reason()
             )?;
-            return Ok(ExitCode::from(1));
+            return Ok(ExitCode::from(EXIT_NOT_FOUND_OR_UNSOUND));
         }
         (Some(bad), false) if inspection.junk_end.is_some() => writeln!(
             out,
@@ -212,6 +220,9 @@ fn wal_dump(cli: &Cli, options: Options, out: &mut impl Write) -> Result<ExitCod
             bad.path.display(),
             bad.offset
         )?;
+        if inspection.corrupt {
+            return Ok(ExitCode::from(EXIT_NOT_FOUND_OR_UNSOUND));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
