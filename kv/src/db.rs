@@ -67,7 +67,10 @@ pub struct Stats {
 /// An open store. `Send + Sync`: share it by reference or `Arc`. Dropping it
 /// makes every written batch durable and releases the directory lock.
 pub struct Kv {
-    wal: Wal,
+    /// The log; `None` for a store opened read-only.
+    wal: Option<Wal>,
+    /// Where the log ends, for a store opened read-only.
+    read_only_end: Lsn,
     memtable: Memtable,
     storage: Arc<dyn Storage>,
     durability: Durability,
@@ -151,11 +154,58 @@ impl Kv {
         let batch_bytes_max = BATCH_BYTES_MAX.min(wal.payload_bytes_max());
         tracing::debug!(dir = %dir.display(), backend = %storage.backend(), durable_lsn = %wal.durable_lsn(), "opened");
         Ok(Kv {
-            wal,
+            wal: Some(wal),
+            read_only_end: Lsn(0),
             memtable,
             storage,
             durability: options.durability,
             batch_bytes_max,
+            dir: dir.to_owned(),
+            _lock: lock,
+        })
+    }
+
+    /// Opens the store in `dir` for reading only: its log is replayed as
+    /// [`Kv::open`] would, but **no byte of the store changes** (a torn tail
+    /// is left in place, past the end; under `RecoveryMode::PointInTime`
+    /// damage ends the replay without truncating anything; nothing is
+    /// created). Holds shared locks: other readers may open it too, a
+    /// writer may not. Writes fail with [`Error::ReadOnly`].
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if there is no store at `dir`; [`Error::Locked`]
+    /// if a writer has it open; [`Error::Wal`] with `Corrupt` in `Strict`
+    /// mode; storage errors naming the path.
+    pub fn open_read_only(dir: impl AsRef<Path>, options: Options) -> Result<Kv> {
+        let dir = dir.as_ref();
+        let read_only = StorageOptions { io: options.io, sync_mode: options.sync_mode, commit_buffer_bytes: 0 };
+        let storage = uring::open_storage(read_only)?;
+        let wal_dir = dir.join(WAL_DIR);
+        if !storage.exists(&wal_dir)? {
+            return Err(Error::NotFound { path: dir.to_owned() });
+        }
+        let lock = storage.lock_shared(&dir.join(LOCK_FILE))?;
+        let memtable = Memtable::default();
+        let mut replay_error = None;
+        let end =
+            wal::read_only(storage.clone(), &wal_dir, options.recovery, &mut |header, payload| match batch::decode(
+                header.lsn, payload,
+            ) {
+                Ok(ops) => memtable.apply(header.lsn, ops),
+                Err(e) => {
+                    replay_error.get_or_insert(e);
+                }
+            })?;
+        if let Some(e) = replay_error {
+            return Err(e);
+        }
+        Ok(Kv {
+            wal: None,
+            read_only_end: end,
+            memtable,
+            storage,
+            durability: options.durability,
+            batch_bytes_max: 0,
             dir: dir.to_owned(),
             _lock: lock,
         })
@@ -199,8 +249,9 @@ impl Kv {
         if batch.is_empty() {
             return Ok(());
         }
+        let wal = self.wal.as_ref().ok_or_else(|| Error::ReadOnly { path: self.dir.clone() })?;
         let frame = batch.encode(self.batch_bytes_max)?;
-        let lsn = self.wal.append(frame, durability == Durability::Sync)?;
+        let lsn = wal.append(frame, durability == Durability::Sync)?;
         self.memtable.apply(lsn, batch.ops);
         Ok(())
     }
@@ -232,7 +283,11 @@ impl Kv {
 
     /// Counters and sizes.
     pub fn stats(&self) -> Stats {
-        Stats { backend: self.io_backend(), wal: self.wal.stats(), live_keys: self.memtable.live_keys() }
+        let wal = match &self.wal {
+            Some(wal) => wal.stats(),
+            None => WalStats { durable_lsn: self.read_only_end, ..WalStats::default() },
+        };
+        Stats { backend: self.io_backend(), wal, live_keys: self.memtable.live_keys() }
     }
 
     /// The store's directory.
@@ -241,9 +296,9 @@ impl Kv {
     }
 }
 
-/// Reads the log of the store in `dir` without changing it (for `kv check`
-/// and `kv wal-dump`): every valid frame with its payload, then where the
-/// log ends and why. Takes the store's lock for the duration.
+/// Reads the log of the store in `dir` without changing a byte of it (for
+/// `kv check` and `kv wal-dump`): every valid frame with its payload, then
+/// where the log ends and why. Holds shared locks (no writer) meanwhile.
 ///
 /// # Errors
 /// [`Error::NotFound`], [`Error::Locked`], storage errors.
@@ -257,7 +312,7 @@ pub fn inspect_log(
     if !storage.exists(dir)? {
         return Err(Error::NotFound { path: dir.to_owned() });
     }
-    let _lock = storage.lock(&dir.join(LOCK_FILE))?;
+    let _lock = storage.lock_shared(&dir.join(LOCK_FILE))?;
     Ok(wal::inspect(storage, &dir.join(WAL_DIR), on_frame)?)
 }
 

@@ -36,6 +36,12 @@ pub enum Error {
         /// One of the entries found in it.
         found: String,
     },
+    /// A write to a store opened with [`crate::Kv::open_read_only`].
+    #[error("{} is open read-only", path.display())]
+    ReadOnly {
+        /// The store's directory.
+        path: PathBuf,
+    },
     /// A key longer than [`crate::KEY_BYTES_MAX`].
     #[error("key of {bytes} bytes exceeds the limit of {limit} bytes")]
     KeyTooLarge {

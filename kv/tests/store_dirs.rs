@@ -151,3 +151,82 @@ fn directories_left_unsynced_by_a_killed_creator_are_made_durable_on_open() {
         assert_eq!(db.get("k").unwrap(), Some(b"v".to_vec()), "seed={seed}: acknowledged write lost");
     }
 }
+
+/// Every file of a store, with its bytes.
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                files.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// Regression: `kv --recovery point-in-time stats` truncated durable frames,
+/// and every read-only command opened the store for writing (zeroing a torn
+/// tail, removing the clean-close marker, rewriting LOCK). Now no command
+/// that only reads changes a byte, whatever the damage.
+#[test]
+fn commands_that_only_read_never_change_a_byte_of_the_store() {
+    let dir = common::temp_dir("read-only");
+    let db = dir.path().to_str().unwrap().to_owned();
+    for i in 0..20 {
+        let out = common::kv_bin()
+            .args(["--db", &db, "--segment-bytes", "262144", "put", &format!("k{i:02}"), "v"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    // Damage an early frame (corruption), as a bit flip on the disk would.
+    let segment = common::first_segment(dir.path());
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[5 * 4096 + 40] ^= 0x10;
+    std::fs::write(&segment, &bytes).unwrap();
+    let before = snapshot(dir.path());
+    let reads: [&[&str]; 6] = [&["get", "k00"], &["get", "k19"], &["scan"], &["stats"], &["check"], &["wal-dump"]];
+    for recovery in ["strict", "point-in-time"] {
+        for args in reads {
+            let out = common::kv_bin().args(["--db", &db, "--recovery", recovery]).args(args).output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!stderr.contains("panicked"), "{recovery} {args:?}: {stderr}");
+            assert!(snapshot(dir.path()) == before, "{recovery} {args:?} changed the store: {stderr}");
+        }
+    }
+    // Point-in-time reads see the batches before the damage.
+    let out = common::kv_bin().args(["--db", &db, "--recovery", "point-in-time", "get", "k04"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v\n");
+    // Strict reads refuse the damaged log, naming it.
+    let out = common::kv_bin().args(["--db", &db, "get", "k04"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_read_only_store_refuses_writes_and_writers_exclude_it() {
+    let dir = common::temp_dir("ro-api");
+    let db = common::open(dir.path(), common::AUTO);
+    db.put("k", "v").unwrap();
+    match Kv::open_read_only(dir.path(), common::options(common::AUTO)) {
+        Err(Error::Locked { pid, .. }) => assert_eq!(pid, std::process::id()),
+        Err(e) => panic!("expected Locked, got {e:?}"),
+        Ok(_) => panic!("opened read-only under a writer"),
+    }
+    drop(db);
+    let a = Kv::open_read_only(dir.path(), common::options(common::AUTO)).unwrap();
+    let b = Kv::open_read_only(dir.path(), common::options(common::AUTO)).unwrap();
+    assert_eq!(a.get("k").unwrap(), Some(b"v".to_vec()));
+    assert_eq!(b.stats().wal.durable_lsn, a.stats().wal.durable_lsn);
+    assert!(matches!(a.put("x", "y"), Err(Error::ReadOnly { .. })));
+    assert!(
+        matches!(Kv::open(dir.path(), common::options(common::AUTO)), Err(Error::Locked { .. })),
+        "readers exclude a writer"
+    );
+    drop((a, b));
+    common::open(dir.path(), common::AUTO).put("x", "y").unwrap();
+}

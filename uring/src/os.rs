@@ -172,6 +172,26 @@ struct FlockGuard {
     _file: fs::File,
 }
 
+pub(crate) fn lock_shared(path: &Path) -> Result<DirLock> {
+    let mut file = match OpenOptions::new().read(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Box::new(())),
+        Err(e) => return Err(Error::io("open", path, None, e)),
+    };
+    // SAFETY: flock only takes the fd (valid while `file` lives) and flags.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(Error::Locked { path: path.to_owned(), pid: text.trim().parse().unwrap_or(0) });
+        }
+        return Err(Error::io("flock", path, None, e));
+    }
+    Ok(Box::new(FlockGuard { _file: file }))
+}
+
 pub(crate) fn lock(path: &Path) -> Result<DirLock> {
     let mut file = OpenOptions::new()
         .read(true)

@@ -144,6 +144,10 @@ impl Storage for OsStorage {
     fn lock(&self, path: &Path) -> Result<DirLock> {
         os::lock(path)
     }
+
+    fn lock_shared(&self, path: &Path) -> Result<DirLock> {
+        os::lock_shared(path)
+    }
 }
 
 impl File for OsFile {

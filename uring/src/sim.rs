@@ -501,6 +501,14 @@ impl Storage for SimStorage {
         Ok(Box::new(SimLock { storage: self.clone(), path: path.to_owned() }))
     }
 
+    fn lock_shared(&self, path: &Path) -> Result<DirLock> {
+        let state = self.lock_state();
+        if state.locks.contains(path) {
+            return Err(Error::Locked { path: path.to_owned(), pid: std::process::id() });
+        }
+        Ok(Box::new(()))
+    }
+
     fn commit_queue(&self) -> Result<Box<dyn CommitQueue>> {
         Ok(Box::new(SimQueue::new(self.clone())))
     }

@@ -155,6 +155,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// [`crate::Error::Locked`] with the holder's pid if another handle holds it.
     fn lock(&self, path: &Path) -> Result<DirLock>;
 
+    /// Takes a shared lock on the lock file at `path`, for readers: it
+    /// excludes [`Storage::lock`] holders but not other readers, and never
+    /// creates or writes the file. A missing lock file means no writer has
+    /// held it: the guard then locks nothing.
+    ///
+    /// # Errors
+    /// [`crate::Error::Locked`] with the writer's pid if a writer holds it.
+    fn lock_shared(&self, path: &Path) -> Result<DirLock>;
+
     /// The commit path of a log: the one object that decides how a batch is
     /// made durable on this storage (which system calls or ring operations,
     /// how many batches at once, how a partial write is finished). Owned by

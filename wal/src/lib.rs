@@ -398,14 +398,46 @@ pub struct Inspection {
     pub corrupt: bool,
 }
 
+/// Replays the log in `dir` as [`Wal::open`] would, without changing a
+/// byte of it: every batch frame's payload up to the end goes to
+/// `on_frame`; a torn tail is left in place (it is simply past the end);
+/// under [`RecoveryMode::PointInTime`] damage ends the replay there, under
+/// `Strict` it is an error. Returns where the log ends. Holds a shared lock
+/// (no writer) for the duration.
+///
+/// # Errors
+/// As [`inspect`], and [`Error::Corrupt`] in `Strict` mode.
+pub fn read_only(
+    storage: Arc<dyn Storage>,
+    dir: &Path,
+    recovery: RecoveryMode,
+    on_frame: &mut dyn FnMut(&FrameHeader, &[u8]),
+) -> Result<Lsn> {
+    let inspection = inspect(storage, dir, &mut |header, payload| {
+        if header.kind == FrameKind::Batch {
+            on_frame(header, payload);
+        }
+    })?;
+    if let (Some(bad), true, RecoveryMode::Strict) = (&inspection.bad, inspection.corrupt, recovery) {
+        return Err(Error::Corrupt {
+            path: bad.path.clone(),
+            offset: bad.offset,
+            lsn: bad.lsn,
+            reason: bad.fault.reason(),
+        });
+    }
+    Ok(inspection.end)
+}
+
 /// Reads the whole log in `dir` without changing it, calling `on_frame`
 /// with every frame (padding included) of every whole batch, and says where
-/// it ends and why. Takes the log's lock for the duration; reads what the
-/// device holds (each segment is synced and its cache dropped first).
+/// it ends and why. Holds a shared lock (no writer) for the duration; reads
+/// what the device holds (each segment is synced and its cache dropped
+/// first, which changes no byte).
 ///
 /// # Errors
 /// [`Error::NoLog`], storage errors ([`uring::Error::Locked`] if the log is
-/// open), [`Error::SegmentGap`], [`Error::BadSegment`].
+/// open for writing), [`Error::SegmentGap`], [`Error::BadSegment`].
 pub fn inspect(
     storage: Arc<dyn Storage>,
     dir: &Path,
@@ -414,7 +446,7 @@ pub fn inspect(
     if !storage.exists(dir)? {
         return Err(Error::NoLog { dir: dir.to_owned() });
     }
-    let _lock = storage.lock(&dir.join(LOCK_FILE))?;
+    let _lock = storage.lock_shared(&dir.join(LOCK_FILE))?;
     let segments = segment::list(storage.as_ref(), dir)?;
     make_durable(storage.as_ref(), &segments)?;
     let from = segments.first().map_or(Lsn(0), |s| s.start);

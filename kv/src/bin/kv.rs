@@ -118,8 +118,8 @@ fn parse_segment_bytes(text: &str) -> Result<u64, String> {
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let options = options(&cli);
     let open = || Kv::open(&cli.db, options);
-    // Commands that only read never create a store: a typo is an error.
-    let open_existing = || Kv::open(&cli.db, Options { create_if_missing: false, ..options });
+    // Commands that only read never create, repair or change a store.
+    let open_existing = || Kv::open_read_only(&cli.db, options);
     if let Command::CrashWriter { threads, round } = cli.command {
         // Its threads print themselves: stdout must not be held here.
         crash_writer(Arc::new(open()?), threads, round);
