@@ -12,7 +12,7 @@
 //! B-tree page file and checkpointer come later. No networking here.
 //!
 //! ```
-//! use kv::{Kv, Options, WriteBatch};
+//! use ringkv::{Kv, Options, WriteBatch};
 //!
 //! let dir = std::env::temp_dir().join(format!("ringkv-doc-{}", std::process::id()));
 //! let db = Kv::open(&dir, Options::default())?;
@@ -25,7 +25,7 @@
 //! let keys: Vec<_> = db.scan::<&str>(..).map(|(k, _)| k).collect();
 //! assert_eq!(keys, vec![b"banana".to_vec()]);
 //! # drop(db); std::fs::remove_dir_all(&dir).unwrap();
-//! # Ok::<(), kv::Error>(())
+//! # Ok::<(), ringkv::Error>(())
 //! ```
 
 #![forbid(unsafe_code)]

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use kv::{Durability, Kv, WriteBatch};
+use ringkv::{Durability, Kv, WriteBatch};
 use uring::{SimRng, SimStorage};
 
 const THREADS: u64 = 4;
@@ -57,7 +57,7 @@ fn writer(db: &Kv, round: u64, t: u64, seed: u64) -> Log {
     let mut log = Log::default();
     for i in 0..OPS_PER_THREAD {
         let durability = if rng.below(5) == 0 { Durability::NoSync } else { Durability::Sync };
-        let acked_durable = |r: kv::Result<()>| r.is_ok() && durability == Durability::Sync;
+        let acked_durable = |r: ringkv::Result<()>| r.is_ok() && durability == Durability::Sync;
         if rng.below(3) == 0 {
             let keys: Vec<Vec<u8>> = (0..3).map(|j| format!("batch-{round}-{t}-{i}-{j}").into_bytes()).collect();
             let mut batch = WriteBatch::new();

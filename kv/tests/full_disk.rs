@@ -5,7 +5,7 @@
 
 mod common;
 
-use kv::{Error, Kv};
+use ringkv::{Error, Kv};
 
 #[test]
 fn full_disk_is_a_typed_error_and_loses_nothing_acknowledged() {

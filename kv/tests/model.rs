@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use kv::{Kv, WriteBatch};
+use ringkv::{Kv, WriteBatch};
 use uring::{SimRng, SimStorage};
 
 fn key(rng: &mut SimRng) -> Vec<u8> {

@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Stdio;
 
-use kv::{Error, Kv, Options, RecoveryMode};
+use ringkv::{Error, Kv, Options, RecoveryMode};
 
 /// Writes `n` keys, one durable put each, and returns the store's frames
 /// as (lsn, frame bytes) read back through `kv wal-dump`'s library call.
@@ -23,7 +23,7 @@ fn fill(dir: &Path, io: common::Backend, n: usize) -> Vec<(u64, u64)> {
     // As a crash would leave it: a torn tail never follows a clean close.
     std::fs::remove_file(dir.join("wal/CLEAN")).unwrap();
     let mut frames = Vec::new();
-    kv::inspect_log(dir, common::options(io), &mut |h, _| frames.push((h.lsn.0, h.frame_bytes()))).unwrap();
+    ringkv::inspect_log(dir, common::options(io), &mut |h, _| frames.push((h.lsn.0, h.frame_bytes()))).unwrap();
     assert_eq!(frames.len(), n);
     frames
 }
@@ -184,17 +184,17 @@ fn same_process_cannot_open_a_store_twice() {
 fn limits_are_enforced_with_typed_errors() {
     let dir = common::temp_dir("limits");
     let db = common::open(dir.path(), common::AUTO);
-    let big_key = vec![b'k'; kv::KEY_BYTES_MAX + 1];
+    let big_key = vec![b'k'; ringkv::KEY_BYTES_MAX + 1];
     assert!(matches!(db.put(&big_key, "v"), Err(Error::KeyTooLarge { .. })));
-    let big_value = vec![0u8; kv::VALUE_BYTES_MAX + 1];
+    let big_value = vec![0u8; ringkv::VALUE_BYTES_MAX + 1];
     assert!(matches!(db.put("k", &big_value), Err(Error::ValueTooLarge { .. })));
-    let mut batch = kv::WriteBatch::new();
+    let mut batch = ringkv::WriteBatch::new();
     for i in 0..200 {
         batch.put(format!("k{i}"), vec![0u8; 4096]);
     }
     // Small test segments allow batches of at most half a segment.
     assert!(matches!(db.write(batch), Err(Error::BatchTooLarge { .. })));
-    db.put(vec![b'k'; kv::KEY_BYTES_MAX], "fits").unwrap();
+    db.put(vec![b'k'; ringkv::KEY_BYTES_MAX], "fits").unwrap();
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use kv::{Error, Kv, Options};
+use ringkv::{Error, Kv, Options};
 use uring::{SimStorage, Storage};
 
 /// Finding 4. Regression: the store directory and `wal/` were created

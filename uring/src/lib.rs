@@ -20,16 +20,16 @@
 //!
 //! ```
 //! use std::path::Path;
-//! use uring::{create_dirs, open_storage, CommitEvent, OpenMode, StorageOptions};
+//! use ringkv_uring::{create_dirs, open_storage, CommitEvent, OpenMode, StorageOptions};
 //!
 //! let dir = std::env::temp_dir().join(format!("uring-doc-{}", std::process::id()));
 //! let storage = open_storage(StorageOptions::default())?;
 //! create_dirs(storage.as_ref(), &dir)?; // durable: each parent synced
 //! let file = storage.open(&dir.join("data"), OpenMode::Create)?;
 //! let mut queue = storage.commit_queue()?;
-//! let mut buf = queue.buffers(uring::BLOCK_BYTES).pop().unwrap();
+//! let mut buf = queue.buffers(ringkv_uring::BLOCK_BYTES).pop().unwrap();
 //! buf[..5].copy_from_slice(b"hello");
-//! let ticket = queue.submit(&file, 0, buf, uring::BLOCK_BYTES);
+//! let ticket = queue.submit(&file, 0, buf, ringkv_uring::BLOCK_BYTES);
 //! loop {
 //!     match queue.wait() {
 //!         CommitEvent::Written { result, .. } => result?,
@@ -39,11 +39,11 @@
 //!         }
 //!     }
 //! }
-//! let mut back = uring::AlignedBuf::new(uring::BLOCK_BYTES);
+//! let mut back = ringkv_uring::AlignedBuf::new(ringkv_uring::BLOCK_BYTES);
 //! file.read_at(0, &mut back)?;
 //! assert_eq!(&back[..5], b"hello");
 //! # std::fs::remove_dir_all(&dir).unwrap();
-//! # Ok::<(), uring::Error>(())
+//! # Ok::<(), ringkv_uring::Error>(())
 //! ```
 
 mod buf;

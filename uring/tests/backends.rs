@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use uring::{
+use ringkv_uring::{
     create_dirs, open_storage, AlignedBuf, Backend, CommitEvent, CommitQueue, Error, File, Io, OpenMode, SimRng,
     SimStorage, Storage, StorageOptions, SyncMode, BLOCK_BYTES, SECTOR_BYTES,
 };
@@ -19,7 +19,7 @@ fn real(io: Io, sync_mode: SyncMode) -> Arc<dyn Storage> {
 }
 
 /// Commits `bytes` at `offset` through `queue` and waits for it.
-fn commit(queue: &mut dyn CommitQueue, file: &Arc<dyn File>, offset: u64, bytes: &[u8]) -> uring::Result<()> {
+fn commit(queue: &mut dyn CommitQueue, file: &Arc<dyn File>, offset: u64, bytes: &[u8]) -> ringkv_uring::Result<()> {
     let len = bytes.len().next_multiple_of(BLOCK_BYTES);
     let mut buf = queue.buffers(len).pop().unwrap();
     buf[..bytes.len()].copy_from_slice(bytes);

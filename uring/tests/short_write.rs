@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use uring::{open_storage, AlignedBuf, CommitEvent, Io, OpenMode, StorageOptions, SyncMode, BLOCK_BYTES};
+use ringkv_uring::{open_storage, AlignedBuf, CommitEvent, Io, OpenMode, StorageOptions, SyncMode, BLOCK_BYTES};
 
 const CHILD: &str = "RINGKV_SHORT_WRITE_CHILD";
 
@@ -20,9 +20,9 @@ const BACKENDS: [(&str, Io, SyncMode); 3] = [
 ];
 
 /// Commits `len` bytes of 7s at offset 0 of a new file; returns the error.
-fn commit_fails(dir: &Path, name: &str, io: Io, sync_mode: SyncMode, len: usize) -> uring::Error {
+fn commit_fails(dir: &Path, name: &str, io: Io, sync_mode: SyncMode, len: usize) -> ringkv_uring::Error {
     let storage = open_storage(StorageOptions { io, sync_mode, commit_buffer_bytes: len }).unwrap();
-    let file: Arc<dyn uring::File> = storage.open(&dir.join(name), OpenMode::Create).unwrap();
+    let file: Arc<dyn ringkv_uring::File> = storage.open(&dir.join(name), OpenMode::Create).unwrap();
     let mut queue = storage.commit_queue().unwrap();
     let mut buf = queue.buffers(len).pop().unwrap();
     buf.fill(7);

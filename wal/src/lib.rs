@@ -16,12 +16,12 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use wal::{FrameBuf, Lsn, Wal, WalOptions};
+//! use ringkv_wal::{FrameBuf, Lsn, Wal, WalOptions};
 //!
 //! let disk = Arc::new(uring::SimStorage::new());
 //! let dir = std::path::Path::new("/db/wal");
 //! uring::create_dirs(disk.as_ref(), dir)?;
-//! let options = WalOptions { segment_bytes: wal::SEGMENT_BYTES_MIN, ..WalOptions::default() };
+//! let options = WalOptions { segment_bytes: ringkv_wal::SEGMENT_BYTES_MIN, ..WalOptions::default() };
 //! let wal = Wal::open(disk.clone(), dir, options, Lsn(0), &mut |_, _| {})?;
 //! let mut frame = FrameBuf::new();
 //! frame.extend(b"put k v");
@@ -32,7 +32,7 @@
 //! let wal = Wal::open(disk, dir, options, Lsn(0), &mut |h, payload| seen.push((h.lsn, payload.to_vec())))?;
 //! assert_eq!(seen, vec![(lsn, b"put k v".to_vec())]);
 //! # drop(wal);
-//! # Ok::<(), wal::Error>(())
+//! # Ok::<(), ringkv_wal::Error>(())
 //! ```
 
 #![forbid(unsafe_code)]

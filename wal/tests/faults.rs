@@ -8,8 +8,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use ringkv_wal::{Error, FrameBuf, FrameHeader, Lsn, Wal, WalOptions, SEGMENT_BYTES_MIN};
 use uring::{OpenMode, SimRng, SimStorage, Storage};
-use wal::{Error, FrameBuf, FrameHeader, Lsn, Wal, WalOptions, SEGMENT_BYTES_MIN};
 
 const DIR: &str = "/db/wal";
 
@@ -27,7 +27,7 @@ fn segment0() -> std::path::PathBuf {
     Path::new(DIR).join(format!("{:020}.wal", 0))
 }
 
-fn open(disk: &SimStorage) -> wal::Result<(Wal, Vec<Vec<u8>>)> {
+fn open(disk: &SimStorage) -> ringkv_wal::Result<(Wal, Vec<Vec<u8>>)> {
     uring::create_dirs(disk, Path::new(DIR)).unwrap();
     let mut seen = Vec::new();
     let wal = Wal::open(Arc::new(disk.clone()), Path::new(DIR), options(), Lsn(0), &mut |_, p| seen.push(p.to_vec()))?;
@@ -108,7 +108,7 @@ fn a_writeback_error_never_leaves_a_lost_batch_acknowledged() {
 /// the batch was written: with one batch at a time, the previous batch's end.
 fn batches_vouch_for_their_predecessors(disk: &SimStorage) {
     let mut headers: Vec<FrameHeader> = Vec::new();
-    wal::inspect(Arc::new(disk.clone()), Path::new(DIR), &mut |h, _| headers.push(*h)).unwrap();
+    ringkv_wal::inspect(Arc::new(disk.clone()), Path::new(DIR), &mut |h, _| headers.push(*h)).unwrap();
     let mut previous_end = Lsn(0);
     let mut batch_start = Lsn(0);
     for h in headers {
@@ -142,7 +142,7 @@ fn damage_to_an_acknowledged_batch_before_the_last_is_corruption() {
     batches_vouch_for_their_predecessors(&disk);
     // Damage the second-to-last batch: the last vouches for it.
     let mut headers: Vec<FrameHeader> = Vec::new();
-    wal::inspect(Arc::new(disk.clone()), Path::new(DIR), &mut |h, _| headers.push(*h)).unwrap();
+    ringkv_wal::inspect(Arc::new(disk.clone()), Path::new(DIR), &mut |h, _| headers.push(*h)).unwrap();
     let ends: Vec<&FrameHeader> = headers.iter().filter(|h| h.ends_batch).collect();
     let victim = ends[ends.len() - 2];
     assert!(lsns.contains(&victim.lsn));
@@ -238,7 +238,7 @@ fn the_log_has_a_lock_of_its_own() {
         Err(e) => panic!("expected Locked, got {e:?}"),
         Ok(_) => panic!("the log was opened twice"),
     }
-    let err = wal::inspect(Arc::new(disk.clone()), Path::new(DIR), &mut |_, _| {}).unwrap_err();
+    let err = ringkv_wal::inspect(Arc::new(disk.clone()), Path::new(DIR), &mut |_, _| {}).unwrap_err();
     assert!(matches!(err, Error::Storage(uring::Error::Locked { .. })), "{err:?}");
     drop(wal);
     open(&disk).unwrap();

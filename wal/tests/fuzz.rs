@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use proptest::prelude::*;
+use ringkv_wal::{FrameBuf, Lsn, Wal, WalOptions, SEGMENT_BYTES_MIN};
 use uring::{OpenMode, SimStorage, Storage};
-use wal::{FrameBuf, Lsn, Wal, WalOptions, SEGMENT_BYTES_MIN};
 
 const DIR: &str = "/fuzz/wal";
 
@@ -16,7 +16,7 @@ fn options() -> WalOptions {
     WalOptions { segment_bytes: SEGMENT_BYTES_MIN, ..WalOptions::default() }
 }
 
-fn replay(disk: &SimStorage) -> wal::Result<Vec<Vec<u8>>> {
+fn replay(disk: &SimStorage) -> ringkv_wal::Result<Vec<Vec<u8>>> {
     uring::create_dirs(disk, Path::new(DIR)).unwrap();
     let mut seen = Vec::new();
     let wal = Wal::open(Arc::new(disk.clone()), Path::new(DIR), options(), Lsn(0), &mut |_, p| seen.push(p.to_vec()))?;
@@ -37,7 +37,7 @@ proptest! {
         file.write_at(at, &bytes).unwrap();
         file.sync_data().unwrap();
         let _ = replay(&disk);
-        let _ = wal::inspect(Arc::new(disk.clone()), Path::new(DIR), &mut |_, _| {});
+        let _ = ringkv_wal::inspect(Arc::new(disk.clone()), Path::new(DIR), &mut |_, _| {});
     }
 
     /// Garbage after durable frames: the frames are still there, or the
@@ -68,7 +68,7 @@ proptest! {
                     prop_assert_eq!(payload, &vec![i as u8; 100]);
                 }
             }
-            Err(e) => prop_assert!(matches!(e, wal::Error::Corrupt { .. }), "untyped failure: {e:?}"),
+            Err(e) => prop_assert!(matches!(e, ringkv_wal::Error::Corrupt { .. }), "untyped failure: {e:?}"),
         }
     }
 }

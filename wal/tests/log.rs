@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use ringkv_wal::{Error, FrameBuf, Lsn, RecoveryMode, Wal, WalOptions, SEGMENT_BYTES_MIN};
 use uring::{OpenMode, SimStorage, Storage};
-use wal::{Error, FrameBuf, Lsn, RecoveryMode, Wal, WalOptions, SEGMENT_BYTES_MIN};
 
 const DIR: &str = "/db/wal";
 
@@ -26,7 +26,7 @@ fn payload(i: usize, len: usize) -> Vec<u8> {
 /// Opens the log and returns it with every replayed (lsn, payload).
 type Replayed = Vec<(Lsn, Vec<u8>)>;
 
-fn open(disk: &SimStorage, options: WalOptions) -> wal::Result<(Wal, Replayed)> {
+fn open(disk: &SimStorage, options: WalOptions) -> ringkv_wal::Result<(Wal, Replayed)> {
     uring::create_dirs(disk, Path::new(DIR)).unwrap();
     let mut seen = Vec::new();
     let wal =

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use ringkv_wal::{Error, FrameBuf, Lsn, Wal, WalOptions, SEGMENT_BYTES_MIN};
 use uring::{OpenMode, SimStorage, Storage};
-use wal::{Error, FrameBuf, Lsn, Wal, WalOptions, SEGMENT_BYTES_MIN};
 
 const DIR: &str = "/db/wal";
 
@@ -20,14 +20,14 @@ fn frame(payload: &[u8]) -> FrameBuf {
     f
 }
 
-fn open_from(disk: &SimStorage, from: Lsn) -> wal::Result<(Wal, Vec<Vec<u8>>)> {
+fn open_from(disk: &SimStorage, from: Lsn) -> ringkv_wal::Result<(Wal, Vec<Vec<u8>>)> {
     uring::create_dirs(disk, Path::new(DIR)).unwrap();
     let mut seen = Vec::new();
     let wal = Wal::open(Arc::new(disk.clone()), Path::new(DIR), options(), from, &mut |_, p| seen.push(p.to_vec()))?;
     Ok((wal, seen))
 }
 
-fn open(disk: &SimStorage) -> wal::Result<(Wal, Vec<Vec<u8>>)> {
+fn open(disk: &SimStorage) -> ringkv_wal::Result<(Wal, Vec<Vec<u8>>)> {
     open_from(disk, Lsn(0))
 }
 
@@ -159,7 +159,7 @@ fn point_in_time_keeps_every_batch_through_a_transient_read_error() {
     }
     disk.power_cut();
     drop(wal);
-    let pit = WalOptions { recovery: wal::RecoveryMode::PointInTime, ..options() };
+    let pit = WalOptions { recovery: ringkv_wal::RecoveryMode::PointInTime, ..options() };
     let mut failures = Vec::new();
     for (first, call) in (1..8u64).flat_map(|a| (a + 1..a + 7).map(move |b| (a, b))) {
         let after = disk.after_power_cut(7);

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use kv::{Io, Kv, Options, RecoveryMode, SyncMode, WriteBatch};
+use ringkv::{Io, Kv, Options, RecoveryMode, SyncMode, WriteBatch};
 
 #[derive(Parser)]
 #[command(name = "kv", about = "Inspect and change a ringkv store", version)]
@@ -86,8 +86,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kv: {e}");
-            match e.downcast_ref::<kv::Error>() {
-                Some(kv::Error::NotFound { .. }) => ExitCode::from(EXIT_NOT_FOUND_OR_UNSOUND),
+            match e.downcast_ref::<ringkv::Error>() {
+                Some(ringkv::Error::NotFound { .. }) => ExitCode::from(EXIT_NOT_FOUND_OR_UNSOUND),
                 _ => ExitCode::from(EXIT_STORE_ERROR),
             }
         }
@@ -162,10 +162,10 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
 
 fn check(cli: &Cli, options: Options, out: &mut impl Write) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let (mut frames, mut ops, mut bad_batch) = (0u64, 0usize, None);
-    let inspection = kv::inspect_log(&cli.db, options, &mut |header, payload| {
+    let inspection = ringkv::inspect_log(&cli.db, options, &mut |header, payload| {
         if header.kind == wal::FrameKind::Batch {
             frames += 1;
-            match kv::check_batch(header.lsn, payload) {
+            match ringkv::check_batch(header.lsn, payload) {
                 Ok(n) => ops += n,
                 Err(e) => {
                     bad_batch.get_or_insert(e);
@@ -203,7 +203,7 @@ fn check(cli: &Cli, options: Options, out: &mut impl Write) -> Result<ExitCode, 
 
 fn wal_dump(cli: &Cli, options: Options, out: &mut impl Write) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut lines = Vec::new();
-    let inspection = kv::inspect_log(&cli.db, options, &mut |h, _| {
+    let inspection = ringkv::inspect_log(&cli.db, options, &mut |h, _| {
         lines.push(format!("{}\t{}\t{}\tcrc=ok", h.lsn, h.kind, h.frame_bytes()));
     })?;
     writeln!(out, "lsn\tkind\tbytes\tcrc")?;

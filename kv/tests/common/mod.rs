@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kv::{Io, Kv, Options, SyncMode};
+use ringkv::{Io, Kv, Options, SyncMode};
 
 /// A real backend configuration the durability tests run over.
 #[derive(Clone, Copy, Debug)]
