@@ -69,7 +69,7 @@ pub(crate) trait BufHome: Send + Sync {
     fn give_back(&self, buf: AlignedBuf, slot: FixedSlot);
 }
 
-/// An I/O buffer handed out by [`crate::Storage::io_buffer`]. On the io_uring
+/// An I/O buffer handed out by [`crate::CommitQueue::buffers`]. On the io_uring
 /// backend it is one of the ring's registered buffers and is written with
 /// `WriteFixed`; elsewhere it is a plain [`AlignedBuf`].
 pub struct IoBuf {
