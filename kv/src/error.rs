@@ -77,6 +77,50 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The OS error code behind this error, looking through a poisoned
+    /// log to the failure that poisoned it: `Some(libc::ENOSPC)` for a full
+    /// disk, `Some(libc::EIO)` for a device error.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        fn of_wal(e: &wal::Error) -> Option<i32> {
+            match e {
+                wal::Error::Storage(e) => e.raw_os_error(),
+                wal::Error::Poisoned { cause } => of_wal(cause),
+                _ => None,
+            }
+        }
+        match self {
+            Error::Storage(e) => e.raw_os_error(),
+            Error::Wal(e) => of_wal(e),
+            _ => None,
+        }
+    }
+
+    /// Whether the store's files are damaged (a frame that fails its
+    /// checks before the log's durable end, a batch that does not decode, a
+    /// segment missing or cut short): opening again will not help.
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            Error::BadBatch { .. }
+                | Error::Wal(
+                    wal::Error::Corrupt { .. } | wal::Error::SegmentGap { .. } | wal::Error::BadSegment { .. }
+                )
+        )
+    }
+
+    /// Whether a write failed (or an earlier one did): the store refuses
+    /// writes until it is reopened; the write may or may not be durable.
+    pub fn is_write_failure(&self) -> bool {
+        matches!(self, Error::Wal(wal::Error::Poisoned { .. } | wal::Error::Storage(_)))
+    }
+
+    /// Whether the store refuses writes because an earlier one failed.
+    pub fn is_poisoned(&self) -> bool {
+        matches!(self, Error::Wal(wal::Error::Poisoned { .. }))
+    }
+}
+
 impl From<uring::Error> for Error {
     fn from(e: uring::Error) -> Error {
         match e {

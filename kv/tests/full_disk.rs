@@ -32,6 +32,12 @@ fn full_disk_is_a_typed_error_and_loses_nothing_acknowledged() {
     assert!(err.to_string().contains(dir.to_str().unwrap()), "names the file: {err}");
     assert!(!acked.is_empty());
     assert!(matches!(db.put("after", "x"), Err(Error::Wal(wal::Error::Poisoned { .. }))), "later writes are refused");
+    // A user tells a full disk without looking into the log's errors.
+    let later = db.put("after", "x").unwrap_err();
+    assert!(later.is_poisoned() && later.is_write_failure() && !later.is_corruption(), "{later}");
+    assert_eq!(later.raw_os_error(), Some(libc::ENOSPC), "through the poisoned log: {later}");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+    assert!(err.is_write_failure() && !err.is_poisoned());
     drop(db);
 
     assert!(mount.remount("size=16m"), "grow the tmpfs");

@@ -90,6 +90,7 @@ fn flipped_bit_in_an_early_frame_is_a_typed_error_naming_file_and_offset() {
             }
             other => panic!("{io:?}: expected Corrupt, got {other:?}"),
         }
+        assert!(err.is_corruption() && !err.is_write_failure(), "{err}");
         let text = err.to_string();
         assert!(text.contains(&common::first_segment(dir.path()).display().to_string()), "{text}");
         assert!(text.contains(&format!("offset {lsn}")), "{text}");
