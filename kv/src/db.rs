@@ -18,8 +18,11 @@ pub enum Durability {
     /// Once its bytes are on stable storage (fdatasync done).
     #[default]
     Sync,
-    /// Once it is ordered in the log; durable with the next sync (a later
-    /// `Sync` write, or closing the store). A crash may lose it.
+    /// Once it is ordered in the log and applied (readers see it). The
+    /// committer writes and syncs it with the batch it joined as soon as it
+    /// can, without waiting for another write; until that sync completes a
+    /// crash may lose it (and only a suffix of such writes). [`Kv::sync`]
+    /// waits for it.
     NoSync,
 }
 
@@ -254,6 +257,28 @@ impl Kv {
         let lsn = wal.append(frame, durability == Durability::Sync)?;
         self.memtable.apply(lsn, batch.ops);
         Ok(())
+    }
+
+    /// Returns once every write made so far (`NoSync` ones included) is
+    /// durable. Nothing to do on a read-only store.
+    ///
+    /// # Errors
+    /// [`Error::Wal`] if the log failed: then those writes may or may not
+    /// be durable.
+    pub fn sync(&self) -> Result<()> {
+        match &self.wal {
+            Some(wal) => Ok(wal.sync()?),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes every write durable and closes the store, reporting a failure
+    /// that dropping it would only log.
+    ///
+    /// # Errors
+    /// As [`Kv::sync`].
+    pub fn close(self) -> Result<()> {
+        self.sync()
     }
 
     /// The value of `key`, if it has one.

@@ -230,3 +230,30 @@ fn a_read_only_store_refuses_writes_and_writers_exclude_it() {
     drop((a, b));
     common::open(dir.path(), common::AUTO).put("x", "y").unwrap();
 }
+
+#[test]
+fn sync_and_close_make_no_sync_writes_durable_and_report_failure() {
+    for seed in 0..50 {
+        let disk = SimStorage::new().seeded(seed);
+        let options = Options { durability: ringkv::Durability::NoSync, ..common::options(common::AUTO) };
+        let db = Kv::open_on(Arc::new(disk.clone()), Path::new("/db"), options).unwrap();
+        for i in 0..10 {
+            db.put(format!("k{i}"), "v").unwrap();
+        }
+        db.sync().unwrap();
+        disk.power_cut();
+        drop(db);
+        let db = Kv::open_on(Arc::new(disk.after_power_cut(seed)), Path::new("/db"), options).unwrap();
+        assert_eq!(db.scan::<&str>(..).count(), 10, "seed={seed}");
+        db.put("last", "v").unwrap();
+        db.close().unwrap();
+    }
+    // A failure at close is reported, not only logged.
+    let disk = SimStorage::new();
+    let options = Options { durability: ringkv::Durability::NoSync, ..common::options(common::AUTO) };
+    let db = Kv::open_on(Arc::new(disk.clone()), Path::new("/db"), options).unwrap();
+    disk.fail_file_call(Path::new("/db/wal/00000000000000000000.wal"), 1, libc::EIO);
+    let _ = db.put("doomed", "v");
+    let err = db.close().expect_err("the failed sync is reported at close");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+}

@@ -222,7 +222,8 @@ impl Committer {
         assert!(end > before, "a batch moves the durable end forward");
         counters.commits.fetch_add(frames, Ordering::Relaxed);
         counters.bytes.fetch_add(end.0 - before.0, Ordering::Relaxed);
-        self.shared.durable.store(end.0, Ordering::Release);
+        self.shared.durable.store(end.0, Ordering::SeqCst);
+        self.shared.wake_syncers();
     }
 
     /// Batch `ticket` failed with `error`: its writers get that error.

@@ -251,6 +251,15 @@ impl Wal {
         Ok(lsn)
     }
 
+    /// Returns once every frame appended so far (those appended without
+    /// waiting included) is durable.
+    ///
+    /// # Errors
+    /// As [`Wal::append`]: the error that failed a batch, or `Poisoned`.
+    pub fn sync(&self) -> Result<()> {
+        self.shared.sync()
+    }
+
     /// The largest payload [`Wal::append`] accepts.
     pub fn payload_bytes_max(&self) -> usize {
         self.shared.payload_bytes_max

@@ -167,6 +167,10 @@ pub(crate) struct Shared {
     pub(crate) room: Condvar,
     /// The committer waits here for frames.
     pub(crate) work: Condvar,
+    /// `sync` callers wait here for the durable end to move.
+    pub(crate) synced: Condvar,
+    /// How many callers wait on `synced` (the committer signals only then).
+    pub(crate) sync_waiters: AtomicU64,
     /// A frame was placed since the committer last took a batch (polled by
     /// the idle committer before it sleeps).
     pub(crate) has_frames: AtomicBool,
@@ -204,6 +208,8 @@ impl Shared {
             tail: Mutex::new(tail),
             room: Condvar::new(),
             work: Condvar::new(),
+            synced: Condvar::new(),
+            sync_waiters: AtomicU64::new(0),
             has_frames: AtomicBool::new(false),
             durable: AtomicU64::new(end.0),
             counters: Counters::default(),
@@ -277,6 +283,47 @@ impl Shared {
         Ok((lsn, done))
     }
 
+    /// Returns once every frame placed so far is durable.
+    pub(crate) fn sync(&self) -> Result<()> {
+        let mut tail = self.lock_tail();
+        if !tail.gathering.is_empty() {
+            // Its batch is acknowledged after every batch before it.
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            tail.gathering.waiters.push(tx);
+            let wake = std::mem::take(&mut tail.committer_sleeping);
+            drop(tail);
+            if wake {
+                self.work.notify_one();
+            }
+            return rx.recv().map_err(|_| Error::Closed)?;
+        }
+        // Everything placed lies in batches in flight, before this one.
+        let target = tail.gathering.start;
+        // Counted before the check: a committer that publishes after the
+        // check sees the count and wakes us (under this lock).
+        self.sync_waiters.fetch_add(1, Ordering::SeqCst);
+        let result = loop {
+            if let Some(cause) = &tail.poisoned {
+                break Err(Error::Poisoned { cause: cause.clone() });
+            }
+            if self.durable.load(Ordering::SeqCst) >= target.0 {
+                break Ok(());
+            }
+            tail = self.synced.wait(tail).expect("WAL tail lock");
+        };
+        self.sync_waiters.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    /// Wakes `sync` callers after the durable end moved (called by the
+    /// committer after publishing it; the lock orders it after their check).
+    pub(crate) fn wake_syncers(&self) {
+        if self.sync_waiters.load(Ordering::SeqCst) > 0 {
+            let _tail = self.lock_tail();
+            self.synced.notify_all();
+        }
+    }
+
     /// Stops taking frames; the committer finishes what it has and exits.
     pub(crate) fn close(&self) {
         let mut tail = self.lock_tail();
@@ -298,5 +345,6 @@ impl Shared {
             let _ = waiter.send(Err(Error::Poisoned { cause: cause.clone() }));
         }
         self.room.notify_all();
+        self.synced.notify_all();
     }
 }
