@@ -83,6 +83,17 @@ pub struct Kv {
     _lock: DirLock,
 }
 
+impl std::fmt::Debug for Kv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kv")
+            .field("dir", &self.dir)
+            .field("backend", &self.storage.backend())
+            .field("read_only", &self.wal.is_none())
+            .field("durable_lsn", &self.stats().wal.durable_lsn)
+            .finish_non_exhaustive()
+    }
+}
+
 const LOCK_FILE: &str = "LOCK";
 const WAL_DIR: &str = "wal";
 
@@ -287,6 +298,14 @@ impl Kv {
     /// None yet (the page file will add read errors); kept for that.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
         Ok(self.memtable.get(key.as_ref()))
+    }
+
+    /// Whether `key` has a value.
+    ///
+    /// # Errors
+    /// As [`Kv::get`].
+    pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool> {
+        Ok(self.memtable.get(key.as_ref()).is_some())
     }
 
     /// Keys and values in `range`, in key order. Not a snapshot: a write

@@ -96,3 +96,22 @@ fn refused_o_direct_falls_back_to_buffered_io_and_says_so_once() {
     let check = stdout(&ok(&store, &["check"]));
     assert!(check.ends_with("sound\n"), "{check}");
 }
+
+/// Regression: values came only from argv, so a value over the kernel's
+/// 128 KiB argument limit failed with "Argument list too long"; and global
+/// flags were refused after the subcommand.
+#[test]
+fn a_large_value_goes_in_through_stdin_and_flags_go_anywhere() {
+    use std::io::Write;
+    let dir = common::temp_dir("stdin");
+    let db = dir.path().to_str().unwrap();
+    let value: Vec<u8> = (0..900_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut child =
+        common::kv_bin().args(["put", "big", "-", "--db", db]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(&value).unwrap();
+    assert!(child.wait().unwrap().success());
+    let out = common::kv_bin().args(["get", "big", "--db", db]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout.len(), value.len() + 1);
+    assert_eq!(&out.stdout[..value.len()], &value[..]);
+}

@@ -113,6 +113,9 @@ fn backwards_and_empty_ranges_scan_nothing() {
         db.put(k, k).unwrap();
     }
     assert_eq!(db.scan("c".."a").count(), 0);
+    assert!(db.contains_key("b").unwrap() && !db.contains_key("z").unwrap());
+    let shown = format!("{db:?}");
+    assert!(shown.contains("/db") && shown.contains("Simulated"), "{shown}");
     assert_eq!(db.scan("b".."b").count(), 0);
     assert_eq!(db.scan("c"..="a").count(), 0);
     assert_eq!(db.scan("b"..="b").count(), 1);

@@ -82,7 +82,7 @@ fn flipped_bit_in_an_early_frame_is_a_typed_error_naming_file_and_offset() {
         let frames = fill(dir.path(), io, 10);
         let (lsn, _) = frames[3];
         flip(dir.path(), lsn + 36);
-        let err = Kv::open(dir.path(), common::options(io)).err().expect("must refuse");
+        let err = Kv::open(dir.path(), common::options(io)).expect_err("must refuse");
         match &err {
             Error::Wal(wal::Error::Corrupt { path, offset, .. }) => {
                 assert_eq!(path, &common::first_segment(dir.path()));
@@ -139,7 +139,7 @@ fn path_that_is_a_file_is_an_error_naming_it() {
     let dir = common::temp_dir("file");
     let path = dir.path().join("not-a-dir");
     std::fs::write(&path, b"hello").unwrap();
-    let err = Kv::open(&path, common::options(common::AUTO)).err().expect("must fail");
+    let err = Kv::open(&path, common::options(common::AUTO)).expect_err("must fail");
     assert!(err.to_string().contains("not-a-dir"), "{err}");
 }
 

@@ -52,7 +52,7 @@ fn a_store_whose_log_directory_is_gone_is_refused() {
     // Any other non-empty directory is not a store either.
     let other = common::temp_dir("not-a-store");
     std::fs::write(other.path().join("notes.txt"), "mine").unwrap();
-    let err = Kv::open(other.path(), common::options(common::AUTO)).err().expect("not a store");
+    let err = Kv::open(other.path(), common::options(common::AUTO)).expect_err("not a store");
     assert!(err.to_string().contains("notes.txt"), "{err}");
 }
 
@@ -65,7 +65,7 @@ fn an_empty_directory_on_the_simulated_disk_becomes_a_store() {
     let strict = Options { create_if_missing: false, ..common::options(common::AUTO) };
     drop(db);
     Kv::open_on(Arc::new(disk.clone()), Path::new("/empty"), strict).unwrap();
-    let err = Kv::open_on(Arc::new(disk.clone()), Path::new("/nothing"), strict).err().expect("missing");
+    let err = Kv::open_on(Arc::new(disk.clone()), Path::new("/nothing"), strict).expect_err("missing");
     assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
     assert!(!disk.exists(Path::new("/nothing")).unwrap());
 }

@@ -12,19 +12,19 @@ use ringkv::{Io, Kv, Options, RecoveryMode, SyncMode, WriteBatch};
 #[command(name = "kv", about = "Inspect and change a ringkv store", version)]
 struct Cli {
     /// The store's directory.
-    #[arg(long, default_value = "ringkv-data")]
+    #[arg(long, global = true, default_value = "ringkv-data")]
     db: PathBuf,
     /// I/O backend: auto (io_uring, falling back to syscalls), uring, syscall.
-    #[arg(long, default_value = "auto")]
+    #[arg(long, global = true, default_value = "auto")]
     io: Io,
     /// How io_uring commits: dsync (one RWF_DSYNC write at a time) or linked (pipelined write → fdatasync chains).
-    #[arg(long, default_value = "dsync")]
+    #[arg(long, global = true, default_value = "dsync")]
     sync_mode: SyncMode,
     /// What to do with a damaged log before its synced end.
-    #[arg(long, value_enum, default_value = "strict")]
+    #[arg(long, global = true, value_enum, default_value = "strict")]
     recovery: Recovery,
     /// Size of new WAL segment files, in bytes (a multiple of 4096, at least 262144).
-    #[arg(long, default_value_t = wal::SEGMENT_BYTES_DEFAULT, value_parser = parse_segment_bytes)]
+    #[arg(long, global = true, default_value_t = wal::SEGMENT_BYTES_DEFAULT, value_parser = parse_segment_bytes)]
     segment_bytes: u64,
     #[command(subcommand)]
     command: Command,
@@ -40,7 +40,8 @@ enum Recovery {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Set KEY to VALUE (durable when the command returns).
+    /// Set KEY to VALUE (durable when the command returns); VALUE `-` reads
+    /// the value's bytes from standard input.
     Put { key: String, value: String },
     /// Print the value of KEY; exit status 1 if it has none.
     Get { key: String },
@@ -127,6 +128,11 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
     let mut out = BufWriter::new(std::io::stdout().lock());
     match &cli.command {
+        Command::Put { key, value } if value == "-" => {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)?;
+            open()?.put(key, bytes)?
+        }
         Command::Put { key, value } => open()?.put(key, value)?,
         Command::Del { key } => open()?.delete(key)?,
         Command::Get { key } => match open_existing()?.get(key)? {
