@@ -95,6 +95,34 @@ impl std::fmt::Debug for Kv {
 }
 
 const LOCK_FILE: &str = "LOCK";
+
+/// The log's batches replayed into a memtable, as recovery reads them.
+#[derive(Default)]
+struct Replay {
+    memtable: Memtable,
+    /// The first frame that did not decode as a batch.
+    error: Option<Error>,
+}
+
+impl Replay {
+    fn frame(&mut self, header: &wal::FrameHeader, payload: &[u8]) {
+        match batch::decode(header.lsn, payload) {
+            Ok(ops) => self.memtable.apply(header.lsn, ops),
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+    }
+
+    /// # Errors
+    /// [`Error::BadBatch`] for the first frame that did not decode.
+    fn finish(self) -> Result<Memtable> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self.memtable),
+        }
+    }
+}
 const WAL_DIR: &str = "wal";
 
 impl Kv {
@@ -151,20 +179,9 @@ impl Kv {
         storage.sync_dir(dir)?;
         let lock = storage.lock(&dir.join(LOCK_FILE))?;
         let wal_options = WalOptions { segment_bytes: options.segment_bytes, recovery: options.recovery, term: 0 };
-        let memtable = Memtable::default();
-        let mut replay_error = None;
-        let wal =
-            Wal::open(storage.clone(), &wal_dir, wal_options, Lsn(0), &mut |header, payload| match batch::decode(
-                header.lsn, payload,
-            ) {
-                Ok(ops) => memtable.apply(header.lsn, ops),
-                Err(e) => {
-                    replay_error.get_or_insert(e);
-                }
-            })?;
-        if let Some(e) = replay_error {
-            return Err(e);
-        }
+        let mut replay = Replay::default();
+        let wal = Wal::open(storage.clone(), &wal_dir, wal_options, Lsn(0), &mut |h, p| replay.frame(h, p))?;
+        let memtable = replay.finish()?;
         let batch_bytes_max = BATCH_BYTES_MAX.min(wal.payload_bytes_max());
         tracing::debug!(dir = %dir.display(), backend = %storage.backend(), durable_lsn = %wal.durable_lsn(), "opened");
         Ok(Kv {
@@ -199,20 +216,9 @@ impl Kv {
             return Err(Error::NotFound { path: dir.to_owned() });
         }
         let lock = storage.lock_shared(&dir.join(LOCK_FILE))?;
-        let memtable = Memtable::default();
-        let mut replay_error = None;
-        let end =
-            wal::read_only(storage.clone(), &wal_dir, options.recovery, &mut |header, payload| match batch::decode(
-                header.lsn, payload,
-            ) {
-                Ok(ops) => memtable.apply(header.lsn, ops),
-                Err(e) => {
-                    replay_error.get_or_insert(e);
-                }
-            })?;
-        if let Some(e) = replay_error {
-            return Err(e);
-        }
+        let mut replay = Replay::default();
+        let end = wal::read_only(storage.clone(), &wal_dir, options.recovery, &mut |h, p| replay.frame(h, p))?;
+        let memtable = replay.finish()?;
         Ok(Kv {
             wal: None,
             read_only_end: end,

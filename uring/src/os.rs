@@ -172,23 +172,30 @@ struct FlockGuard {
     _file: fs::File,
 }
 
+/// Takes `flock(mode | LOCK_NB)` on `file`; if another holder has it, the
+/// error names the pid the holder wrote into the file.
+fn flock(file: &mut fs::File, path: &Path, mode: libc::c_int) -> Result<()> {
+    // SAFETY: flock only takes the fd (valid while `file` lives) and flags.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        let mut text = String::new();
+        let _ = file.read_to_string(&mut text);
+        return Err(Error::Locked { path: path.to_owned(), pid: text.trim().parse().unwrap_or(0) });
+    }
+    Err(Error::io("flock", path, None, e))
+}
+
 pub(crate) fn lock_shared(path: &Path) -> Result<DirLock> {
     let mut file = match OpenOptions::new().read(true).open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Box::new(())),
         Err(e) => return Err(Error::io("open", path, None, e)),
     };
-    // SAFETY: flock only takes the fd (valid while `file` lives) and flags.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            let mut text = String::new();
-            let _ = file.read_to_string(&mut text);
-            return Err(Error::Locked { path: path.to_owned(), pid: text.trim().parse().unwrap_or(0) });
-        }
-        return Err(Error::io("flock", path, None, e));
-    }
+    flock(&mut file, path, libc::LOCK_SH)?;
     Ok(Box::new(FlockGuard { _file: file }))
 }
 
@@ -200,18 +207,7 @@ pub(crate) fn lock(path: &Path) -> Result<DirLock> {
         .truncate(false)
         .open(path)
         .map_err(|e| Error::io("open", path, None, e))?;
-    // SAFETY: flock only takes the fd (valid while `file` lives) and flags.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            let mut text = String::new();
-            let _ = file.read_to_string(&mut text);
-            let pid = text.trim().parse().unwrap_or(0);
-            return Err(Error::Locked { path: path.to_owned(), pid });
-        }
-        return Err(Error::io("flock", path, None, e));
-    }
+    flock(&mut file, path, libc::LOCK_EX)?;
     let write_pid = |file: &mut fs::File| -> io::Result<()> {
         file.set_len(0)?;
         file.rewind()?;
