@@ -134,6 +134,8 @@ struct SimState {
     /// Per directory, its operations since it was last synced.
     dir_ops: BTreeMap<PathBuf, Vec<DirOp>>,
     locks: BTreeSet<PathBuf>,
+    /// Shared (reader) locks held, by lock file.
+    shared_locks: BTreeMap<PathBuf, usize>,
     next_inode: u64,
     calls: u64,
     power_cut_at: Option<u64>,
@@ -154,6 +156,7 @@ impl SimState {
             durable_names: root,
             dir_ops: BTreeMap::new(),
             locks: BTreeSet::new(),
+            shared_locks: BTreeMap::new(),
             next_inode: 0,
             calls: 0,
             power_cut_at: None,
@@ -491,7 +494,7 @@ impl Storage for SimStorage {
         if !state.is_dir(&parent_of(path)) {
             return Err(not_found("open", path));
         }
-        if !state.locks.insert(path.to_owned()) {
+        if state.shared_locks.get(path).is_some_and(|&n| n > 0) || !state.locks.insert(path.to_owned()) {
             return Err(Error::Locked { path: path.to_owned(), pid: std::process::id() });
         }
         if !state.names.contains_key(path) {
@@ -502,11 +505,15 @@ impl Storage for SimStorage {
     }
 
     fn lock_shared(&self, path: &Path) -> Result<DirLock> {
-        let state = self.lock_state();
+        let mut state = self.lock_state();
         if state.locks.contains(path) {
             return Err(Error::Locked { path: path.to_owned(), pid: std::process::id() });
         }
-        Ok(Box::new(()))
+        if !state.names.contains_key(path) {
+            return Ok(Box::new(()));
+        }
+        *state.shared_locks.entry(path.to_owned()).or_default() += 1;
+        Ok(Box::new(SimSharedLock { storage: self.clone(), path: path.to_owned() }))
     }
 
     fn commit_queue(&self) -> Result<Box<dyn CommitQueue>> {
@@ -522,6 +529,20 @@ struct SimLock {
 impl Drop for SimLock {
     fn drop(&mut self) {
         self.storage.lock_state().locks.remove(&self.path);
+    }
+}
+
+struct SimSharedLock {
+    storage: SimStorage,
+    path: PathBuf,
+}
+
+impl Drop for SimSharedLock {
+    fn drop(&mut self) {
+        let mut state = self.storage.lock_state();
+        if let Some(n) = state.shared_locks.get_mut(&self.path) {
+            *n -= 1;
+        }
     }
 }
 

@@ -392,3 +392,17 @@ fn failed_directory_sync_loses_entries_for_good_while_the_namespace_shows_them()
     }
     assert!(lost > 10, "a failed directory sync loses entries ({lost} of 100)");
 }
+
+#[test]
+fn simulated_locks_let_readers_share_and_exclude_a_writer() {
+    let disk = SimStorage::new();
+    create_dirs(&disk, Path::new("/d")).unwrap();
+    let lock = Path::new("/d/LOCK");
+    drop(disk.lock(lock).unwrap()); // creates the lock file
+    let (a, b) = (disk.lock_shared(lock).unwrap(), disk.lock_shared(lock).unwrap());
+    assert!(matches!(disk.lock(lock), Err(Error::Locked { .. })), "readers exclude a writer");
+    drop((a, b));
+    let writer = disk.lock(lock).unwrap();
+    assert!(matches!(disk.lock_shared(lock), Err(Error::Locked { .. })), "a writer excludes readers");
+    drop(writer);
+}
