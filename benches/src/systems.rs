@@ -68,8 +68,10 @@ pub fn open(name: &str, dir: &Path) -> Arc<dyn Store> {
 }
 
 fn ringkv(dir: &Path, io: Io, sync_mode: SyncMode) -> Kv {
-    let options = Options { io, sync_mode, ..Options::default() };
-    Kv::open(dir, options).unwrap_or_else(|e| panic!("open ringkv in {}: {e}", dir.display()))
+    let mut options = Options::default();
+    options.io = io;
+    options.sync_mode = sync_mode;
+    Kv::open_with(dir, options).unwrap_or_else(|e| panic!("open ringkv in {}: {e}", dir.display()))
 }
 
 impl Store for Kv {

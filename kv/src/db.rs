@@ -1,5 +1,6 @@
 //! The store: options, open and recovery, reads and writes.
 
+use std::collections::VecDeque;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use crate::memtable::Memtable;
 
 /// When a write returns.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Durability {
     /// Once its bytes are on stable storage (fdatasync done).
     #[default]
@@ -26,8 +28,17 @@ pub enum Durability {
     NoSync,
 }
 
-/// How to open a store.
+/// How to open a store. Start from `Options::default()` and set fields:
+///
+/// ```
+/// let mut options = ringkv::Options::default();
+/// options.durability = ringkv::Durability::NoSync;
+/// ```
+///
+/// More fields will come (page file sizes), so it cannot be built with a
+/// struct literal.
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct Options {
     /// I/O backend: io_uring with fallback (default), io_uring, or syscalls.
     pub io: Io,
@@ -37,7 +48,11 @@ pub struct Options {
     pub durability: Durability,
     /// Create the directory if it does not exist.
     pub create_if_missing: bool,
-    /// What recovery does with damage before the synced end of the log.
+    /// What recovery does with damage before the synced end of the log:
+    /// refuse to open (`Strict`, the default), or keep the log up to the
+    /// damage (`PointInTime`), which drops acknowledged writes after it and
+    /// keeps a copy of the dropped bytes in `wal/dropped-*` (see
+    /// `kv repair`).
     pub recovery: RecoveryMode,
     /// Size of new WAL segment files.
     pub segment_bytes: u64,
@@ -126,6 +141,14 @@ impl Replay {
 const WAL_DIR: &str = "wal";
 
 impl Kv {
+    /// Opens (or creates) the store in `dir` with default [`Options`].
+    ///
+    /// # Errors
+    /// As [`Kv::open_with`].
+    pub fn open(dir: impl AsRef<Path>) -> Result<Kv> {
+        Kv::open_with(dir, Options::default())
+    }
+
     /// Opens (or creates) the store in `dir` on the real file system,
     /// replaying its log.
     ///
@@ -139,7 +162,7 @@ impl Kv {
     /// [`Error::Locked`] naming the holder's pid if another process has it
     /// open; [`Error::Wal`] with [`wal::Error::Corrupt`] (file, offset) for a
     /// damaged log; storage errors naming the path.
-    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Kv> {
+    pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Kv> {
         let storage_options = StorageOptions {
             io: options.io,
             sync_mode: options.sync_mode,
@@ -153,7 +176,7 @@ impl Kv {
     /// tests, or a storage shared by several stores.
     ///
     /// # Errors
-    /// As [`Kv::open`].
+    /// As [`Kv::open_with`].
     pub fn open_on(storage: Arc<dyn Storage>, dir: &Path, options: Options) -> Result<Kv> {
         let wal_dir = dir.join(WAL_DIR);
         // `wal/` is created (durably) before the lock file, so a store's
@@ -314,16 +337,32 @@ impl Kv {
         Ok(self.memtable.get(key.as_ref()).is_some())
     }
 
-    /// Keys and values in `range`, in key order. Not a snapshot: a write
-    /// that commits during the scan may or may not be seen, but every item
-    /// is a committed value.
+    /// Keys and values in `range`, in key order (`.rev()` for reverse
+    /// order); nothing for a range that ends before it starts. Items are
+    /// `Result`s: reads can fail once data lives in the page file. Not a
+    /// snapshot: a write that commits during the scan may or may not be
+    /// seen, but every item is a committed value.
     pub fn scan<K: AsRef<[u8]>>(&self, range: impl RangeBounds<K>) -> Scan<'_> {
         let owned = |b: Bound<&K>| match b {
             Bound::Included(k) => Bound::Included(k.as_ref().to_vec()),
             Bound::Excluded(k) => Bound::Excluded(k.as_ref().to_vec()),
             Bound::Unbounded => Bound::Unbounded,
         };
-        Scan { kv: self, next: owned(range.start_bound()), end: owned(range.end_bound()), chunk: Vec::new() }
+        Scan {
+            kv: self,
+            low: owned(range.start_bound()),
+            high: owned(range.end_bound()),
+            front: VecDeque::new(),
+            back: VecDeque::new(),
+        }
+    }
+
+    /// Keys starting with `prefix` and their values, in key order (`.rev()`
+    /// for reverse order).
+    pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Scan<'_> {
+        let prefix = prefix.as_ref();
+        let end = prefix_end(prefix).map_or(Bound::Unbounded, Bound::Excluded);
+        self.scan::<Vec<u8>>((Bound::Included(prefix.to_vec()), end))
     }
 
     /// The I/O backend in use.
@@ -374,36 +413,82 @@ pub fn check_batch(lsn: Lsn, payload: &[u8]) -> Result<usize> {
     Ok(batch::decode(lsn, payload)?.len())
 }
 
-/// An ordered scan; see [`Kv::scan`].
+/// An ordered scan; see [`Kv::scan`]. Iterates forwards with `next` and
+/// backwards with `next_back` (`.rev()`); the two ends meet without
+/// repeating an item.
 pub struct Scan<'a> {
     kv: &'a Kv,
-    next: Bound<Vec<u8>>,
-    end: Bound<Vec<u8>>,
-    /// Entries fetched but not yet returned, in reverse order.
-    chunk: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Keys not yet fetched lie between `low` and `high`.
+    low: Bound<Vec<u8>>,
+    high: Bound<Vec<u8>>,
+    /// Entries fetched from the front, not yet returned, next first.
+    front: VecDeque<(Vec<u8>, Vec<u8>)>,
+    /// Entries fetched from the back, not yet returned, next (greatest) first.
+    back: VecDeque<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Scan<'_> {
+    /// Fetches the next chunk from one end of the unfetched range, and
+    /// narrows the range past it.
+    fn fetch(&mut self, from_back: bool) -> VecDeque<(Vec<u8>, Vec<u8>)> {
+        let low = self.low.as_ref().map(Vec::as_slice);
+        let high = self.high.as_ref().map(Vec::as_slice);
+        let chunk = self.kv.memtable.range(low, high, from_back, SCAN_CHUNK_ENTRIES);
+        if let Some((last, _)) = chunk.last() {
+            let past = Bound::Excluded(last.clone());
+            if from_back {
+                self.high = past;
+            } else {
+                self.low = past;
+            }
+        }
+        chunk.into()
+    }
 }
 
 impl Iterator for Scan<'_> {
-    type Item = (Vec<u8>, Vec<u8>);
+    type Item = Result<(Vec<u8>, Vec<u8>)>;
 
-    fn next(&mut self) -> Option<(Vec<u8>, Vec<u8>)> {
-        if self.chunk.is_empty() {
-            let start = self.next.as_ref().map(Vec::as_slice);
-            let end = self.end.as_ref().map(Vec::as_slice);
-            let mut chunk = self.kv.memtable.range(start, end, SCAN_CHUNK_ENTRIES);
-            if let Some((last, _)) = chunk.last() {
-                self.next = Bound::Excluded(last.clone());
-            }
-            chunk.reverse();
-            self.chunk = chunk;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.front.is_empty() {
+            self.front = self.fetch(false);
         }
-        self.chunk.pop()
+        // Once nothing is left between the ends, the front continues into
+        // what the back fetched.
+        self.front.pop_front().or_else(|| self.back.pop_back()).map(Ok)
     }
+}
+
+impl DoubleEndedIterator for Scan<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        if self.back.is_empty() {
+            self.back = self.fetch(true);
+        }
+        self.back.pop_front().or_else(|| self.front.pop_back()).map(Ok)
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`, if there
+/// is one (there is none for an empty prefix or one of all `0xff` bytes).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let last = prefix.iter().rposition(|&b| b != 0xff)?;
+    let mut end = prefix[..=last].to_vec();
+    end[last] += 1;
+    Some(end)
 }
 
 #[cfg(test)]
 mod tests {
     /// `Kv` is shared across threads by reference or `Arc`.
+    #[test]
+    fn prefix_ends_after_every_key_with_the_prefix() {
+        use super::prefix_end;
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(b"a\xff\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+
     #[test]
     fn kv_is_send_and_sync() {
         fn shareable<T: Send + Sync>() {}

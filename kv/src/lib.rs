@@ -12,17 +12,17 @@
 //! B-tree page file and checkpointer come later. No networking here.
 //!
 //! ```
-//! use ringkv::{Kv, Options, WriteBatch};
+//! use ringkv::{Kv, WriteBatch};
 //!
 //! let dir = std::env::temp_dir().join(format!("ringkv-doc-{}", std::process::id()));
-//! let db = Kv::open(&dir, Options::default())?;
+//! let db = Kv::open(&dir)?;
 //! db.put("apple", "red")?;                 // durable when it returns
 //! let mut batch = WriteBatch::new();
 //! batch.put("banana", "yellow").delete("apple");
 //! db.write(batch)?;                        // all or nothing
 //! assert_eq!(db.get("banana")?, Some(b"yellow".to_vec()));
 //! assert_eq!(db.get("apple")?, None);
-//! let keys: Vec<_> = db.scan::<&str>(..).map(|(k, _)| k).collect();
+//! let keys = db.scan::<&str>(..).map(|item| item.map(|(k, _)| k)).collect::<Result<Vec<_>, _>>()?;
 //! assert_eq!(keys, vec![b"banana".to_vec()]);
 //! # drop(db); std::fs::remove_dir_all(&dir).unwrap();
 //! # Ok::<(), ringkv::Error>(())

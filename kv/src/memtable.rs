@@ -52,17 +52,27 @@ impl Memtable {
         self.map.read().expect("memtable lock").get(key).and_then(|e| e.value.clone())
     }
 
-    /// Up to `limit` live entries from `start`, below `end`; none for a
-    /// range that ends before it starts.
-    pub(crate) fn range(&self, start: Bound<&[u8]>, end: Bound<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    /// Up to `limit` live entries of `(start, end)`: the first ones in key
+    /// order, or with `from_back` the last ones in reverse key order. None
+    /// for a range that ends before it starts.
+    pub(crate) fn range(
+        &self,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        from_back: bool,
+        limit: usize,
+    ) -> Vec<(Vec<u8>, Vec<u8>)> {
         if is_empty_range(start, end) {
             return Vec::new(); // BTreeMap::range would panic
         }
         let map = self.map.read().expect("memtable lock");
-        map.range::<[u8], _>((start, end))
-            .filter_map(|(k, e)| e.value.as_ref().map(|v| (k.clone(), v.clone())))
-            .take(limit)
-            .collect()
+        let live = |(k, e): (&Vec<u8>, &Entry)| e.value.as_ref().map(|v| (k.clone(), v.clone()));
+        let range = map.range::<[u8], _>((start, end));
+        if from_back {
+            range.rev().filter_map(live).take(limit).collect()
+        } else {
+            range.filter_map(live).take(limit).collect()
+        }
     }
 
     /// Live keys.

@@ -123,7 +123,8 @@ fn check(seed: u64, db: &Kv, logs: &[Log]) {
             known.extend(keys.iter().cloned());
         }
     }
-    for (key, _) in db.scan::<Vec<u8>>(..) {
+    for item in db.scan::<Vec<u8>>(..) {
+        let (key, _) = item.unwrap_or_else(|e| panic!("seed={seed}: scan: {e}"));
         assert!(known.contains(&key), "seed={seed}: key {key:?} was never written");
     }
     assert_eq!(db.scan::<Vec<u8>>(..).count(), expected_keys, "seed={seed}");

@@ -15,7 +15,7 @@ fn full_disk_is_a_typed_error_and_loses_nothing_acknowledged() {
     };
     let dir = mount.path().join("store");
     let options = common::options(common::AUTO);
-    let db = Kv::open(&dir, options).expect("open on the small tmpfs");
+    let db = Kv::open_with(&dir, options).expect("open on the small tmpfs");
     let value = vec![0xA5u8; 50_000];
     let mut acked = Vec::new();
     let err = loop {
@@ -41,7 +41,7 @@ fn full_disk_is_a_typed_error_and_loses_nothing_acknowledged() {
     drop(db);
 
     assert!(mount.remount("size=16m"), "grow the tmpfs");
-    let db = Kv::open(&dir, options).expect("reopen with room");
+    let db = Kv::open_with(&dir, options).expect("reopen with room");
     for key in &acked {
         assert_eq!(db.get(key).unwrap().as_deref(), Some(&value[..]), "acknowledged {key} lost");
     }

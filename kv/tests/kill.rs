@@ -64,7 +64,8 @@ fn acknowledged_writes_survive_sigkill() {
                     "{backend:?} round {round}: acknowledged key {key} lost"
                 );
             }
-            for (key, value) in db.scan::<Vec<u8>>(..) {
+            for item in db.scan::<Vec<u8>>(..) {
+                let (key, value) = item.expect("scan");
                 let key = String::from_utf8(key).expect("utf-8 key");
                 assert_eq!(
                     value,

@@ -56,16 +56,33 @@ fn run(seed: u64, steps: usize, mut db: Kv, reopen: &dyn Fn(Kv) -> Kv) {
                 let k = key(&mut rng);
                 assert_eq!(db.get(&k).unwrap(), model.get(&k).cloned(), "{ctx}: get");
             }
-            85..=95 => {
+            85..=89 => {
                 let (a, b) = (key(&mut rng), key(&mut rng));
                 let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-                let got: Vec<_> = db.scan(lo.clone()..hi.clone()).collect();
+                let got: Vec<_> = db.scan(lo.clone()..hi.clone()).map(Result::unwrap).collect();
                 let want: Vec<_> = model.range(lo..hi).map(|(k, v)| (k.clone(), v.clone())).collect();
                 assert_eq!(got, want, "{ctx}: scan");
             }
+            90..=92 => {
+                let (a, b) = (key(&mut rng), key(&mut rng));
+                let got: Vec<_> = db.scan(a.clone()..=b.clone()).rev().map(Result::unwrap).collect();
+                let want: Vec<_> = if a <= b {
+                    model.range(a..=b).rev().map(|(k, v)| (k.clone(), v.clone())).collect()
+                } else {
+                    Vec::new()
+                };
+                assert_eq!(got, want, "{ctx}: reverse scan");
+            }
+            93..=95 => {
+                let prefix = format!("key-0{}", rng.below(7)).into_bytes();
+                let got: Vec<_> = db.scan_prefix(&prefix).map(Result::unwrap).collect();
+                let want: Vec<_> =
+                    model.iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(k, v)| (k.clone(), v.clone())).collect();
+                assert_eq!(got, want, "{ctx}: prefix scan");
+            }
             _ => {
                 db = reopen(db);
-                let all: Vec<_> = db.scan::<Vec<u8>>(..).collect();
+                let all: Vec<_> = db.scan::<Vec<u8>>(..).map(Result::unwrap).collect();
                 let want: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                 assert_eq!(all, want, "{ctx}: after reopen");
             }
@@ -128,4 +145,49 @@ fn backwards_and_empty_ranges_scan_nothing() {
     let out = common::kv_bin().args(["--db", db, "scan", "--from", "z", "--to", "a"]).output().unwrap();
     assert!(out.status.success(), "no panic: {}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stdout.is_empty());
+}
+
+/// A scan read from both ends (`next` and `next_back` interleaved, over
+/// several fetch chunks) yields every item exactly once, in order from each
+/// end; prefix scans stop at the prefix, also for `0xff` bytes.
+#[test]
+fn scans_from_both_ends_meet_without_repeating() {
+    let disk = SimStorage::new();
+    let db = Kv::open_on(Arc::new(disk), Path::new("/db"), common::options(common::AUTO)).unwrap();
+    let keys: Vec<Vec<u8>> = (0..1500u32).map(|i| format!("{i:05}").into_bytes()).collect();
+    for chunk in keys.chunks(100) {
+        let mut batch = WriteBatch::new();
+        for k in chunk {
+            batch.put(k, k);
+        }
+        db.write(batch).unwrap();
+    }
+    for (seed, pattern) in [(1u64, 2u64), (2, 3), (3, 7)] {
+        let mut rng = SimRng::new(seed);
+        let mut scan = db.scan::<&[u8]>(..);
+        let (mut front, mut back) = (Vec::new(), Vec::new());
+        loop {
+            let item = if rng.below(pattern) == 0 {
+                scan.next_back().map(|i| (true, i))
+            } else {
+                scan.next().map(|i| (false, i))
+            };
+            match item {
+                Some((true, i)) => back.push(i.unwrap().0),
+                Some((false, i)) => front.push(i.unwrap().0),
+                None => break,
+            }
+        }
+        assert!(scan.next().is_none() && scan.next_back().is_none(), "stays ended");
+        back.reverse();
+        front.extend(back);
+        assert_eq!(front, keys, "seed={seed}");
+    }
+    db.put([0x01, 0xff], "a").unwrap();
+    db.put([0x01, 0xff, 0xff], "b").unwrap();
+    db.put([0x02], "c").unwrap();
+    let got: Vec<_> = db.scan_prefix([0x01, 0xff]).map(|i| i.unwrap().1).collect();
+    assert_eq!(got, vec![b"a".to_vec(), b"b".to_vec()]);
+    assert_eq!(db.scan_prefix("").count(), 1503);
+    assert_eq!(db.scan_prefix("0149").next_back().unwrap().unwrap().0, b"01499".to_vec());
 }

@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Stdio;
 
-use ringkv::{Error, Kv, Options, RecoveryMode};
+use ringkv::{Error, Kv, RecoveryMode};
 
 /// Writes `n` keys, one durable put each, and returns the store's frames
 /// as (lsn, frame bytes) read back through `kv wal-dump`'s library call.
@@ -29,7 +29,7 @@ fn fill(dir: &Path, io: common::Backend, n: usize) -> Vec<(u64, u64)> {
 }
 
 fn keys(db: &Kv) -> Vec<String> {
-    db.scan::<Vec<u8>>(..).map(|(k, _)| String::from_utf8(k).unwrap()).collect()
+    db.scan::<Vec<u8>>(..).map(|item| String::from_utf8(item.unwrap().0).unwrap()).collect()
 }
 
 fn patch(dir: &Path, offset: u64, bytes: &[u8]) {
@@ -82,7 +82,7 @@ fn flipped_bit_in_an_early_frame_is_a_typed_error_naming_file_and_offset() {
         let frames = fill(dir.path(), io, 10);
         let (lsn, _) = frames[3];
         flip(dir.path(), lsn + 36);
-        let err = Kv::open(dir.path(), common::options(io)).expect_err("must refuse");
+        let err = Kv::open_with(dir.path(), common::options(io)).expect_err("must refuse");
         match &err {
             Error::Wal(wal::Error::Corrupt { path, offset, .. }) => {
                 assert_eq!(path, &common::first_segment(dir.path()));
@@ -107,8 +107,9 @@ fn flipped_bit_in_an_early_frame_is_a_typed_error_naming_file_and_offset() {
         assert_eq!(out.status.code(), Some(1), "{stdout}");
 
         // Point-in-time recovery opens with the frames before the damage.
-        let options = Options { recovery: RecoveryMode::PointInTime, ..common::options(io) };
-        let db = Kv::open(dir.path(), options).unwrap();
+        let mut options = common::options(io);
+        options.recovery = RecoveryMode::PointInTime;
+        let db = Kv::open_with(dir.path(), options).unwrap();
         assert_eq!(keys(&db), ["key-000", "key-001", "key-002"]);
     }
 }
@@ -124,8 +125,9 @@ fn empty_directory_opens_as_an_empty_store() {
 fn missing_directory_is_created_or_refused() {
     let dir = common::temp_dir("missing");
     let path = dir.path().join("a/b/store");
-    let strict = Options { create_if_missing: false, ..common::options(common::AUTO) };
-    match Kv::open(&path, strict) {
+    let mut strict = common::options(common::AUTO);
+    strict.create_if_missing = false;
+    match Kv::open_with(&path, strict) {
         Err(Error::NotFound { path: p }) => assert_eq!(p, path),
         Err(other) => panic!("expected NotFound, got {other:?}"),
         Ok(_) => panic!("opened a missing directory"),
@@ -139,7 +141,7 @@ fn path_that_is_a_file_is_an_error_naming_it() {
     let dir = common::temp_dir("file");
     let path = dir.path().join("not-a-dir");
     std::fs::write(&path, b"hello").unwrap();
-    let err = Kv::open(&path, common::options(common::AUTO)).expect_err("must fail");
+    let err = Kv::open_with(&path, common::options(common::AUTO)).expect_err("must fail");
     assert!(err.to_string().contains("not-a-dir"), "{err}");
 }
 
@@ -158,7 +160,7 @@ fn directory_locked_by_another_process_names_its_pid() {
     acks.read_line(&mut line).unwrap();
     assert!(line.starts_with("ack "), "{line}");
     let early_exit = child.try_wait().unwrap();
-    let result = Kv::open(dir.path(), common::options(common::AUTO));
+    let result = Kv::open_with(dir.path(), common::options(common::AUTO));
     assert!(early_exit.is_none(), "the lock holder exited early: {early_exit:?}");
     child.kill().unwrap();
     child.wait().unwrap();
@@ -178,7 +180,7 @@ fn directory_locked_by_another_process_names_its_pid() {
 fn same_process_cannot_open_a_store_twice() {
     let dir = common::temp_dir("twice");
     let _db = common::open(dir.path(), common::AUTO);
-    assert!(matches!(Kv::open(dir.path(), common::options(common::AUTO)), Err(Error::Locked { .. })));
+    assert!(matches!(Kv::open_with(dir.path(), common::options(common::AUTO)), Err(Error::Locked { .. })));
 }
 
 #[test]
@@ -205,7 +207,7 @@ fn truncated_or_foreign_segment_file_is_a_typed_error_naming_it() {
         fill(dir.path(), common::AUTO, 5);
         let segment = common::first_segment(dir.path());
         OpenOptions::new().write(true).open(&segment).unwrap().set_len(size).unwrap();
-        match Kv::open(dir.path(), common::options(common::AUTO)) {
+        match Kv::open_with(dir.path(), common::options(common::AUTO)) {
             Err(Error::Wal(wal::Error::BadSegment { path, size_bytes, .. })) => {
                 assert_eq!(path, segment);
                 assert_eq!(size_bytes, size);
@@ -222,8 +224,9 @@ fn truncated_or_foreign_segment_file_is_a_typed_error_naming_it() {
 fn unusable_segment_size_is_a_typed_error() {
     let dir = common::temp_dir("segsize");
     for segment_bytes in [0, 4096, (1 << 20) + 1] {
-        let options = Options { segment_bytes, ..common::options(common::AUTO) };
-        match Kv::open(dir.path(), options) {
+        let mut options = common::options(common::AUTO);
+        options.segment_bytes = segment_bytes;
+        match Kv::open_with(dir.path(), options) {
             Err(Error::Wal(wal::Error::InvalidSegmentBytes { segment_bytes: got, .. })) => {
                 assert_eq!(got, segment_bytes)
             }

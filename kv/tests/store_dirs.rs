@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use ringkv::{Error, Kv, Options};
+use ringkv::{Error, Kv};
 use uring::{SimStorage, Storage};
 
 /// Finding 4. Regression: the store directory and `wal/` were created
@@ -40,7 +40,7 @@ fn a_store_whose_log_directory_is_gone_is_refused() {
     db.put("k", "v").unwrap();
     drop(db);
     std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
-    match Kv::open(dir.path(), common::options(common::AUTO)) {
+    match Kv::open_with(dir.path(), common::options(common::AUTO)) {
         Err(Error::NotAStore { path, found }) => {
             assert_eq!(path, dir.path());
             assert_eq!(found, "LOCK");
@@ -52,7 +52,7 @@ fn a_store_whose_log_directory_is_gone_is_refused() {
     // Any other non-empty directory is not a store either.
     let other = common::temp_dir("not-a-store");
     std::fs::write(other.path().join("notes.txt"), "mine").unwrap();
-    let err = Kv::open(other.path(), common::options(common::AUTO)).expect_err("not a store");
+    let err = Kv::open_with(other.path(), common::options(common::AUTO)).expect_err("not a store");
     assert!(err.to_string().contains("notes.txt"), "{err}");
 }
 
@@ -62,7 +62,8 @@ fn an_empty_directory_on_the_simulated_disk_becomes_a_store() {
     uring::create_dirs(&disk, Path::new("/empty")).unwrap();
     let db = Kv::open_on(Arc::new(disk.clone()), Path::new("/empty"), common::options(common::AUTO)).unwrap();
     db.put("a", "b").unwrap();
-    let strict = Options { create_if_missing: false, ..common::options(common::AUTO) };
+    let mut strict = common::options(common::AUTO);
+    strict.create_if_missing = false;
     drop(db);
     Kv::open_on(Arc::new(disk.clone()), Path::new("/empty"), strict).unwrap();
     let err = Kv::open_on(Arc::new(disk.clone()), Path::new("/nothing"), strict).expect_err("missing");
@@ -224,7 +225,7 @@ fn a_read_only_store_refuses_writes_and_writers_exclude_it() {
     assert_eq!(b.stats().wal.durable_lsn, a.stats().wal.durable_lsn);
     assert!(matches!(a.put("x", "y"), Err(Error::ReadOnly { .. })));
     assert!(
-        matches!(Kv::open(dir.path(), common::options(common::AUTO)), Err(Error::Locked { .. })),
+        matches!(Kv::open_with(dir.path(), common::options(common::AUTO)), Err(Error::Locked { .. })),
         "readers exclude a writer"
     );
     drop((a, b));
@@ -235,7 +236,8 @@ fn a_read_only_store_refuses_writes_and_writers_exclude_it() {
 fn sync_and_close_make_no_sync_writes_durable_and_report_failure() {
     for seed in 0..50 {
         let disk = SimStorage::new().seeded(seed);
-        let options = Options { durability: ringkv::Durability::NoSync, ..common::options(common::AUTO) };
+        let mut options = common::options(common::AUTO);
+        options.durability = ringkv::Durability::NoSync;
         let db = Kv::open_on(Arc::new(disk.clone()), Path::new("/db"), options).unwrap();
         for i in 0..10 {
             db.put(format!("k{i}"), "v").unwrap();
@@ -250,7 +252,8 @@ fn sync_and_close_make_no_sync_writes_durable_and_report_failure() {
     }
     // A failure at close is reported, not only logged.
     let disk = SimStorage::new();
-    let options = Options { durability: ringkv::Durability::NoSync, ..common::options(common::AUTO) };
+    let mut options = common::options(common::AUTO);
+    options.durability = ringkv::Durability::NoSync;
     let db = Kv::open_on(Arc::new(disk.clone()), Path::new("/db"), options).unwrap();
     disk.fail_file_call(Path::new("/db/wal/00000000000000000000.wal"), 1, libc::EIO);
     let _ = db.put("doomed", "v");

@@ -10,6 +10,7 @@ use crate::error::Result;
 
 /// Which I/O backend to use, as chosen in options and on the command line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Io {
     /// io_uring, falling back to plain system calls (logged once) where the
     /// kernel lacks it or forbids it.
@@ -35,6 +36,7 @@ impl std::str::FromStr for Io {
 
 /// The backend actually in use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Backend {
     /// io_uring with registered buffers.
     Uring,
@@ -63,6 +65,7 @@ impl std::fmt::Display for Backend {
 /// 186–189k commits/s at 64 writers against 138–157k for pipelined chains,
 /// and was level or ahead at 1, 4 and 16 writers. See README, Performance.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SyncMode {
     /// Linked write → `Fsync(DATASYNC)` chains. On O_DIRECT files up to
     /// [`crate::PIPELINE_DEPTH`] batches may await their syncs at once; on
@@ -87,6 +90,7 @@ impl std::str::FromStr for SyncMode {
 
 /// Whether [`Storage::open`] may create the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OpenMode {
     /// The file must exist.
     Existing,

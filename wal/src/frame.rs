@@ -20,6 +20,7 @@ use crate::Lsn;
 
 /// What a frame carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FrameKind {
     /// One atomic batch of the store above.
     Batch,
@@ -96,6 +97,7 @@ impl FrameHeader {
 
 /// Why bytes at a position are not a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FrameFault {
     /// All zero: never written (or zeroed).
     Zero,

@@ -79,6 +79,7 @@ impl std::fmt::Display for Lsn {
 
 /// What recovery does with a damaged frame that durable frames follow.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RecoveryMode {
     /// Refuse to open: a typed [`Error::Corrupt`] naming file and offset.
     /// A torn, never-acknowledged tail is still truncated.

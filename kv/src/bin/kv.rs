@@ -105,7 +105,12 @@ fn options(cli: &Cli) -> Options {
         Recovery::Strict => RecoveryMode::Strict,
         Recovery::PointInTime => RecoveryMode::PointInTime,
     };
-    Options { io: cli.io, sync_mode: cli.sync_mode, recovery, segment_bytes: cli.segment_bytes, ..Options::default() }
+    let mut options = Options::default();
+    options.io = cli.io;
+    options.sync_mode = cli.sync_mode;
+    options.recovery = recovery;
+    options.segment_bytes = cli.segment_bytes;
+    options
 }
 
 fn parse_segment_bytes(text: &str) -> Result<u64, String> {
@@ -118,7 +123,7 @@ fn parse_segment_bytes(text: &str) -> Result<u64, String> {
 
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let options = options(&cli);
-    let open = || Kv::open(&cli.db, options);
+    let open = || Kv::open_with(&cli.db, options);
     // Commands that only read never create, repair or change a store.
     let open_existing = || Kv::open_read_only(&cli.db, options);
     if let Command::CrashWriter { threads, round } = cli.command {
@@ -146,7 +151,8 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let db = open_existing()?;
             let start = from.clone().map_or(std::ops::Bound::Unbounded, std::ops::Bound::Included);
             let end = to.clone().map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-            for (k, v) in db.scan((start, end)).take(limit.unwrap_or(usize::MAX)) {
+            for item in db.scan((start, end)).take(limit.unwrap_or(usize::MAX)) {
+                let (k, v) = item?;
                 writeln!(out, "{}\t{}", String::from_utf8_lossy(&k), String::from_utf8_lossy(&v))?;
             }
         }

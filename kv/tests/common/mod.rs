@@ -19,10 +19,12 @@ impl Backend {
             Io::Uring => "uring",
             Io::Syscall => "syscall",
             Io::Auto => "auto",
+            other => panic!("no CLI flag for {other:?}"),
         };
         let sync_mode = match self.sync_mode {
             SyncMode::LinkedFsync => "linked",
             SyncMode::RwfDsync => "dsync",
+            other => panic!("no CLI flag for {other:?}"),
         };
         ["--io", io, "--sync-mode", sync_mode]
     }
@@ -40,12 +42,11 @@ pub const AUTO: Backend = Backend { io: Io::Auto, sync_mode: SyncMode::RwfDsync 
 
 /// Options for tests: small segments so the log rolls over often.
 pub fn options(backend: Backend) -> Options {
-    Options {
-        io: backend.io,
-        sync_mode: backend.sync_mode,
-        segment_bytes: wal::SEGMENT_BYTES_MIN,
-        ..Options::default()
-    }
+    let mut options = Options::default();
+    options.io = backend.io;
+    options.sync_mode = backend.sync_mode;
+    options.segment_bytes = wal::SEGMENT_BYTES_MIN;
+    options
 }
 
 /// A fresh directory on the work disk (ext4 here, where O_DIRECT works),
@@ -56,7 +57,7 @@ pub fn temp_dir(name: &str) -> tempfile::TempDir {
 }
 
 pub fn open(dir: &Path, backend: Backend) -> Kv {
-    Kv::open(dir, options(backend)).unwrap_or_else(|e| panic!("open {} with {backend:?}: {e}", dir.display()))
+    Kv::open_with(dir, options(backend)).unwrap_or_else(|e| panic!("open {} with {backend:?}: {e}", dir.display()))
 }
 
 /// The first segment of a test log.
