@@ -365,6 +365,14 @@ impl Kv {
         self.scan::<Vec<u8>>((Bound::Included(prefix.to_vec()), end))
     }
 
+    /// What recovery did when this store was opened (frames replayed, a
+    /// torn tail truncated, acknowledged writes dropped under
+    /// `RecoveryMode::PointInTime` and where their copy is); `None` for a
+    /// store opened read-only, which changes nothing.
+    pub fn recovered(&self) -> Option<&wal::Recovered> {
+        self.wal.as_ref().map(Wal::recovered)
+    }
+
     /// The I/O backend in use.
     pub fn io_backend(&self) -> Backend {
         self.storage.backend()

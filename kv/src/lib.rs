@@ -41,4 +41,4 @@ pub use constants::{BATCH_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 pub use db::{check_batch, inspect_log, Durability, Kv, Options, Scan, Stats};
 pub use error::{Error, Result};
 pub use uring::{Backend, Io, SyncMode};
-pub use wal::RecoveryMode;
+pub use wal::{BadFrame, Dropped, Recovered, RecoveryMode};

@@ -106,12 +106,54 @@ fn flipped_bit_in_an_early_frame_is_a_typed_error_naming_file_and_offset() {
         assert!(stdout.contains("CORRUPT"), "{stdout}");
         assert_eq!(out.status.code(), Some(1), "{stdout}");
 
-        // Point-in-time recovery opens with the frames before the damage.
+        // Point-in-time recovery opens with the frames before the damage,
+        // and keeps a copy of the log it dropped, byte for byte.
+        let segment = std::fs::read(common::first_segment(dir.path())).unwrap();
         let mut options = common::options(io);
         options.recovery = RecoveryMode::PointInTime;
         let db = Kv::open_with(dir.path(), options).unwrap();
         assert_eq!(keys(&db), ["key-000", "key-001", "key-002"]);
+        let recovered = db.recovered().unwrap();
+        let dropped = recovered.dropped.as_ref().expect("acknowledged frames were dropped");
+        assert_eq!(recovered.end.0, lsn);
+        let copy = std::fs::read(&dropped.copy).unwrap();
+        let (last_lsn, last_len) = frames[9];
+        assert!(copy.len() as u64 >= last_lsn + last_len - lsn, "the copy reaches the last frame");
+        assert_eq!(copy[..], segment[lsn as usize..lsn as usize + copy.len()], "{io:?}");
     }
+}
+
+/// `kv repair` is the one command that drops data: it says what it dropped
+/// and where the copy is; write commands refuse `--recovery point-in-time`.
+#[test]
+fn repair_drops_only_after_saying_so_and_keeps_a_copy() {
+    let dir = common::temp_dir("repair");
+    let frames = fill(dir.path(), common::AUTO, 10);
+    let (lsn, _) = frames[5];
+    flip(dir.path(), lsn + 36);
+    let db = dir.path().to_str().unwrap();
+    let before = std::fs::read(common::first_segment(dir.path())).unwrap();
+
+    let out = common::kv_bin().args(["--db", db, "--recovery", "point-in-time", "put", "x", "y"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kv repair"));
+    assert_eq!(std::fs::read(common::first_segment(dir.path())).unwrap(), before, "a refused put changed nothing");
+
+    let out = common::kv_bin().args(["--db", db, "repair"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    let copy_path = stdout.rsplit(' ').next().unwrap().trim();
+    assert!(stdout.contains(&format!("offset {lsn}")), "{stdout}");
+    let copy = std::fs::read(copy_path).unwrap_or_else(|e| panic!("{copy_path}: {e} ({stdout})"));
+    assert_eq!(copy[..], before[lsn as usize..lsn as usize + copy.len()]);
+    assert!(copy.len() as u64 >= frames[9].0 + frames[9].1 - lsn);
+
+    // The repaired store opens strictly, with what preceded the damage.
+    let repaired = common::open(dir.path(), common::AUTO);
+    assert_eq!(keys(&repaired), ["key-000", "key-001", "key-002", "key-003", "key-004"]);
+    drop(repaired);
+    let out = common::kv_bin().args(["--db", db, "repair"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("sound; nothing dropped"));
 }
 
 #[test]

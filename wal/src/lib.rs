@@ -58,7 +58,7 @@ pub use constants::{
 };
 pub use error::{Error, Result};
 pub use frame::{Frame, FrameBuf, FrameFault, FrameHeader, FrameKind};
-pub use recovery::BadFrame;
+pub use recovery::{BadFrame, Dropped, Recovered};
 
 use committer::Committer;
 use cursor::{Cursor, Step};
@@ -142,6 +142,7 @@ impl WalStats {
 pub struct Wal {
     shared: Arc<Shared>,
     committer: Option<JoinHandle<()>>,
+    recovered: Recovered,
     // Dropped after the committer has finished (field order).
     _lock: DirLock,
 }
@@ -174,6 +175,7 @@ impl Wal {
         from: Lsn,
         on_frame: &mut dyn FnMut(&FrameHeader, &[u8]),
     ) -> Result<Wal> {
+        let started = std::time::Instant::now();
         if options.segment_bytes < SEGMENT_BYTES_MIN || options.segment_bytes % uring::BLOCK_BYTES as u64 != 0 {
             return Err(Error::InvalidSegmentBytes {
                 segment_bytes: options.segment_bytes,
@@ -199,15 +201,17 @@ impl Wal {
             return Err(Error::LogStartsLater { dir: dir.to_owned(), start, wanted: from });
         }
         let clean_end = clean::read(storage.as_ref(), dir)?;
+        let mut frames = 0u64;
         let scanned = recovery::scan(&storage, &segments, from, clean_end, &mut |header, frame| {
             if header.kind == FrameKind::Batch {
+                frames += 1;
                 on_frame(header, &frame[FRAME_HEADER_BYTES..]);
             }
         })?;
         if !scanned.from_is_a_batch_start || from > scanned.end {
             return Err(Error::NotABatchStart { dir: dir.to_owned(), end: scanned.end, wanted: from });
         }
-        recovery::settle(&storage, &segments, &scanned, options.recovery)?;
+        let mut recovered = recovery::settle(&storage, dir, &segments, &scanned, options.recovery)?;
         // Recovery succeeded: the marker has done its work (a refused open
         // keeps it, so that a retry refuses again).
         clean::remove(storage.as_ref(), dir)?;
@@ -228,11 +232,18 @@ impl Wal {
         let gathering = Batch::new(buffers.pop().expect("two commit buffers"), end);
         let shared = Shared::new(storage, dir.to_owned(), options, payload_bytes_max, segments, gathering);
         let committer = Committer::new(shared.clone(), queue, spare, tail_segment, file, end);
+        recovered.frames = frames;
+        recovered.elapsed = started.elapsed();
+        tracing::info!(
+            dir = %dir.display(), frames, %end, truncated_bytes = recovered.truncated_bytes,
+            dropped_bytes = recovered.dropped.as_ref().map_or(0, |d| d.copy_bytes),
+            elapsed_ms = recovered.elapsed.as_millis() as u64, "recovered the WAL"
+        );
         let handle = std::thread::Builder::new()
             .name("ringkv-wal-committer".into())
             .spawn(move || committer.run())
             .expect("spawn the WAL committer");
-        Ok(Wal { shared, committer: Some(handle), _lock: lock })
+        Ok(Wal { shared, committer: Some(handle), recovered, _lock: lock })
     }
 
     /// Appends one frame. With `wait`, returns once the frame is durable;
@@ -250,6 +261,12 @@ impl Wal {
             done.recv().map_err(|_| Error::Closed)??;
         }
         Ok(lsn)
+    }
+
+    /// What the open's recovery did: frames replayed, a torn tail
+    /// truncated, acknowledged frames dropped (and where they were copied).
+    pub fn recovered(&self) -> &Recovered {
+        &self.recovered
     }
 
     /// Returns once every frame appended so far (those appended without

@@ -19,6 +19,7 @@
 //! flight (pipelined) carries an earlier one and cannot vouch for it. A
 //! block the device cannot read (EIO) counts as a bad frame.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use uring::{AlignedBuf, OpenMode, Storage, BLOCK_BYTES};
@@ -126,14 +127,51 @@ pub(crate) fn scan(
     Ok(Scanned { end, junk_end, bad: Some(bad), durable_past, from_is_a_batch_start })
 }
 
+/// What recovery changed in the log.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Recovered {
+    /// Batch frames replayed.
+    pub frames: u64,
+    /// Where the recovered log ends.
+    pub end: Lsn,
+    /// Bytes of a torn, never-acknowledged tail zeroed.
+    pub truncated_bytes: u64,
+    /// Acknowledged frames dropped by [`RecoveryMode::PointInTime`].
+    pub dropped: Option<Dropped>,
+    /// How long the open took.
+    pub elapsed: std::time::Duration,
+}
+
+/// What [`RecoveryMode::PointInTime`] dropped, and where a copy is kept.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Dropped {
+    /// The frame that ended the log.
+    pub bad: BadFrame,
+    /// How far the log had been durable: acknowledged writes up to here
+    /// were dropped.
+    pub durable_past: Lsn,
+    /// A byte-for-byte copy of the log from `bad.lsn` on, made durable
+    /// before anything was dropped.
+    pub copy: std::path::PathBuf,
+    /// Its length.
+    pub copy_bytes: u64,
+}
+
 /// Decides what a scan means under `mode`, and zeroes a torn tail so that
 /// frames beyond it can never come back to life once new frames reach them.
+/// Under `PointInTime`, acknowledged frames after damage are copied to
+/// `dropped-<lsn>-<n>.bin` in the log directory (synced, with the
+/// directory) before any of them is zeroed.
 pub(crate) fn settle(
     storage: &Arc<dyn Storage>,
+    dir: &Path,
     segments: &[Segment],
     scanned: &Scanned,
     mode: RecoveryMode,
-) -> Result<()> {
+) -> Result<Recovered> {
+    let mut recovered = Recovered { end: scanned.end, ..Recovered::default() };
     if let (Some(bad), Some(durable_past)) = (&scanned.bad, scanned.durable_past) {
         match mode {
             RecoveryMode::Strict => {
@@ -144,20 +182,30 @@ pub(crate) fn settle(
                     reason: bad.fault.reason(),
                 })
             }
-            RecoveryMode::PointInTime => tracing::warn!(
-                path = %bad.path.display(), offset = bad.offset, lsn = %bad.lsn, %durable_past,
-                "corrupt WAL frame before durable frames; recovering to the point before it, later frames dropped"
-            ),
+            RecoveryMode::PointInTime => {
+                let copy_end = scanned.junk_end.unwrap_or(durable_past).max(durable_past);
+                let (copy, copy_bytes) = copy_out(storage, dir, segments, scanned.end, copy_end)?;
+                tracing::warn!(
+                    path = %bad.path.display(), offset = bad.offset, lsn = %bad.lsn, %durable_past,
+                    copy = %copy.display(), copy_bytes,
+                    "corrupt WAL frame before durable frames; recovering to the point before it, \
+                     dropping acknowledged writes after it (a copy of the dropped log is kept)"
+                );
+                recovered.dropped = Some(Dropped { bad: bad.clone(), durable_past, copy, copy_bytes });
+            }
         }
     }
     let Some(junk_end) = scanned.junk_end.filter(|&j| j > scanned.end) else {
-        return Ok(());
+        return Ok(recovered);
     };
     let dropped_bytes = junk_end.0.saturating_sub(scanned.end.0);
-    tracing::warn!(
-        end = %scanned.end, dropped_bytes,
-        "WAL ends in a torn, never-acknowledged tail; truncating it"
-    );
+    if recovered.dropped.is_none() {
+        recovered.truncated_bytes = dropped_bytes;
+        tracing::warn!(
+            end = %scanned.end, dropped_bytes,
+            "WAL ends in a torn, never-acknowledged tail; truncating it"
+        );
+    }
     for segment in segments {
         let start = scanned.end.max(segment.start);
         let end = junk_end.min(segment.end());
@@ -165,8 +213,55 @@ pub(crate) fn settle(
             zero_range(storage, segment, start.0 - segment.start.0, end.0 - segment.start.0)?;
         }
     }
-    Ok(())
+    Ok(recovered)
 }
+
+/// Copies the log's bytes `[from, to)` (clamped to the segments, rounded
+/// up to whole blocks) into a new file `dropped-<from>-<n>.bin` in `dir`,
+/// and makes it durable. Returns its path and length.
+fn copy_out(
+    storage: &Arc<dyn Storage>,
+    dir: &Path,
+    segments: &[Segment],
+    from: Lsn,
+    to: Lsn,
+) -> Result<(std::path::PathBuf, u64)> {
+    let taken: Vec<String> = storage.list_dir(dir)?;
+    let path = (0u32..)
+        .map(|n| format!("{DROPPED_PREFIX}{:020}-{n}.bin", from.0))
+        .find(|name| !taken.contains(name))
+        .map(|name| dir.join(name))
+        .expect("a free name");
+    let copy = storage.open(&path, OpenMode::Create)?;
+    let block = BLOCK_BYTES as u64;
+    let mut written = 0u64;
+    for segment in segments {
+        let start = from.max(segment.start).0 - segment.start.0;
+        let end =
+            (to.min(segment.end()).0.saturating_sub(segment.start.0)).next_multiple_of(block).min(segment.size_bytes);
+        if start >= end {
+            continue;
+        }
+        let file = storage.open(&segment.path, OpenMode::Existing)?;
+        let mut buf = AlignedBuf::new(COPY_CHUNK_BYTES);
+        let mut at = start;
+        while at < end {
+            let len = (end - at).min(COPY_CHUNK_BYTES as u64) as usize;
+            file.read_at(at, &mut buf[..len])?;
+            copy.write_at(written, &buf[..len])?;
+            written += len as u64;
+            at += len as u64;
+        }
+    }
+    copy.sync_data()?;
+    storage.sync_dir(dir)?;
+    Ok((path, written))
+}
+
+/// Name prefix of the copies [`RecoveryMode::PointInTime`] keeps.
+pub(crate) const DROPPED_PREFIX: &str = "dropped-";
+/// Bytes copied per read.
+const COPY_CHUNK_BYTES: usize = 1 << 20;
 
 /// Zeroes `[from, to)` of a segment (`from` a block boundary) in whole
 /// blocks, then syncs. Nothing before `from` is read or rewritten.
@@ -183,8 +278,6 @@ fn zero_range(storage: &Arc<dyn Storage>, segment: &Segment, from: u64, to: u64)
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use uring::SimStorage;
 
     use super::*;

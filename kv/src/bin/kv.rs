@@ -20,7 +20,9 @@ struct Cli {
     /// How io_uring commits: dsync (one RWF_DSYNC write at a time) or linked (pipelined write → fdatasync chains).
     #[arg(long, global = true, default_value = "dsync")]
     sync_mode: SyncMode,
-    /// What to do with a damaged log before its synced end.
+    /// How read-only commands treat a damaged log before its synced end:
+    /// refuse (strict), or show the store as it was before the damage
+    /// (point-in-time; nothing is changed). Only `kv repair` drops data.
     #[arg(long, global = true, value_enum, default_value = "strict")]
     recovery: Recovery,
     /// Size of new WAL segment files, in bytes (a multiple of 4096, at least 262144).
@@ -34,7 +36,7 @@ struct Cli {
 enum Recovery {
     /// Refuse to open, naming the file and offset.
     Strict,
-    /// Keep everything before the damage, drop the rest.
+    /// Read everything before the damage, ignore the rest.
     PointInTime,
 }
 
@@ -65,6 +67,11 @@ enum Command {
     Check,
     /// One line per WAL frame: LSN, kind, length, CRC; exit status 1 if the log is corrupt.
     WalDump,
+    /// Recover a store whose log is damaged before its synced end, keeping
+    /// everything before the damage. DROPS the acknowledged writes after it:
+    /// their log bytes are first copied to a `wal/dropped-*.bin` file, whose
+    /// path is printed. The only command that drops data.
+    Repair,
     /// Test helper: durable writes from several threads, printing `ack KEY...`
     /// after each acknowledged write, until killed.
     #[command(hide = true)]
@@ -97,6 +104,8 @@ fn main() -> ExitCode {
 
 /// Exit status: no such key or store, or `check`/`wal-dump` found damage.
 const EXIT_NOT_FOUND_OR_UNSOUND: u8 = 1;
+/// Exit status: bad usage (as clap's own).
+const EXIT_USAGE: u8 = 2;
 /// Exit status: the store failed (I/O, corruption on open, locked, ...).
 const EXIT_STORE_ERROR: u8 = 3;
 
@@ -123,6 +132,11 @@ fn parse_segment_bytes(text: &str) -> Result<u64, String> {
 
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let options = options(&cli);
+    let writes = matches!(cli.command, Command::Put { .. } | Command::Del { .. } | Command::CrashWriter { .. });
+    if writes && matches!(cli.recovery, Recovery::PointInTime) {
+        eprintln!("kv: --recovery point-in-time would drop acknowledged writes; only `kv repair` does that");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
     let open = || Kv::open_with(&cli.db, options);
     // Commands that only read never create, repair or change a store.
     let open_existing = || Kv::open_read_only(&cli.db, options);
@@ -166,6 +180,29 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
         Command::Check => return check(&cli, options, &mut out),
         Command::WalDump => return wal_dump(&cli, options, &mut out),
+        Command::Repair => {
+            let mut repair = options;
+            repair.recovery = RecoveryMode::PointInTime;
+            repair.create_if_missing = false;
+            let db = Kv::open_with(&cli.db, repair)?;
+            let recovered = db.recovered().expect("opened for writing");
+            match &recovered.dropped {
+                Some(dropped) => writeln!(
+                    out,
+                    "repaired: the log now ends at LSN {} before a corrupt frame in {} at offset {} ({}); \
+                     acknowledged writes up to LSN {} were dropped; a copy of the {} dropped log bytes is in {}",
+                    recovered.end,
+                    dropped.bad.path.display(),
+                    dropped.bad.offset,
+                    dropped.bad.fault.reason(),
+                    dropped.durable_past,
+                    dropped.copy_bytes,
+                    dropped.copy.display()
+                )?,
+                None => writeln!(out, "sound; nothing dropped (log ends at LSN {})", recovered.end)?,
+            }
+            db.close()?;
+        }
         Command::CrashWriter { threads, round } => crash_writer(Arc::new(open()?), *threads, *round),
     }
     out.flush()?;
