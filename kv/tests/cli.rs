@@ -115,3 +115,41 @@ fn a_large_value_goes_in_through_stdin_and_flags_go_anywhere() {
     assert_eq!(out.stdout.len(), value.len() + 1);
     assert_eq!(&out.stdout[..value.len()], &value[..]);
 }
+
+/// Keys and values that are not UTF-8, or hold tabs and newlines, go in and
+/// come out intact: `--hex` both ways, `--json`, and escaped scan lines (a
+/// newline in a value used to split the line).
+#[test]
+fn binary_keys_through_hex_json_and_escaped_scan_lines() {
+    let dir = common::temp_dir("hex");
+    ok(dir.path(), &["--hex", "put", "ff00fe", "6869"]);
+    ok(dir.path(), &["put", "tab\tkey", "line one\nline two\\"]);
+    let file = dir.path().join("value.bin");
+    std::fs::write(&file, [0x80u8, b'a', 0x0a]).unwrap();
+    ok(dir.path(), &["put", "from-file", "--value-file", file.to_str().unwrap()]);
+
+    assert_eq!(stdout(&ok(dir.path(), &["--hex", "get", "ff00fe"])), "6869\n");
+    assert_eq!(ok(dir.path(), &["get", "from-file"]).stdout, [0x80, b'a', 0x0a, b'\n'], "get prints the bytes");
+    assert_eq!(
+        stdout(&ok(dir.path(), &["scan"])),
+        "from-file\t\\x80a\\n\ntab\\tkey\tline one\\nline two\\\\\n\\xff\\x00\\xfe\thi\n"
+    );
+    assert_eq!(
+        stdout(&ok(dir.path(), &["scan", "--hex", "--reverse", "--limit", "1"])),
+        "ff00fe\t6869\n",
+        "reverse order, hex"
+    );
+    let json = stdout(&ok(dir.path(), &["scan", "--json"]));
+    let lines: Vec<serde_json::Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0], serde_json::json!({"key": "from-file", "value_hex": "80610a"}));
+    assert_eq!(lines[1], serde_json::json!({"key": "tab\tkey", "value": "line one\nline two\\"}));
+    assert_eq!(lines[2], serde_json::json!({"key_hex": "ff00fe", "value": "hi"}));
+    let prefixed = stdout(&ok(dir.path(), &["scan", "--prefix", "tab"]));
+    assert!(prefixed.starts_with("tab\\tkey\t") && prefixed.lines().count() == 1, "{prefixed}");
+    let stats: serde_json::Value = serde_json::from_str(&stdout(&ok(dir.path(), &["stats", "--json"]))).unwrap();
+    assert_eq!(stats["live_keys"], 3);
+
+    let bad = kv(dir.path(), &["--hex", "get", "xyz"]);
+    assert_eq!(bad.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not hex"));
+}

@@ -1,6 +1,9 @@
 //! `kv`: look into and change a ringkv store from the command line.
 
+use std::ffi::OsString;
 use std::io::{BufWriter, Write};
+use std::ops::Bound;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -28,6 +31,13 @@ struct Cli {
     /// Size of new WAL segment files, in bytes (a multiple of 4096, at least 262144).
     #[arg(long, global = true, default_value_t = wal::SEGMENT_BYTES_DEFAULT, value_parser = parse_segment_bytes)]
     segment_bytes: u64,
+    /// Keys and values given as hex (`--hex get 00ff`), and printed as hex.
+    #[arg(long, global = true)]
+    hex: bool,
+    /// Print `get`, `scan` and `stats` as JSON (one object per line). Keys
+    /// and values are strings when UTF-8, else `key_hex`/`value_hex`.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,19 +54,34 @@ enum Recovery {
 enum Command {
     /// Set KEY to VALUE (durable when the command returns); VALUE `-` reads
     /// the value's bytes from standard input.
-    Put { key: String, value: String },
-    /// Print the value of KEY; exit status 1 if it has none.
-    Get { key: String },
+    Put {
+        key: OsString,
+        #[arg(required_unless_present = "value_file")]
+        value: Option<OsString>,
+        /// Read the value's bytes from this file.
+        #[arg(long, conflicts_with = "value")]
+        value_file: Option<PathBuf>,
+    },
+    /// Print the value of KEY (its bytes as they are, then a newline); exit
+    /// status 1 if it has none.
+    Get { key: OsString },
     /// Remove KEY.
-    Del { key: String },
-    /// Print `key<TAB>value` lines in key order.
+    Del { key: OsString },
+    /// Print `key<TAB>value` lines in key order, escaped (`\t`, `\n`,
+    /// `\\`, `\xNN` for other control and non-UTF-8 bytes).
     Scan {
         /// First key (inclusive).
         #[arg(long)]
-        from: Option<String>,
+        from: Option<OsString>,
         /// Last key (exclusive).
         #[arg(long)]
-        to: Option<String>,
+        to: Option<OsString>,
+        /// Only keys starting with this.
+        #[arg(long, conflicts_with_all = ["from", "to"])]
+        prefix: Option<OsString>,
+        /// In reverse key order.
+        #[arg(long)]
+        reverse: bool,
         /// At most this many lines.
         #[arg(long)]
         limit: Option<usize>,
@@ -96,6 +121,7 @@ fn main() -> ExitCode {
             eprintln!("kv: {e}");
             match e.downcast_ref::<ringkv::Error>() {
                 Some(ringkv::Error::NotFound { .. }) => ExitCode::from(EXIT_NOT_FOUND_OR_UNSOUND),
+                _ if e.is::<Usage>() => ExitCode::from(EXIT_USAGE),
                 _ => ExitCode::from(EXIT_STORE_ERROR),
             }
         }
@@ -104,6 +130,18 @@ fn main() -> ExitCode {
 
 /// Exit status: no such key or store, or `check`/`wal-dump` found damage.
 const EXIT_NOT_FOUND_OR_UNSOUND: u8 = 1;
+/// A usage error clap cannot see (bad hex).
+#[derive(Debug)]
+struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
 /// Exit status: bad usage (as clap's own).
 const EXIT_USAGE: u8 = 2;
 /// Exit status: the store failed (I/O, corruption on open, locked, ...).
@@ -146,37 +184,82 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = BufWriter::new(std::io::stdout().lock());
-    match &cli.command {
-        Command::Put { key, value } if value == "-" => {
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)?;
-            open()?.put(key, bytes)?
+    let bytes = |arg: &OsString| -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+        if cli.hex {
+            Ok(from_hex(arg.as_bytes()).ok_or_else(|| Usage(format!("{arg:?} is not hex")))?)
+        } else {
+            Ok(arg.as_bytes().to_vec())
         }
-        Command::Put { key, value } => open()?.put(key, value)?,
-        Command::Del { key } => open()?.delete(key)?,
-        Command::Get { key } => match open_existing()?.get(key)? {
-            Some(value) => writeln!(out, "{}", String::from_utf8_lossy(&value))?,
-            None => {
-                eprintln!("kv: {key:?} not found");
-                return Ok(ExitCode::from(EXIT_NOT_FOUND_OR_UNSOUND));
+    };
+    match &cli.command {
+        Command::Put { key, value, value_file } => {
+            let value = match (value, value_file) {
+                (_, Some(path)) => std::fs::read(path).map_err(|e| format!("--value-file {}: {e}", path.display()))?,
+                (Some(v), None) if v == "-" => {
+                    let mut stdin = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut stdin)?;
+                    stdin
+                }
+                (Some(v), None) => bytes(v)?,
+                (None, None) => unreachable!("clap requires a value"),
+            };
+            open()?.put(bytes(key)?, value)?
+        }
+        Command::Del { key } => open()?.delete(bytes(key)?)?,
+        Command::Get { key } => {
+            let key = bytes(key)?;
+            match open_existing()?.get(&key)? {
+                Some(value) if cli.json => writeln!(out, "{}", json_entry(&key, &value, cli.hex))?,
+                Some(value) if cli.hex => writeln!(out, "{}", to_hex(&value))?,
+                Some(value) => {
+                    out.write_all(&value)?;
+                    out.write_all(b"\n")?;
+                }
+                None => {
+                    eprintln!("kv: {} not found", escaped(&key));
+                    return Ok(ExitCode::from(EXIT_NOT_FOUND_OR_UNSOUND));
+                }
             }
-        },
-        Command::Scan { from, to, limit } => {
+        }
+        Command::Scan { from, to, prefix, reverse, limit } => {
             let db = open_existing()?;
-            let start = from.clone().map_or(std::ops::Bound::Unbounded, std::ops::Bound::Included);
-            let end = to.clone().map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
-            for item in db.scan((start, end)).take(limit.unwrap_or(usize::MAX)) {
+            let scan = match prefix {
+                Some(prefix) => db.scan_prefix(bytes(prefix)?),
+                None => {
+                    let start = from.as_ref().map(&bytes).transpose()?.map_or(Bound::Unbounded, Bound::Included);
+                    let end = to.as_ref().map(&bytes).transpose()?.map_or(Bound::Unbounded, Bound::Excluded);
+                    db.scan((start, end))
+                }
+            };
+            let items: Box<dyn Iterator<Item = _>> = if *reverse { Box::new(scan.rev()) } else { Box::new(scan) };
+            for item in items.take(limit.unwrap_or(usize::MAX)) {
                 let (k, v) = item?;
-                writeln!(out, "{}\t{}", String::from_utf8_lossy(&k), String::from_utf8_lossy(&v))?;
+                if cli.json {
+                    writeln!(out, "{}", json_entry(&k, &v, cli.hex))?;
+                } else if cli.hex {
+                    writeln!(out, "{}\t{}", to_hex(&k), to_hex(&v))?;
+                } else {
+                    writeln!(out, "{}\t{}", escaped(&k), escaped(&v))?;
+                }
             }
         }
         Command::Stats => {
             let db = open_existing()?;
             let stats = db.stats();
-            writeln!(out, "dir\t{}", db.dir().display())?;
-            writeln!(out, "io_backend\t{}", stats.backend)?;
-            writeln!(out, "durable_lsn\t{}", stats.wal.durable_lsn)?;
-            writeln!(out, "live_keys\t{}", stats.live_keys)?;
+            if cli.json {
+                let object = serde_json::json!({
+                    "dir": db.dir().display().to_string(),
+                    "io_backend": stats.backend.to_string(),
+                    "durable_lsn": stats.wal.durable_lsn.0,
+                    "live_keys": stats.live_keys,
+                });
+                writeln!(out, "{object}")?;
+            } else {
+                writeln!(out, "dir\t{}", db.dir().display())?;
+                writeln!(out, "io_backend\t{}", stats.backend)?;
+                writeln!(out, "durable_lsn\t{}", stats.wal.durable_lsn)?;
+                writeln!(out, "live_keys\t{}", stats.live_keys)?;
+            }
         }
         Command::Check => return check(&cli, options, &mut out),
         Command::WalDump => return wal_dump(&cli, options, &mut out),
@@ -207,6 +290,55 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Bytes for a line of text: UTF-8 as is, except `\\`, `\t`, `\n`, `\r`
+/// and other control characters, and bytes that are not UTF-8, as escapes;
+/// so a line holds one entry and every byte can be told apart.
+fn escaped(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => text.push_str("\\\\"),
+                '\t' => text.push_str("\\t"),
+                '\n' => text.push_str("\\n"),
+                '\r' => text.push_str("\\r"),
+                c if c.is_control() && c.is_ascii() => text.push_str(&format!("\\x{:02x}", c as u8)),
+                c if c.is_control() => text.push_str(&format!("\\u{{{:x}}}", c as u32)),
+                c => text.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            text.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    text
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex(text: &[u8]) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    text.chunks(2).map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?)).collect()
+}
+
+/// One entry as a JSON object: `key`/`value` strings when UTF-8 (and not
+/// `--hex`), else `key_hex`/`value_hex`.
+fn json_entry(key: &[u8], value: &[u8], hex: bool) -> serde_json::Value {
+    let mut object = serde_json::Map::new();
+    let mut field = |name: &str, bytes: &[u8]| match std::str::from_utf8(bytes) {
+        Ok(text) if !hex => object.insert(name.to_owned(), text.into()),
+        _ => object.insert(format!("{name}_hex"), to_hex(bytes).into()),
+    };
+    field("key", key);
+    field("value", value);
+    serde_json::Value::Object(object)
 }
 
 fn check(cli: &Cli, options: Options, out: &mut impl Write) -> Result<ExitCode, Box<dyn std::error::Error>> {
