@@ -11,6 +11,7 @@ use wal::{Lsn, RecoveryMode, Wal, WalOptions, WalStats};
 use crate::batch::{self, WriteBatch};
 use crate::constants::{BATCH_BYTES_MAX, SCAN_CHUNK_ENTRIES};
 use crate::error::{Error, Result};
+use crate::marker::{self, Found};
 use crate::memtable::Memtable;
 
 /// When a write returns.
@@ -158,7 +159,8 @@ impl Kv {
     /// # Errors
     /// [`Error::NotFound`] if `dir` is missing (or empty) and
     /// `create_if_missing` is off; [`Error::NotAStore`] if `dir` holds files
-    /// but no `wal/` (a store whose log was removed must not reopen empty);
+    /// but no store marker, or a marker but no `wal/` (a store whose log
+    /// was removed must not reopen empty); [`Error::UnsupportedFormat`];
     /// [`Error::Locked`] naming the holder's pid if another process has it
     /// open; [`Error::Wal`] with [`wal::Error::Corrupt`] (file, offset) for a
     /// damaged log; storage errors naming the path.
@@ -179,21 +181,15 @@ impl Kv {
     /// As [`Kv::open_with`].
     pub fn open_on(storage: Arc<dyn Storage>, dir: &Path, options: Options) -> Result<Kv> {
         let wal_dir = dir.join(WAL_DIR);
-        // `wal/` is created (durably) before the lock file, so a store's
-        // directory never holds a LOCK without a `wal/` unless the log was
-        // removed.
-        if !storage.exists(&wal_dir)? {
-            if storage.exists(dir)? {
-                let mut found = storage.list_dir(dir)?;
-                found.sort();
-                if let Some(first) = found.into_iter().next() {
-                    return Err(Error::NotAStore { path: dir.to_owned(), found: first });
-                }
+        match marker::recognise(storage.as_ref(), dir, WAL_DIR)? {
+            Found::Store if !storage.exists(&wal_dir)? => return Err(not_a_store(storage.as_ref(), dir)?),
+            Found::Store => {}
+            Found::Foreign(found) => return Err(Error::NotAStore { path: dir.to_owned(), found }),
+            Found::Nothing if !options.create_if_missing => return Err(Error::NotFound { path: dir.to_owned() }),
+            Found::Nothing => {
+                uring::create_dirs(storage.as_ref(), &wal_dir)?;
+                marker::write(storage.as_ref(), dir)?;
             }
-            if !options.create_if_missing {
-                return Err(Error::NotFound { path: dir.to_owned() });
-            }
-            uring::create_dirs(storage.as_ref(), &wal_dir)?;
         }
         // A creator killed between a mkdir and its parent's sync leaves
         // entries that exist but may not be durable: make them so before
@@ -235,9 +231,7 @@ impl Kv {
         let read_only = StorageOptions { io: options.io, sync_mode: options.sync_mode, commit_buffer_bytes: 0 };
         let storage = uring::open_storage(read_only)?;
         let wal_dir = dir.join(WAL_DIR);
-        if !storage.exists(&wal_dir)? {
-            return Err(Error::NotFound { path: dir.to_owned() });
-        }
+        existing_store(storage.as_ref(), dir)?;
         let lock = storage.lock_shared(&dir.join(LOCK_FILE))?;
         let mut replay = Replay::default();
         let end = wal::read_only(storage.clone(), &wal_dir, options.recovery, &mut |h, p| replay.frame(h, p))?;
@@ -406,11 +400,31 @@ pub fn inspect_log(
 ) -> Result<wal::Inspection> {
     let read_only = StorageOptions { io: options.io, sync_mode: options.sync_mode, commit_buffer_bytes: 0 };
     let storage = uring::open_storage(read_only)?;
-    if !storage.exists(dir)? {
-        return Err(Error::NotFound { path: dir.to_owned() });
-    }
+    existing_store(storage.as_ref(), dir)?;
     let _lock = storage.lock_shared(&dir.join(LOCK_FILE))?;
     Ok(wal::inspect(storage, &dir.join(WAL_DIR), on_frame)?)
+}
+
+/// Checks that `dir` holds a store with its log, for opening it without
+/// changing it.
+///
+/// # Errors
+/// [`Error::NotFound`] for nothing there, [`Error::NotAStore`] for
+/// something else (or a store without its log).
+fn existing_store(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    match marker::recognise(storage, dir, WAL_DIR)? {
+        Found::Store if storage.exists(&dir.join(WAL_DIR))? => Ok(()),
+        Found::Store => Err(not_a_store(storage, dir)?),
+        Found::Foreign(found) => Err(Error::NotAStore { path: dir.to_owned(), found }),
+        Found::Nothing => Err(Error::NotFound { path: dir.to_owned() }),
+    }
+}
+
+/// The error for a store whose log is gone, naming what is left.
+fn not_a_store(storage: &dyn Storage, dir: &Path) -> Result<Error> {
+    let mut found = storage.list_dir(dir)?;
+    found.sort();
+    Ok(Error::NotAStore { path: dir.to_owned(), found: found.join(", ") })
 }
 
 /// Checks that a WAL payload decodes as a batch.

@@ -27,14 +27,25 @@ pub enum Error {
         /// The directory.
         path: PathBuf,
     },
-    /// The directory holds files but no `wal/`: not a store, or a store
-    /// whose log was removed. Never opened as an empty store.
-    #[error("{} is not a ringkv store: it holds {found:?} but no wal/ directory", path.display())]
+    /// The directory holds files but no store marker (`RINGKV`), or a
+    /// marker but no `wal/` (a store whose log was removed): never opened
+    /// as an empty store.
+    #[error("{} is not a ringkv store (or has lost its log): it holds {found:?}", path.display())]
     NotAStore {
         /// The directory.
         path: PathBuf,
         /// One of the entries found in it.
         found: String,
+    },
+    /// The store was written by a ringkv of another on-disk format.
+    #[error("{} says format {format}; this ringkv reads format {supported}", path.display())]
+    UnsupportedFormat {
+        /// The marker file.
+        path: PathBuf,
+        /// The format it names.
+        format: u32,
+        /// The format this code reads.
+        supported: u32,
     },
     /// A write to a store opened with [`crate::Kv::open_read_only`].
     #[error("{} is open read-only", path.display())]

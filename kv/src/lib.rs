@@ -34,6 +34,7 @@ mod batch;
 mod constants;
 mod db;
 mod error;
+mod marker;
 mod memtable;
 
 pub use batch::WriteBatch;

@@ -31,6 +31,30 @@ fn a_new_store_keeps_its_first_acknowledged_write_through_a_power_cut() {
     }
 }
 
+/// A power cut at any call of a store's creation leaves a directory the
+/// next open completes as a store (a half-written marker is no foreign
+/// file), never refuses.
+#[test]
+fn a_creation_cut_short_anywhere_is_completed_by_the_next_open() {
+    let dir = Path::new("/data/store");
+    let calls = {
+        let disk = SimStorage::new();
+        drop(Kv::open_on(Arc::new(disk.clone()), dir, common::options(common::AUTO)).unwrap());
+        disk.calls()
+    };
+    for cut in 0..calls {
+        for seed in 0..4 {
+            let disk = SimStorage::new().seeded(seed);
+            disk.power_cut_at(cut);
+            let _ = Kv::open_on(Arc::new(disk.clone()), dir, common::options(common::AUTO));
+            let after = disk.after_power_cut(seed);
+            let db = Kv::open_on(Arc::new(after), dir, common::options(common::AUTO))
+                .unwrap_or_else(|e| panic!("cut at call {cut} of {calls}, seed={seed}: {e}"));
+            db.put("k", "v").unwrap();
+        }
+    }
+}
+
 /// Finding 4. Regression: a store whose `wal/` was gone opened as a new,
 /// empty store.
 #[test]
@@ -43,7 +67,7 @@ fn a_store_whose_log_directory_is_gone_is_refused() {
     match Kv::open_with(dir.path(), common::options(common::AUTO)) {
         Err(Error::NotAStore { path, found }) => {
             assert_eq!(path, dir.path());
-            assert_eq!(found, "LOCK");
+            assert_eq!(found, "LOCK, RINGKV");
         }
         Err(e) => panic!("expected NotAStore, got {e:?}"),
         Ok(_) => panic!("a store without its log opened empty"),
@@ -54,6 +78,38 @@ fn a_store_whose_log_directory_is_gone_is_refused() {
     std::fs::write(other.path().join("notes.txt"), "mine").unwrap();
     let err = Kv::open_with(other.path(), common::options(common::AUTO)).expect_err("not a store");
     assert!(err.to_string().contains("notes.txt"), "{err}");
+}
+
+/// A store is recognised by its marker: another program's directory is
+/// refused even if it has a `wal/` of its own, a marker of a later format is
+/// refused naming it, and a creation cut short (only an empty `wal/`) is
+/// completed.
+#[test]
+fn a_store_is_recognised_by_its_marker() {
+    let options = common::options(common::AUTO);
+    let foreign = common::temp_dir("foreign");
+    std::fs::create_dir(foreign.path().join("wal")).unwrap();
+    std::fs::write(foreign.path().join("wal/000001.log"), "someone else's log").unwrap();
+    let err = Kv::open_with(foreign.path(), options).expect_err("not ours");
+    assert!(matches!(&err, Error::NotAStore { found, .. } if found == "wal"), "{err:?}");
+    let out = common::kv_bin().arg("--db").arg(foreign.path()).arg("stats").output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_dir(foreign.path().join("wal")).unwrap().count(), 1, "nothing added");
+
+    let interrupted = common::temp_dir("interrupted");
+    std::fs::create_dir(interrupted.path().join("wal")).unwrap();
+    let db = Kv::open_with(interrupted.path(), options).expect("creation completed");
+    db.put("k", "v").unwrap();
+    drop(db);
+    let marker = std::fs::read(interrupted.path().join("RINGKV")).unwrap();
+    assert!(marker.starts_with(b"ringkv store\nformat 1\n") && marker.len() == 4096);
+
+    let mut later = marker.clone();
+    later[20] = b'7';
+    std::fs::write(interrupted.path().join("RINGKV"), &later).unwrap();
+    let err = Kv::open_with(interrupted.path(), options).expect_err("a later format");
+    assert!(matches!(err, Error::UnsupportedFormat { format: 7, supported: 1, .. }), "{err:?}");
+    assert!(err.to_string().contains("RINGKV"), "{err}");
 }
 
 #[test]

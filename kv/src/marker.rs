@@ -1,0 +1,103 @@
+//! The store marker: `RINGKV` in the store's directory says that the
+//! directory is a ringkv store, and of which format.
+//!
+//! ```text
+//! "ringkv store\nformat 1\n", then zeros to 4096 bytes (one block, for O_DIRECT)
+//! ```
+//!
+//! A store is created as: the directories (`wal/` included, each parent
+//! synced), then the marker, written to `RINGKV.tmp`, synced, renamed into
+//! place and the directory synced; only then does the log get its first
+//! segment. So a directory without a marker holds, at most, an empty `wal/`
+//! and a `RINGKV.tmp` left by an interrupted creation, which the next open
+//! completes; anything
+//! else in it means it is not a store, and it is refused, never adopted.
+
+use std::path::Path;
+
+use uring::{AlignedBuf, OpenMode, Storage, BLOCK_BYTES};
+
+use crate::error::{Error, Result};
+
+/// The marker's file name.
+pub(crate) const MARKER: &str = "RINGKV";
+/// The format this code reads and writes.
+pub(crate) const FORMAT: u32 = 1;
+/// The marker before its rename.
+const TEMPORARY: &str = "RINGKV.tmp";
+const MAGIC: &[u8] = b"ringkv store\nformat ";
+
+/// What a directory holds.
+pub(crate) enum Found {
+    /// A store (its marker checked).
+    Store,
+    /// Nothing: missing, empty, or an interrupted creation.
+    Nothing,
+    /// Files of something else (one of them named).
+    Foreign(String),
+}
+
+/// Looks at `dir` (the `wal_dir` name is what an interrupted creation may
+/// have left).
+///
+/// # Errors
+/// [`Error::UnsupportedFormat`] or [`Error::NotAStore`] for a marker that
+/// is not ours; storage errors.
+pub(crate) fn recognise(storage: &dyn Storage, dir: &Path, wal_dir: &str) -> Result<Found> {
+    if !storage.exists(dir)? {
+        return Ok(Found::Nothing);
+    }
+    let marker = dir.join(MARKER);
+    if storage.exists(&marker)? {
+        check(storage, dir)?;
+        return Ok(Found::Store);
+    }
+    let mut found = storage.list_dir(dir)?;
+    found.sort();
+    for name in found {
+        let interrupted = name == TEMPORARY || name == wal_dir && storage.list_dir(&dir.join(wal_dir))?.is_empty();
+        if !interrupted {
+            return Ok(Found::Foreign(name));
+        }
+    }
+    Ok(Found::Nothing)
+}
+
+/// Writes the marker durably (temporary file, sync, rename, directory sync).
+///
+/// # Errors
+/// Storage errors naming the file.
+pub(crate) fn write(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    let mut block = AlignedBuf::new(BLOCK_BYTES);
+    let text = format!("ringkv store\nformat {FORMAT}\n");
+    block[..text.len()].copy_from_slice(text.as_bytes());
+    let tmp = dir.join(TEMPORARY);
+    let file = storage.open(&tmp, OpenMode::Create)?;
+    file.write_at(0, &block)?;
+    file.sync_data()?;
+    storage.rename(&tmp, &dir.join(MARKER))?;
+    storage.sync_dir(dir)?;
+    Ok(())
+}
+
+/// Checks that the marker in `dir` is ours, of a format this code reads.
+fn check(storage: &dyn Storage, dir: &Path) -> Result<()> {
+    let path = dir.join(MARKER);
+    let file = storage.open(&path, OpenMode::Existing)?;
+    let mut block = AlignedBuf::new(BLOCK_BYTES);
+    let size = file.size_bytes()?;
+    if size != BLOCK_BYTES as u64 {
+        return Err(Error::NotAStore { path: dir.to_owned(), found: format!("{MARKER} of {size} bytes") });
+    }
+    file.read_at(0, &mut block)?;
+    let Some(rest) = block.strip_prefix(MAGIC) else {
+        return Err(Error::NotAStore { path: dir.to_owned(), found: format!("{MARKER} of another program") });
+    };
+    let digits: Vec<u8> = rest.iter().copied().take_while(u8::is_ascii_digit).collect();
+    let format = std::str::from_utf8(&digits).ok().and_then(|d| d.parse::<u32>().ok());
+    match format {
+        Some(FORMAT) => Ok(()),
+        Some(format) => Err(Error::UnsupportedFormat { path, format, supported: FORMAT }),
+        None => Err(Error::NotAStore { path: dir.to_owned(), found: format!("{MARKER} without a format") }),
+    }
+}
