@@ -11,6 +11,14 @@
 //! What it is not (yet): the data set lives in memory and in the log; the
 //! B-tree page file and checkpointer come later. No networking here.
 //!
+//! # Aborts
+//! With the io_uring backend, if the `io_uring_enter` call itself fails
+//! (other than `EINTR`/`EAGAIN`/`EBUSY`; I/O errors are typed errors) while
+//! operations are in flight, the kernel may still use buffers the store
+//! would free or reuse: ringkv prints the error and aborts the process
+//! rather than risk memory corruption. This does not happen on a working
+//! kernel; [`Io::Syscall`] never aborts.
+//!
 //! ```
 //! use ringkv::{Kv, WriteBatch};
 //!
