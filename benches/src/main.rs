@@ -54,7 +54,12 @@ struct Args {
 }
 
 fn main() {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    // Warnings only (fallbacks), no colour codes unless stderr is a terminal.
+    tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let mut args = Args::parse();
     if args.quick {
         args.seconds = 0.3;
