@@ -1,6 +1,7 @@
 //! The ringkv benchmark suite: group-commit latency and throughput, bulk
 //! load, reads and a mixed workload, for ringkv on io_uring and on plain
-//! system calls, the physical group-commit baseline, and (with `--features
+//! system calls, two baselines (a minimal group-commit loop and inline
+//! pwrite + fdatasync), and (with `--features
 //! peers`) RocksDB, SQLite, redb and fjall, in one run on the same disk.
 //! Writes a table, CSV, JSON and SVG plots.
 
@@ -79,6 +80,12 @@ fn main() {
     for (system, note) in systems::setup_notes().into_iter().filter(|(s, _)| systems.contains(s)) {
         println!("# {system}: {note}");
     }
+    let (sync_p50, sync_p99) = baseline::disk_sync_us(&workspace.path, DISK_LINE_SAMPLES);
+    println!(
+        "# disk line: one 4 KiB pwrite + fdatasync into a zero-filled file, {DISK_LINE_SAMPLES} samples: \
+         p50 {sync_p50:.0} us, p99 {sync_p99:.0} us; one at a time that is {:.0} commits/s",
+        1e6 / sync_p50
+    );
     let measurements = run_all(&args, &systems, &workspace.path);
     let rows = report::rows(&measurements);
     println!("{}", report::table_header());
@@ -90,6 +97,9 @@ fn main() {
     }
     workspace.remove();
 }
+
+/// Samples of the disk line (one write + fdatasync each).
+const DISK_LINE_SAMPLES: usize = 500;
 
 /// The directory one run works in: created new inside `--dir` (never an
 /// existing one), and the only thing the run removes, with `--dir` itself

@@ -1,4 +1,4 @@
-//! The systems compared: ringkv on each backend, the physical baseline,
+//! The systems compared: ringkv on each backend, the two baselines,
 //! and (feature `peers`) the stores users pick instead, each set up for
 //! durable writes the way its own documentation recommends.
 
@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use kv::{Io, Kv, Options, SyncMode, WriteBatch};
 
-use crate::baseline::Baseline;
+use crate::baseline::{GroupLoop, Inline};
 
 /// A store under test: every write returns once durable.
 pub trait Store: Send + Sync {
@@ -15,7 +15,7 @@ pub trait Store: Send + Sync {
     fn put(&self, key: &[u8], value: &[u8]);
     /// One durable atomic batch.
     fn put_batch(&self, pairs: &[(Vec<u8>, Vec<u8>)]);
-    /// A point read; `None` where the system has no reads (the baseline).
+    /// A point read; `None` where the system has no reads (the baselines).
     fn get(&self, key: &[u8]) -> Option<Option<Vec<u8>>>;
     /// Syncs issued so far, where the system counts them.
     fn syncs(&self) -> Option<u64> {
@@ -33,7 +33,8 @@ pub fn setup_notes() -> Vec<(&'static str, &'static str)> {
         ("ringkv-io_uring", "Kv::open with default options (Io::Auto on io_uring, SyncMode::RwfDsync, Durability::Sync): group commit, one RWF_DSYNC WriteFixed per batch, one batch at a time, O_DIRECT"),
         ("ringkv-io_uring-linked", "as ringkv-io_uring but SyncMode::LinkedFsync: linked WriteFixed -> Fsync(DATASYNC) chains, pipelined (next batch written while the previous sync is in flight)"),
         ("ringkv-syscall", "Kv::open, Io::Syscall, Durability::Sync: group commit, pwrite + fdatasync per batch, one at a time, O_DIRECT"),
-        ("baseline", "no store: one thread appends each gathered group to a zero-filled file with pwrite + fdatasync (the disk's limit for this pattern)"),
+        ("group-loop", "no store: a minimal group-commit loop; writers hand records over a channel to one thread, which pwrites everything queued to a zero-filled file, fdatasyncs once and unparks exactly that group's writers"),
+        ("inline", "no store: each caller pwrites its record to a zero-filled file and fdatasyncs it, under a mutex"),
     ];
     if cfg!(feature = "peers") {
         notes.extend([
@@ -59,7 +60,8 @@ pub fn open(name: &str, dir: &Path) -> Arc<dyn Store> {
         "ringkv-io_uring" => Arc::new(ringkv(dir, Io::Uring, SyncMode::RwfDsync)),
         "ringkv-io_uring-linked" => Arc::new(ringkv(dir, Io::Uring, SyncMode::LinkedFsync)),
         "ringkv-syscall" => Arc::new(ringkv(dir, Io::Syscall, SyncMode::default())),
-        "baseline" => Arc::new(Baseline::open(dir)),
+        "group-loop" => Arc::new(GroupLoop::open(dir)),
+        "inline" => Arc::new(Inline::open(dir)),
         #[cfg(feature = "peers")]
         other => crate::peers::open(other, dir),
         #[cfg(not(feature = "peers"))]

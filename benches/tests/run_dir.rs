@@ -6,7 +6,7 @@ use std::process::Command;
 
 fn bench(dir: &std::path::Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_benches"))
-        .args(["--quick", "--workloads", "commit", "--threads", "1", "--systems", "ringkv-syscall,baseline"])
+        .args(["--quick", "--workloads", "commit", "--threads", "1", "--systems", "ringkv-syscall,group-loop,inline"])
         .arg("--dir")
         .arg(dir)
         .arg("--out")
