@@ -52,7 +52,10 @@ pub enum CommitEvent {
     },
 }
 
-/// The commit path of one log, owned by one thread.
+/// The commit path of one log, used by one thread at a time (it moves
+/// between threads with the log's leadership). The thread that submits a
+/// commit must wait for its last event before it may exit: io_uring
+/// cancels the requests of a thread that exits.
 pub trait CommitQueue: Send {
     /// [`COMMIT_BUFFERS`] buffers of at least `len` bytes for `submit`,
     /// registered with the queue's ring where it has one.

@@ -1,38 +1,37 @@
-//! The committer thread: it swaps out the batch writers gathered, seals it
-//! (stamping the durable LSN it vouches for), hands it to the storage's
-//! commit queue, and acknowledges batches strictly in log order, each only
-//! once its own sync succeeded.
+//! The commit state a leader holds (`writer.rs` says how leadership moves):
+//! it swaps out the batch writers gathered, seals it (stamping the durable
+//! LSN it vouches for), hands it to the storage's commit queue, and
+//! acknowledges batches strictly in log order, each only once its own sync
+//! succeeded.
 //!
 //! How a batch is written and synced, and how many may be in flight at
 //! once, is the commit queue's decision (`uring::CommitQueue`, chosen where
-//! the storage was opened); the committer follows `depth`. Two state
-//! machines: the [`Pipeline`] of batches in flight, and the committer
+//! the storage was opened); the leader follows `depth`. Two state
+//! machines: the [`Pipeline`] of batches in flight, and the [`Committer`]
 //! around it (taking batches, entering segments, poisoning).
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use std::thread::Thread;
+
 use uring::{CommitEvent, CommitQueue, File, IoBuf, OpenMode};
 
 use crate::error::{Error, Result};
 use crate::segment::{self, Segment};
-use crate::writer::{Batch, Done, Shared};
+use crate::writer::{Batch, Failure, Shared};
 use crate::Lsn;
-
-/// How long an idle committer polls for the next frame before sleeping:
-/// a writer just answered usually sends its next frame within microseconds.
-const IDLE_POLL: Duration = Duration::from_micros(50);
 
 /// A batch handed to the commit queue and not yet acknowledged.
 struct InFlight {
     ticket: u64,
+    start: Lsn,
     /// Where the next batch starts: the durable end once this one is.
     end: Lsn,
     frames: u64,
-    waiters: Vec<Sender<Done>>,
+    /// Writers waiting for it.
+    waiters: Vec<Thread>,
     /// Its own sync succeeded.
     synced: bool,
 }
@@ -69,20 +68,10 @@ impl Pipeline {
     }
 }
 
-/// What `take_batch` found.
-enum Take {
-    Batch(Batch),
-    /// Nothing gathered (and not asked to wait).
-    Empty,
-    /// Closed, and nothing gathered.
-    Closed,
-}
-
 /// A segment being created in the background: its start and its thread.
 type Preparing = (Lsn, std::thread::JoinHandle<Result<Segment>>);
 
 pub(crate) struct Committer {
-    shared: Arc<Shared>,
     pipeline: Pipeline,
     /// The segment the last batch went into, and its file.
     segment: Segment,
@@ -93,12 +82,15 @@ pub(crate) struct Committer {
     /// The next segment, being created (zero-filled, synced) in the
     /// background so that crossing into it does not stall commits.
     preparing: Option<Preparing>,
+    /// Writers of batches acknowledged (or failed) not yet woken: woken
+    /// before the leader blocks, or after it hands over.
+    acknowledged: Vec<Thread>,
 }
 
 impl Committer {
-    /// A committer whose log ends at `end`, inside `segment` (open as `file`).
+    /// The commit state of a log ending at `end`, inside `segment` (open as
+    /// `file`).
     pub(crate) fn new(
-        shared: Arc<Shared>,
         queue: Box<dyn CommitQueue>,
         spare: IoBuf,
         segment: Segment,
@@ -107,163 +99,196 @@ impl Committer {
     ) -> Committer {
         assert!(segment.contains(end), "the tail lies in the tail segment");
         let pipeline = Pipeline { queue, batches: VecDeque::new(), spare: Some(spare) };
-        Committer { shared, pipeline, segment, file, submitted_end: end, poisoned: false, preparing: None }
+        Committer {
+            pipeline,
+            segment,
+            file,
+            submitted_end: end,
+            poisoned: false,
+            preparing: None,
+            acknowledged: Vec::new(),
+        }
     }
 
-    pub(crate) fn run(mut self) {
-        loop {
-            let idle = self.pipeline.is_empty();
-            if !self.poisoned && self.pipeline.has_room(self.file.as_ref()) {
-                match self.take_batch(idle) {
-                    Take::Batch(batch) => {
-                        self.commit(batch);
-                        continue;
-                    }
-                    Take::Closed => break,
-                    Take::Empty => {}
-                }
+    /// Commits until the log is durable to `target` (or poisoned, or there
+    /// is nothing left to commit), then lets what is still in flight
+    /// finish: see [`Committer::settle`].
+    pub(crate) fn lead(&mut self, shared: &Shared, target: Lsn) {
+        while !self.poisoned && shared.durable_lsn() < target {
+            if !self.step(shared) {
+                break;
             }
-            if self.pipeline.is_empty() {
-                if self.poisoned {
-                    break;
-                }
-                continue;
-            }
-            let event = self.pipeline.queue.wait();
-            self.handle(event);
         }
-        // No file operation may outlive the log (its lock goes next).
+        self.settle(shared);
+    }
+
+    /// Commits until the gathering batch has been swapped out (so a frame
+    /// that did not fit may try again), or the log is poisoned; then lets
+    /// what is in flight finish.
+    pub(crate) fn make_room(&mut self, shared: &Shared) {
+        let gathering = shared.lock_tail().gathering.seq;
+        while !self.poisoned && shared.lock_tail().gathering.seq == gathering {
+            if !self.step(shared) {
+                break;
+            }
+        }
+        self.settle(shared);
+    }
+
+    /// Commits everything gathered, lets it finish, and joins the segment
+    /// preparer.
+    pub(crate) fn drain(&mut self, shared: &Shared) {
+        while !self.poisoned && self.step(shared) {}
+        self.settle(shared);
         if let Some((_, handle)) = self.preparing.take() {
             let _ = handle.join();
         }
     }
 
-    /// Swaps the gathered batch out for an empty one in the spare buffer.
-    /// With `block`, waits for frames (or the close) first.
-    fn take_batch(&mut self, block: bool) -> Take {
-        if block {
-            let polling_until = Instant::now() + IDLE_POLL;
-            while !self.shared.has_frames.load(Ordering::Acquire) && Instant::now() < polling_until {
-                std::thread::yield_now();
+    /// Handles events until nothing is in flight (also after a failure).
+    /// A leader steps down only then: io_uring cancels the requests a
+    /// thread submitted when that thread exits, and a leader is any
+    /// caller's thread, free to exit once its write returns.
+    fn settle(&mut self, shared: &Shared) {
+        while !self.pipeline.is_empty() {
+            self.wait(shared);
+        }
+    }
+
+    /// Handles the next event, having first woken the writers already
+    /// acknowledged (they must not wait for a later batch's I/O).
+    fn wait(&mut self, shared: &Shared) {
+        for waiter in self.acknowledged.drain(..) {
+            waiter.unpark();
+        }
+        let event = self.pipeline.queue.wait();
+        self.handle(shared, event);
+    }
+
+    /// The writers acknowledged and not yet woken.
+    pub(crate) fn take_acknowledged(&mut self) -> Vec<Thread> {
+        std::mem::take(&mut self.acknowledged)
+    }
+
+    /// One step: submit the gathered batch if there is room, else handle
+    /// the next event. False if there was nothing to do.
+    fn step(&mut self, shared: &Shared) -> bool {
+        if self.pipeline.has_room(self.file.as_ref()) {
+            if let Some(batch) = self.take_batch(shared) {
+                self.commit(shared, batch);
+                return true;
             }
         }
-        let shared = &*self.shared;
+        if self.pipeline.is_empty() {
+            return false;
+        }
+        self.wait(shared);
+        true
+    }
+
+    /// Whether nothing is in flight (as a leader leaves it).
+    pub(crate) fn is_idle(&self) -> bool {
+        self.pipeline.is_empty()
+    }
+
+    /// Swaps the gathered batch out for an empty one in the spare buffer;
+    /// `None` if nothing is gathered.
+    fn take_batch(&mut self, shared: &Shared) -> Option<Batch> {
         let mut tail = shared.lock_tail();
         if tail.gathering.is_empty() {
-            if !block {
-                return Take::Empty;
-            }
-            while tail.gathering.is_empty() && !tail.closed {
-                tail.committer_sleeping = true;
-                tail = shared.work.wait(tail).expect("WAL tail lock");
-            }
-            if tail.gathering.is_empty() {
-                return Take::Closed;
-            }
+            return None;
         }
         let next_start = tail.gathering.end();
         if next_start == tail.segment_end {
             tail.segment_end = Lsn(tail.segment_end.0 + shared.options.segment_bytes);
         }
         let spare = self.pipeline.spare.take().expect("room was checked");
-        let batch = std::mem::replace(&mut tail.gathering, Batch::new(spare, next_start));
-        shared.has_frames.store(false, Ordering::Release);
+        let next_seq = tail.gathering.seq + 1;
+        let batch = std::mem::replace(&mut tail.gathering, Batch::new(spare, next_start, next_seq));
         if tail.writers_waiting > 0 {
             shared.room.notify_all();
         }
-        Take::Batch(batch)
+        Some(batch)
     }
 
     /// Seals `batch` and hands it to the commit queue.
-    fn commit(&mut self, mut batch: Batch) {
-        if let Err(e) = self.enter_segment_of(batch.start) {
-            let waiters = std::mem::take(&mut batch.waiters);
+    fn commit(&mut self, shared: &Shared, mut batch: Batch) {
+        if let Err(e) = self.enter_segment_of(shared, batch.start) {
+            let (start, end) = (batch.start, batch.end());
+            self.acknowledged.append(&mut batch.waiters);
             self.pipeline.spare = Some(batch.buf);
-            self.poison(e, waiters);
+            self.poison(shared, e, Some((start, end)));
             return;
         }
-        let durable = self.shared.durable_lsn();
-        let len = batch.seal(durable, self.shared.options.term);
-        let (end, frames) = (batch.end(), batch.frames());
+        let durable = shared.durable_lsn();
+        let len = batch.seal(durable, shared.options.term);
+        let (start, end, frames) = (batch.start, batch.end(), batch.frames());
+        let waiters = std::mem::take(&mut batch.waiters);
         let offset = batch.start.0 - self.segment.start.0;
         assert!(offset + len as u64 <= self.segment.size_bytes, "a batch stays inside its segment");
         let ticket = self.pipeline.queue.submit(&self.file, offset, batch.buf, len);
-        self.pipeline.batches.push_back(InFlight { ticket, end, frames, waiters: batch.waiters, synced: false });
+        self.pipeline.batches.push_back(InFlight { ticket, start, end, frames, waiters, synced: false });
         self.submitted_end = end;
-        self.prepare_next_segment();
+        self.prepare_next_segment(shared);
     }
 
-    fn handle(&mut self, event: CommitEvent) {
+    fn handle(&mut self, shared: &Shared, event: CommitEvent) {
         match event {
             CommitEvent::Written { ticket, buf, result } => {
                 assert!(self.pipeline.spare.is_none(), "one write at a time: the other buffer gathers");
                 self.pipeline.spare = Some(buf);
                 if let Err(e) = result {
-                    self.fail(ticket, Error::Storage(e));
+                    self.fail(shared, ticket, Error::Storage(e));
                 }
             }
             CommitEvent::Synced { ticket, result: Ok(()) } => {
-                self.shared.counters.syncs.fetch_add(1, Ordering::Relaxed);
+                if self.poisoned {
+                    return; // proves nothing once another batch failed
+                }
+                shared.counters.syncs.fetch_add(1, Ordering::Relaxed);
                 for batch in self.pipeline.synced(ticket) {
-                    self.made_durable(batch.end, batch.frames);
-                    for waiter in batch.waiters {
-                        let _ = waiter.send(Ok(()));
-                    }
+                    shared.made_durable(batch.end, batch.frames);
+                    self.acknowledged.extend(batch.waiters);
                 }
             }
-            CommitEvent::Synced { ticket, result: Err(e) } => self.fail(ticket, Error::Storage(e)),
+            CommitEvent::Synced { ticket, result: Err(e) } => self.fail(shared, ticket, Error::Storage(e)),
         }
-    }
-
-    /// Publishes `end` as the durable end of the log.
-    fn made_durable(&self, end: Lsn, frames: u64) {
-        let counters = &self.shared.counters;
-        let before = self.shared.durable_lsn();
-        assert!(end > before, "a batch moves the durable end forward");
-        counters.commits.fetch_add(frames, Ordering::Relaxed);
-        counters.bytes.fetch_add(end.0 - before.0, Ordering::Relaxed);
-        self.shared.durable.store(end.0, Ordering::SeqCst);
-        self.shared.wake_syncers();
     }
 
     /// Batch `ticket` failed with `error`: its writers get that error.
-    fn fail(&mut self, ticket: u64, error: Error) {
+    fn fail(&mut self, shared: &Shared, ticket: u64, error: Error) {
         if self.poisoned {
             return; // a later event of a batch already failed
         }
-        let at = self.pipeline.batches.iter().position(|b| b.ticket == ticket).expect("a batch in flight");
-        let batch = self.pipeline.batches.remove(at).expect("found");
-        self.poison(error, batch.waiters);
+        let batch = self.pipeline.batches.iter().find(|b| b.ticket == ticket).expect("a batch in flight");
+        let range = (batch.start, batch.end);
+        self.poison(shared, error, Some(range));
     }
 
-    /// `error` failed the writers in `failed`, who get it; every other
-    /// writer not yet answered, and every later one, gets `Poisoned` naming
-    /// it. Batches in flight are failed too: a sync that succeeds after
-    /// another failed proves nothing of the failed one's data.
-    fn poison(&mut self, error: Error, failed: Vec<Sender<Done>>) {
+    /// `error` failed the batch at `failed`, whose writers get it; every
+    /// other writer not yet answered, and every later one, gets `Poisoned`
+    /// naming it. Batches in flight are failed too: a sync that succeeds
+    /// after another failed proves nothing of the failed one's data.
+    fn poison(&mut self, shared: &Shared, error: Error, failed: Option<(Lsn, Lsn)>) {
         let cause = Arc::new(error.clone());
-        for waiter in failed {
-            let _ = waiter.send(Err(error.clone()));
-        }
+        let failure = failed.map(|(start, end)| Failure { start, end, error });
         for batch in self.pipeline.batches.drain(..) {
-            for waiter in batch.waiters {
-                let _ = waiter.send(Err(Error::Poisoned { cause: cause.clone() }));
-            }
+            self.acknowledged.extend(batch.waiters);
         }
         self.poisoned = true;
-        self.shared.poison(cause);
+        shared.poison(cause, failure);
     }
 
     /// Opens the segment a batch starting at `start` goes into, if it is
     /// the next one.
-    fn enter_segment_of(&mut self, start: Lsn) -> Result<()> {
+    fn enter_segment_of(&mut self, shared: &Shared, start: Lsn) -> Result<()> {
         if self.segment.contains(start) {
             return Ok(());
         }
         assert_eq!(start, self.segment.end(), "batches fill segments in order");
-        let segment = self.take_segment(start)?;
-        self.file = self.shared.storage.open(&segment.path, OpenMode::Existing)?;
-        self.shared.lock_segments().push(segment.clone());
+        let segment = self.take_segment(shared, start)?;
+        self.file = shared.storage.open(&segment.path, OpenMode::Existing)?;
+        shared.lock_segments().push(segment.clone());
         self.segment = segment;
         Ok(())
     }
@@ -271,13 +296,12 @@ impl Committer {
     /// Starts creating the segment after the current one in the background,
     /// once the current one is half full: early enough to be ready, late
     /// enough that its zeros do not compete with commits just after open.
-    fn prepare_next_segment(&mut self) {
+    fn prepare_next_segment(&mut self, shared: &Shared) {
         let used = self.submitted_end.0 - self.segment.start.0;
         if self.preparing.is_some() || used < self.segment.size_bytes / 2 {
             return;
         }
         let start = self.segment.end();
-        let shared = &self.shared;
         let (storage, dir, size_bytes) = (shared.storage.clone(), shared.dir.clone(), shared.options.segment_bytes);
         let handle = std::thread::Builder::new()
             .name("ringkv-wal-segment".into())
@@ -288,7 +312,7 @@ impl Committer {
 
     /// The segment starting at `start`: the one prepared in the background
     /// if it is ready and right, else one created now.
-    fn take_segment(&mut self, start: Lsn) -> Result<Segment> {
+    fn take_segment(&mut self, shared: &Shared, start: Lsn) -> Result<Segment> {
         if let Some((prepared_start, handle)) = self.preparing.take() {
             match handle.join() {
                 Ok(Ok(segment)) if prepared_start == start => return Ok(segment),
@@ -296,7 +320,6 @@ impl Committer {
                 _ => {}
             }
         }
-        let shared = &self.shared;
         segment::create(shared.storage.as_ref(), &shared.dir, start, shared.options.segment_bytes)
     }
 }

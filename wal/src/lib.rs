@@ -49,7 +49,6 @@ mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use uring::{DirLock, OpenMode, Storage};
 
@@ -138,10 +137,10 @@ impl WalStats {
     }
 }
 
-/// An open log with its committer thread.
+/// An open log. Its writers commit in turn (group commit without a
+/// committer thread: `writer.rs`).
 pub struct Wal {
-    shared: Arc<Shared>,
-    committer: Option<JoinHandle<()>>,
+    shared: Shared,
     recovered: Recovered,
     // Dropped after the committer has finished (field order).
     _lock: DirLock,
@@ -229,9 +228,9 @@ impl Wal {
         let mut queue = storage.commit_queue()?;
         let mut buffers = queue.buffers(COMMIT_BUFFER_BYTES);
         let spare = buffers.pop().expect("two commit buffers");
-        let gathering = Batch::new(buffers.pop().expect("two commit buffers"), end);
-        let shared = Shared::new(storage, dir.to_owned(), options, payload_bytes_max, segments, gathering);
-        let committer = Committer::new(shared.clone(), queue, spare, tail_segment, file, end);
+        let gathering = Batch::new(buffers.pop().expect("two commit buffers"), end, 0);
+        let committer = Committer::new(queue, spare, tail_segment, file, end);
+        let shared = Shared::new(storage, dir.to_owned(), options, payload_bytes_max, segments, gathering, committer);
         recovered.frames = frames;
         recovered.elapsed = started.elapsed();
         tracing::info!(
@@ -239,16 +238,15 @@ impl Wal {
             dropped_bytes = recovered.dropped.as_ref().map_or(0, |d| d.copy_bytes),
             elapsed_ms = recovered.elapsed.as_millis() as u64, "recovered the WAL"
         );
-        let handle = std::thread::Builder::new()
-            .name("ringkv-wal-committer".into())
-            .spawn(move || committer.run())
-            .expect("spawn the WAL committer");
-        Ok(Wal { shared, committer: Some(handle), recovered, _lock: lock })
+        Ok(Wal { shared, recovered, _lock: lock })
     }
 
-    /// Appends one frame. With `wait`, returns once the frame is durable;
-    /// without, once it is ordered in the log (durable with the sync of the
-    /// batch it joined, which the committer starts as soon as it can).
+    /// Appends one frame. With `wait`, returns once the frame is durable
+    /// (the caller writes and syncs its batch itself if no other caller is
+    /// doing so); without, once it is ordered in the log: it is written and
+    /// synced with the next waiting append's batch, a [`Wal::sync`], a full
+    /// batch buffer, or the close; until then a crash (a killed process
+    /// too) may lose it, and only a suffix of such frames.
     /// Returns the frame's LSN.
     ///
     /// # Errors
@@ -256,11 +254,11 @@ impl Wal {
     /// batch (then the frame may or may not be durable); [`Error::Poisoned`]
     /// naming that error for every later call.
     pub fn append(&self, frame: FrameBuf, wait: bool) -> Result<Lsn> {
-        let (lsn, done) = self.shared.submit(frame, wait)?;
-        if let Some(done) = done {
-            done.recv().map_err(|_| Error::Closed)??;
+        let ticket = self.shared.place(&frame, wait)?;
+        if wait {
+            self.shared.await_durable(ticket)?;
         }
-        Ok(lsn)
+        Ok(ticket.lsn)
     }
 
     /// What the open's recovery did: frames replayed, a torn tail
@@ -343,11 +341,12 @@ impl Wal {
 impl Drop for Wal {
     fn drop(&mut self) {
         self.shared.close();
-        let Some(handle) = self.committer.take() else { return };
-        let committer_finished = handle.join().is_ok();
-        // Everything sent was made durable (or the log is poisoned): record
-        // where the log ends, so the next open can skip the search beyond it.
-        if committer_finished && self.shared.lock_tail().is_healthy() {
+        // Commits what was gathered, and reaps every operation in flight.
+        self.shared.lead_blocking().drain(&self.shared);
+        // Everything placed was made durable (or the log is poisoned):
+        // record where the log ends, so the next open can skip the search
+        // beyond it.
+        if self.shared.lock_tail().is_healthy() {
             let shared = &self.shared;
             if let Err(e) = clean::mark(shared.storage.as_ref(), &shared.dir, shared.durable_lsn()) {
                 tracing::warn!(error = %e, "could not record the clean close of the WAL");

@@ -1,30 +1,39 @@
-//! The writers' side of group commit.
+//! Group commit without a committer thread: writers lead in turn.
 //!
 //! Under the tail lock a writer takes the next LSN and copies its frame
 //! into the batch being gathered (its CRC over the payload was computed
-//! before, outside the lock); the committer thread (`committer.rs`) swaps
-//! the batch out, under the same lock, when it can write one. A batch
-//! starts at a block boundary, so no write ever covers bytes an earlier
-//! write covered: a write torn by a power cut can only damage its own,
-//! unacknowledged, frames. If the batch is full, or the next frame belongs
-//! to the next segment, the writer waits for the committer to swap in an
-//! empty one.
+//! before, outside the lock). Then, if no one leads, it becomes the leader:
+//! it holds the commit state (`committer.rs`: the commit queue, the
+//! segment, the batches in flight), swaps the gathered batch out, writes and
+//! syncs it, acknowledges it, and steps down once its own frame is durable.
+//! A lone writer thus commits on its own thread with no hand-off. Writers
+//! arriving meanwhile gather the next batch; each waiting one registers its
+//! thread with the batch and parks, so an acknowledgement unparks exactly
+//! that batch's writers (no herd, no mutex to re-take). A leader steps down
+//! only with nothing in flight (io_uring cancels a thread's requests when
+//! the thread exits, and a leader is a caller's thread), and unparks one
+//! writer of the batch gathered meanwhile to lead it, before the writers
+//! it acknowledged.
+//!
+//! A batch starts at a block boundary, so no write ever covers bytes an
+//! earlier write covered: a write torn by a power cut can only damage its
+//! own, unacknowledged, frames. If the batch is full, or the next frame
+//! belongs to the next segment, the writer leads to make room, or waits for
+//! the leader to.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::Thread;
 
-use crossbeam_channel::{Receiver, Sender};
 use uring::{IoBuf, Storage, BLOCK_BYTES};
 
+use crate::committer::Committer;
 use crate::constants::FRAME_HEADER_BYTES;
 use crate::error::{Error, Result};
 use crate::frame::{seal_frame, FrameBuf, FrameKind, Seal};
 use crate::segment::Segment;
 use crate::{Lsn, WalOptions, WalStats};
-
-/// How the committer tells a writer its frame is durable, or why not.
-pub(crate) type Done = Result<()>;
 
 /// A frame's place in a batch.
 struct Slot {
@@ -43,16 +52,20 @@ pub(crate) struct Batch {
     pub(crate) start: Lsn,
     fill: usize,
     slots: Vec<Slot>,
-    pub(crate) waiters: Vec<Sender<Done>>,
+    /// Its number: batches are numbered in log order.
+    pub(crate) seq: u64,
+    /// Writers waiting for it to be durable, woken (unparked) by whoever
+    /// acknowledges or fails it.
+    pub(crate) waiters: Vec<Thread>,
     /// No more frames fit in its segment: the next one goes into the next
     /// batch, at the next segment's start.
     ends_segment: bool,
 }
 
 impl Batch {
-    pub(crate) fn new(buf: IoBuf, start: Lsn) -> Batch {
+    pub(crate) fn new(buf: IoBuf, start: Lsn, seq: u64) -> Batch {
         assert_eq!(start.0 % BLOCK_BYTES as u64, 0, "a batch starts at a block boundary");
-        Batch { buf, start, fill: 0, slots: Vec::new(), waiters: Vec::new(), ends_segment: false }
+        Batch { buf, start, fill: 0, slots: Vec::new(), seq, waiters: Vec::new(), ends_segment: false }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -62,6 +75,11 @@ impl Batch {
     /// Batch frames (not padding) it holds.
     pub(crate) fn frames(&self) -> u64 {
         self.slots.iter().filter(|s| s.kind == FrameKind::Batch).count() as u64
+    }
+
+    /// Where its frames end (the next frame would go here).
+    pub(crate) fn fill_end(&self) -> Lsn {
+        Lsn(self.start.0 + self.fill as u64)
     }
 
     /// Where the next batch starts: the block after its last byte (the end
@@ -128,16 +146,32 @@ impl Batch {
     }
 }
 
-/// What writers and the committer share under the tail lock.
+/// A frame's place in the log.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ticket {
+    pub(crate) lsn: Lsn,
+    /// Where the frame ends: it is durable once the durable end reaches this.
+    pub(crate) end: Lsn,
+}
+
+/// The batch whose write or sync failed.
+pub(crate) struct Failure {
+    /// Its extent in the log.
+    pub(crate) start: Lsn,
+    pub(crate) end: Lsn,
+    pub(crate) error: Error,
+}
+
+/// What writers share under the tail lock.
 pub(crate) struct Tail {
     /// The batch writers copy frames into.
     pub(crate) gathering: Batch,
     /// End of the segment the gathering batch lies in.
     pub(crate) segment_end: Lsn,
     pub(crate) poisoned: Option<Arc<Error>>,
+    /// The batch that failed (its writers get the error itself).
+    pub(crate) failure: Option<Failure>,
     pub(crate) closed: bool,
-    /// The committer is asleep on `Shared::work`.
-    pub(crate) committer_sleeping: bool,
     /// Writers asleep on `Shared::room`.
     pub(crate) writers_waiting: usize,
 }
@@ -156,24 +190,24 @@ pub(crate) struct Counters {
     pub(crate) bytes: AtomicU64,
 }
 
-/// What the writer handles and the committer thread share.
+/// What the writer handles share.
 pub(crate) struct Shared {
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) dir: PathBuf,
     pub(crate) options: WalOptions,
     pub(crate) payload_bytes_max: usize,
     pub(crate) tail: Mutex<Tail>,
-    /// Writers wait here for an empty batch.
+    /// Writers wait here for room in the gathering batch.
     pub(crate) room: Condvar,
-    /// The committer waits here for frames.
-    pub(crate) work: Condvar,
-    /// `sync` callers wait here for the durable end to move.
-    pub(crate) synced: Condvar,
-    /// How many callers wait on `synced` (the committer signals only then).
-    pub(crate) sync_waiters: AtomicU64,
-    /// A frame was placed since the committer last took a batch (polled by
-    /// the idle committer before it sleeps).
-    pub(crate) has_frames: AtomicBool,
+    /// The commit state; whoever holds it leads.
+    leader: Mutex<Committer>,
+    /// Someone holds `leader` (set and cleared while holding it). A waiter
+    /// reads it before parking; a departing leader clears it and then
+    /// unparks a waiter of the gathering batch (an unpark before the park
+    /// makes the park return), so no wake-up is lost.
+    leader_busy: AtomicBool,
+    /// Set (under the tail lock) when the log is poisoned.
+    poisoned: AtomicBool,
     /// The end of the log acknowledged durable.
     pub(crate) durable: AtomicU64,
     pub(crate) counters: Counters,
@@ -189,32 +223,25 @@ impl Shared {
         payload_bytes_max: usize,
         segments: Vec<Segment>,
         gathering: Batch,
-    ) -> Arc<Shared> {
+        committer: Committer,
+    ) -> Shared {
         let segment_end = segments.last().expect("a live segment").end();
         let end = gathering.start;
-        let tail = Tail {
-            gathering,
-            segment_end,
-            poisoned: None,
-            closed: false,
-            committer_sleeping: false,
-            writers_waiting: 0,
-        };
-        Arc::new(Shared {
+        let tail = Tail { gathering, segment_end, poisoned: None, failure: None, closed: false, writers_waiting: 0 };
+        Shared {
             storage,
             dir,
             options,
             payload_bytes_max,
             tail: Mutex::new(tail),
             room: Condvar::new(),
-            work: Condvar::new(),
-            synced: Condvar::new(),
-            sync_waiters: AtomicU64::new(0),
-            has_frames: AtomicBool::new(false),
+            leader: Mutex::new(committer),
+            leader_busy: AtomicBool::new(false),
+            poisoned: AtomicBool::new(false),
             durable: AtomicU64::new(end.0),
             counters: Counters::default(),
             segments: Mutex::new(segments),
-        })
+        }
     }
 
     pub(crate) fn lock_tail(&self) -> MutexGuard<'_, Tail> {
@@ -226,7 +253,7 @@ impl Shared {
     }
 
     pub(crate) fn durable_lsn(&self) -> Lsn {
-        Lsn(self.durable.load(Ordering::Acquire))
+        Lsn(self.durable.load(Ordering::SeqCst))
     }
 
     pub(crate) fn stats(&self) -> WalStats {
@@ -238,16 +265,18 @@ impl Shared {
         }
     }
 
-    /// Places `frame` at the next position of the gathering batch. Returns
-    /// its LSN and, if `wait`, the channel its durability is told on.
-    pub(crate) fn submit(&self, frame: FrameBuf, wait: bool) -> Result<(Lsn, Option<Receiver<Done>>)> {
+    /// Places `frame` at the next position of the gathering batch, leading
+    /// (or waiting for the leader) to make room if it does not fit. With
+    /// `wait`, the calling thread is registered to be woken when the batch
+    /// is durable.
+    pub(crate) fn place(&self, frame: &FrameBuf, wait: bool) -> Result<Ticket> {
         let payload_bytes = frame.payload_bytes();
         if payload_bytes > self.payload_bytes_max {
             return Err(Error::FrameTooLarge { bytes: payload_bytes, limit: self.payload_bytes_max });
         }
         let crc = frame.payload_crc();
         let mut tail = self.lock_tail();
-        let lsn = loop {
+        loop {
             if let Some(cause) = &tail.poisoned {
                 return Err(Error::Poisoned { cause: cause.clone() });
             }
@@ -255,96 +284,157 @@ impl Shared {
                 return Err(Error::Closed);
             }
             let segment_end = tail.segment_end;
-            if let Some(lsn) = tail.gathering.place(&frame, crc, segment_end) {
-                break lsn;
+            if let Some(lsn) = tail.gathering.place(frame, crc, segment_end) {
+                let end = Lsn(lsn.0 + frame.as_bytes().len() as u64);
+                if wait {
+                    tail.gathering.waiters.push(std::thread::current());
+                }
+                return Ok(Ticket { lsn, end });
             }
-            tail.writers_waiting += 1;
-            if tail.committer_sleeping {
-                // The batch cannot take this frame: the committer must swap it out.
-                tail.committer_sleeping = false;
-                self.work.notify_one();
+            if self.leader_busy.load(Ordering::SeqCst) {
+                // The leader swaps the batch out, or wakes us when it leaves.
+                tail.writers_waiting += 1;
+                tail = self.room.wait(tail).expect("WAL tail lock");
+                tail.writers_waiting -= 1;
+                continue;
             }
-            tail = self.room.wait(tail).expect("WAL tail lock");
-            tail.writers_waiting -= 1;
-        };
-        let done = if wait {
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            tail.gathering.waiters.push(tx);
-            Some(rx)
-        } else {
-            None
-        };
-        self.has_frames.store(true, Ordering::Release);
-        let wake = std::mem::take(&mut tail.committer_sleeping);
-        drop(tail);
-        if wake {
-            self.work.notify_one();
-        }
-        Ok((lsn, done))
-    }
-
-    /// Returns once every frame placed so far is durable.
-    pub(crate) fn sync(&self) -> Result<()> {
-        let mut tail = self.lock_tail();
-        if !tail.gathering.is_empty() {
-            // Its batch is acknowledged after every batch before it.
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            tail.gathering.waiters.push(tx);
-            let wake = std::mem::take(&mut tail.committer_sleeping);
             drop(tail);
-            if wake {
-                self.work.notify_one();
+            if let Some(mut leader) = self.try_lead() {
+                leader.make_room(self);
+                self.step_down(leader);
             }
-            return rx.recv().map_err(|_| Error::Closed)?;
+            tail = self.lock_tail();
         }
-        // Everything placed lies in batches in flight, before this one.
-        let target = tail.gathering.start;
-        // Counted before the check: a committer that publishes after the
-        // check sees the count and wakes us (under this lock).
-        self.sync_waiters.fetch_add(1, Ordering::SeqCst);
-        let result = loop {
-            if let Some(cause) = &tail.poisoned {
-                break Err(Error::Poisoned { cause: cause.clone() });
+    }
+
+    /// Returns once the frame of `ticket` (placed with `wait`) is durable,
+    /// leading when no one else does.
+    ///
+    /// # Errors
+    /// The error that failed its batch; `Poisoned` if another batch failed
+    /// first.
+    pub(crate) fn await_durable(&self, ticket: Ticket) -> Result<()> {
+        loop {
+            if let Some(outcome) = self.outcome(ticket) {
+                return outcome;
             }
-            if self.durable.load(Ordering::SeqCst) >= target.0 {
-                break Ok(());
+            if let Some(mut leader) = self.try_lead() {
+                leader.lead(self, ticket.end);
+                self.step_down(leader);
+                continue;
             }
-            tail = self.synced.wait(tail).expect("WAL tail lock");
+            if self.leader_busy.load(Ordering::SeqCst) {
+                // Woken when the batch is acknowledged or failed, or to lead
+                // it (spuriously too: every wake-up re-checks).
+                std::thread::park();
+            }
+        }
+    }
+
+    /// How `ticket` ended, if it has.
+    fn outcome(&self, ticket: Ticket) -> Option<Result<()>> {
+        if self.durable.load(Ordering::SeqCst) >= ticket.end.0 {
+            return Some(Ok(()));
+        }
+        if !self.poisoned.load(Ordering::SeqCst) {
+            return None;
+        }
+        let tail = self.lock_tail();
+        // A batch acknowledged before the failure stays acknowledged.
+        if self.durable.load(Ordering::SeqCst) >= ticket.end.0 {
+            return Some(Ok(()));
+        }
+        let cause = tail.poisoned.clone().expect("the flag is set with the cause");
+        Some(Err(match &tail.failure {
+            Some(f) if f.start <= ticket.lsn && ticket.lsn < f.end => f.error.clone(),
+            _ => Error::Poisoned { cause },
+        }))
+    }
+
+    /// Returns once every frame placed so far is durable: takes the
+    /// leadership (waiting for the current leader, who leaves nothing in
+    /// flight) and commits up to the last frame placed.
+    pub(crate) fn sync(&self) -> Result<()> {
+        let mut leader = self.lead_blocking();
+        let ticket = {
+            let tail = self.lock_tail();
+            let end = tail.gathering.fill_end();
+            Ticket { lsn: Lsn(end.0.saturating_sub(1)), end }
         };
-        self.sync_waiters.fetch_sub(1, Ordering::SeqCst);
-        result
+        leader.lead(self, ticket.end);
+        self.step_down(leader);
+        self.outcome(ticket).expect("a leader commits up to its target or the log is poisoned")
     }
 
-    /// Wakes `sync` callers after the durable end moved (called by the
-    /// committer after publishing it; the lock orders it after their check).
-    pub(crate) fn wake_syncers(&self) {
-        if self.sync_waiters.load(Ordering::SeqCst) > 0 {
-            let _tail = self.lock_tail();
-            self.synced.notify_all();
+    /// Takes the leadership if no one has it.
+    fn try_lead(&self) -> Option<MutexGuard<'_, Committer>> {
+        let leader = self.leader.try_lock().ok()?;
+        self.leader_busy.store(true, Ordering::SeqCst);
+        Some(leader)
+    }
+
+    /// Takes the leadership, waiting for the current leader to step down.
+    pub(crate) fn lead_blocking(&self) -> MutexGuard<'_, Committer> {
+        let leader = self.leader.lock().expect("WAL leader lock");
+        self.leader_busy.store(true, Ordering::SeqCst);
+        leader
+    }
+
+    /// Gives up the leadership (with nothing in flight): wakes a writer of
+    /// the batch gathered meanwhile to lead it, and the writers waiting for
+    /// room, then the writers of the batches this leader acknowledged (the
+    /// next leader first, so that its write overlaps their wake-ups).
+    pub(crate) fn step_down(&self, mut leader: MutexGuard<'_, Committer>) {
+        assert!(leader.is_idle(), "a leader leaves nothing in flight");
+        let acknowledged = leader.take_acknowledged();
+        self.leader_busy.store(false, Ordering::SeqCst);
+        drop(leader);
+        let next = {
+            let tail = self.lock_tail();
+            if tail.writers_waiting > 0 {
+                self.room.notify_all();
+            }
+            tail.gathering.waiters.first().cloned()
+        };
+        if let Some(next) = next {
+            next.unpark();
+        }
+        for waiter in acknowledged {
+            waiter.unpark();
         }
     }
 
-    /// Stops taking frames; the committer finishes what it has and exits.
+    /// Publishes `end` as the durable end of the log.
+    pub(crate) fn made_durable(&self, end: Lsn, frames: u64) {
+        let before = self.durable_lsn();
+        assert!(end > before, "a batch moves the durable end forward");
+        self.counters.commits.fetch_add(frames, Ordering::Relaxed);
+        self.counters.bytes.fetch_add(end.0 - before.0, Ordering::Relaxed);
+        self.durable.store(end.0, Ordering::SeqCst);
+    }
+
+    /// Stops taking frames.
     pub(crate) fn close(&self) {
         let mut tail = self.lock_tail();
         tail.closed = true;
-        tail.committer_sleeping = false;
-        self.work.notify_one();
         self.room.notify_all();
     }
 
-    /// Refuses every later write with `Poisoned { cause }`, and fails the
-    /// writers of the batch being gathered likewise.
-    pub(crate) fn poison(&self, cause: Arc<Error>) {
+    /// Refuses every later write with `Poisoned { cause }`; the writers of
+    /// `failure`'s batch get its error, every other writer not yet answered
+    /// `Poisoned`. Wakes the gathering batch's writers (the leader wakes
+    /// those of the batches it held).
+    pub(crate) fn poison(&self, cause: Arc<Error>, failure: Option<Failure>) {
         let mut tail = self.lock_tail();
         if tail.poisoned.is_none() {
             tracing::error!(error = %cause, "WAL write failed; refusing further writes");
-            tail.poisoned = Some(cause.clone());
+            tail.poisoned = Some(cause);
+            tail.failure = failure;
         }
-        for waiter in tail.gathering.waiters.drain(..) {
-            let _ = waiter.send(Err(Error::Poisoned { cause: cause.clone() }));
-        }
+        self.poisoned.store(true, Ordering::SeqCst);
         self.room.notify_all();
-        self.synced.notify_all();
+        for waiter in &tail.gathering.waiters {
+            waiter.unpark();
+        }
     }
 }
