@@ -184,6 +184,10 @@ impl Kv {
         match marker::recognise(storage.as_ref(), dir, WAL_DIR)? {
             Found::Store if !storage.exists(&wal_dir)? => return Err(not_a_store(storage.as_ref(), dir)?),
             Found::Store => {}
+            Found::Unmarked => {
+                tracing::info!(dir = %dir.display(), "a store without its marker (format 0); adding it");
+                marker::write(storage.as_ref(), dir)?;
+            }
             Found::Foreign(found) => return Err(Error::NotAStore { path: dir.to_owned(), found }),
             Found::Nothing if !options.create_if_missing => return Err(Error::NotFound { path: dir.to_owned() }),
             Found::Nothing => {
@@ -348,6 +352,7 @@ impl Kv {
             high: owned(range.end_bound()),
             front: VecDeque::new(),
             back: VecDeque::new(),
+            exhausted: false,
         }
     }
 
@@ -415,6 +420,7 @@ fn existing_store(storage: &dyn Storage, dir: &Path) -> Result<()> {
     match marker::recognise(storage, dir, WAL_DIR)? {
         Found::Store if storage.exists(&dir.join(WAL_DIR))? => Ok(()),
         Found::Store => Err(not_a_store(storage, dir)?),
+        Found::Unmarked => Ok(()),
         Found::Foreign(found) => Err(Error::NotAStore { path: dir.to_owned(), found }),
         Found::Nothing => Err(Error::NotFound { path: dir.to_owned() }),
     }
@@ -447,15 +453,23 @@ pub struct Scan<'a> {
     front: VecDeque<(Vec<u8>, Vec<u8>)>,
     /// Entries fetched from the back, not yet returned, next (greatest) first.
     back: VecDeque<(Vec<u8>, Vec<u8>)>,
+    /// A fetch came back short: nothing was left between the ends. From
+    /// then on only the fetched entries are returned, so a key written
+    /// meanwhile cannot appear out of order (and the scan stays ended).
+    exhausted: bool,
 }
 
 impl Scan<'_> {
     /// Fetches the next chunk from one end of the unfetched range, and
     /// narrows the range past it.
     fn fetch(&mut self, from_back: bool) -> VecDeque<(Vec<u8>, Vec<u8>)> {
+        if self.exhausted {
+            return VecDeque::new();
+        }
         let low = self.low.as_ref().map(Vec::as_slice);
         let high = self.high.as_ref().map(Vec::as_slice);
         let chunk = self.kv.memtable.range(low, high, from_back, SCAN_CHUNK_ENTRIES);
+        self.exhausted = chunk.len() < SCAN_CHUNK_ENTRIES;
         if let Some((last, _)) = chunk.last() {
             let past = Bound::Excluded(last.clone());
             if from_back {
@@ -480,6 +494,8 @@ impl Iterator for Scan<'_> {
         self.front.pop_front().or_else(|| self.back.pop_back()).map(Ok)
     }
 }
+
+impl std::iter::FusedIterator for Scan<'_> {}
 
 impl DoubleEndedIterator for Scan<'_> {
     fn next_back(&mut self) -> Option<Self::Item> {

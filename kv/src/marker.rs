@@ -10,8 +10,13 @@
 //! place and the directory synced; only then does the log get its first
 //! segment. So a directory without a marker holds, at most, an empty `wal/`
 //! and a `RINGKV.tmp` left by an interrupted creation, which the next open
-//! completes; anything
-//! else in it means it is not a store, and it is refused, never adopted.
+//! completes. Two exceptions hold only a store's own files and a log with
+//! a segment: a store made before markers existed (format 0, the same
+//! layout otherwise), and one whose marker rename was lost because the
+//! directory sync after it failed (the namespace showed the marker, so a
+//! retried open went on); both are stores, and a writable open adds the
+//! marker. Anything else in a directory without a marker means it is not a
+//! store, and it is refused, never adopted.
 
 use std::path::Path;
 
@@ -31,6 +36,11 @@ const MAGIC: &[u8] = b"ringkv store\nformat ";
 pub(crate) enum Found {
     /// A store (its marker checked).
     Store,
+    /// A store without its marker: made before markers existed (format 0,
+    /// the same layout), or one whose marker's rename was lost with a
+    /// failed directory sync. Only a store's own files are in it, and its
+    /// log has a segment. A writable open adds the marker.
+    Unmarked,
     /// Nothing: missing, empty, or an interrupted creation.
     Nothing,
     /// Files of something else (one of them named).
@@ -54,6 +64,9 @@ pub(crate) fn recognise(storage: &dyn Storage, dir: &Path, wal_dir: &str) -> Res
     }
     let mut found = storage.list_dir(dir)?;
     found.sort();
+    if is_unmarked_store(storage, dir, &found, wal_dir)? {
+        return Ok(Found::Unmarked);
+    }
     for name in found {
         let interrupted = name == TEMPORARY || name == wal_dir && storage.list_dir(&dir.join(wal_dir))?.is_empty();
         if !interrupted {
@@ -61,6 +74,27 @@ pub(crate) fn recognise(storage: &dyn Storage, dir: &Path, wal_dir: &str) -> Res
         }
     }
     Ok(Found::Nothing)
+}
+
+/// Whether `dir` (holding `found`) holds only a store's files, with a log
+/// of at least one segment in `wal_dir`.
+fn is_unmarked_store(storage: &dyn Storage, dir: &Path, found: &[String], wal_dir: &str) -> Result<bool> {
+    let store_file = |name: &str| name == "LOCK" || name == TEMPORARY || name == wal_dir;
+    if !found.iter().any(|n| n == wal_dir) || !found.iter().all(|n| store_file(n)) {
+        return Ok(false);
+    }
+    let log = storage.list_dir(&dir.join(wal_dir))?;
+    let segment =
+        |name: &str| name.len() == 24 && name.ends_with(".wal") && name[..20].bytes().all(|b| b.is_ascii_digit());
+    let log_file = |name: &str| {
+        segment(name)
+            || name == "LOCK"
+            || name == "CLEAN"
+            || (name.len() == 24 && name.ends_with(".tmp") && name[..20].bytes().all(|b| b.is_ascii_digit()))
+            || (name.starts_with("recycle-") && name.ends_with(".wal"))
+            || (name.starts_with("dropped-") && name.ends_with(".bin"))
+    };
+    Ok(log.iter().any(|n| segment(n)) && log.iter().all(|n| log_file(n)))
 }
 
 /// Writes the marker durably (temporary file, sync, rename, directory sync).

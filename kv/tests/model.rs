@@ -191,3 +191,19 @@ fn scans_from_both_ends_meet_without_repeating() {
     assert_eq!(db.scan_prefix("").count(), 1503);
     assert_eq!(db.scan_prefix("0149").next_back().unwrap().unwrap().0, b"01499".to_vec());
 }
+
+/// Review finding: once the two ends of a scan had met, the front fetched
+/// again, and a key put meanwhile below one already returned came out of
+/// order.
+#[test]
+fn a_double_ended_scan_stays_in_key_order_under_a_concurrent_put() {
+    let db = Kv::open_on(Arc::new(SimStorage::new()), Path::new("/db"), common::options(common::AUTO)).unwrap();
+    db.put("b", "1").unwrap();
+    db.put("d", "1").unwrap();
+    let mut scan = db.scan::<&str>(..);
+    assert_eq!(scan.next_back().unwrap().unwrap().0, b"d");
+    assert_eq!(scan.next().unwrap().unwrap().0, b"b");
+    db.put("a", "1").unwrap();
+    let forward: Vec<Vec<u8>> = std::iter::from_fn(|| scan.next()).map(|i| i.unwrap().0).collect();
+    assert!(forward.iter().all(|k| k.as_slice() > b"b".as_slice()), "after b, forward yielded {forward:?}");
+}

@@ -139,10 +139,19 @@ fn repair_drops_only_after_saying_so_and_keeps_a_copy() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("kv repair"));
     assert_eq!(std::fs::read(common::first_segment(dir.path())).unwrap(), before, "a refused put changed nothing");
 
+    // A copy an earlier repair made from the same point before it was cut
+    // short (it may have zeroed part of what it copied) is named, not hidden.
+    let earlier = dir.path().join(format!("wal/dropped-{lsn:020}-0.bin"));
+    std::fs::write(&earlier, b"an earlier copy").unwrap();
     let out = common::kv_bin().args(["--db", db, "repair"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains(&format!("earlier, interrupted repair copied from the same point to {}", earlier.display())),
+        "{stdout}"
+    );
     let copy_path = stdout.rsplit(' ').next().unwrap().trim();
+    assert!(copy_path.ends_with("-1.bin"), "{copy_path}");
     assert!(stdout.contains(&format!("offset {lsn}")), "{stdout}");
     let copy = std::fs::read(copy_path).unwrap_or_else(|e| panic!("{copy_path}: {e} ({stdout})"));
     assert_eq!(copy[..], before[lsn as usize..lsn as usize + copy.len()]);

@@ -28,7 +28,7 @@ use crate::constants::COMMIT_BUFFER_BYTES;
 use crate::cursor::{look_beyond, Beyond, Cursor, Step};
 use crate::error::{Error, Result};
 use crate::frame::{FrameFault, FrameHeader};
-use crate::segment::Segment;
+use crate::segment::{self, Segment};
 use crate::{Lsn, RecoveryMode};
 
 /// The first frame that failed its checks.
@@ -157,6 +157,13 @@ pub struct Dropped {
     pub copy: std::path::PathBuf,
     /// Its length.
     pub copy_bytes: u64,
+    /// Blocks the device could not read (zeros in the copy), by offset in
+    /// the copy.
+    pub unreadable: Vec<u64>,
+    /// Copies an earlier, interrupted recovery made from the same point
+    /// (`dropped-<lsn>-*.bin`): it may have zeroed part of what it copied
+    /// before it was cut short, so the earlier copy can be the whole one.
+    pub earlier_copies: Vec<std::path::PathBuf>,
 }
 
 /// Decides what a scan means under `mode`, and zeroes a torn tail so that
@@ -184,14 +191,22 @@ pub(crate) fn settle(
             }
             RecoveryMode::PointInTime => {
                 let copy_end = scanned.junk_end.unwrap_or(durable_past).max(durable_past);
-                let (copy, copy_bytes) = copy_out(storage, dir, segments, scanned.end, copy_end)?;
+                let copied = copy_out(storage, dir, segments, scanned.end, copy_end)?;
+                let (copy, copy_bytes) = (copied.path, copied.bytes);
                 tracing::warn!(
                     path = %bad.path.display(), offset = bad.offset, lsn = %bad.lsn, %durable_past,
                     copy = %copy.display(), copy_bytes,
                     "corrupt WAL frame before durable frames; recovering to the point before it, \
                      dropping acknowledged writes after it (a copy of the dropped log is kept)"
                 );
-                recovered.dropped = Some(Dropped { bad: bad.clone(), durable_past, copy, copy_bytes });
+                recovered.dropped = Some(Dropped {
+                    bad: bad.clone(),
+                    durable_past,
+                    copy,
+                    copy_bytes,
+                    unreadable: copied.unreadable,
+                    earlier_copies: copied.earlier,
+                });
             }
         }
     }
@@ -216,25 +231,33 @@ pub(crate) fn settle(
     Ok(recovered)
 }
 
+/// What `copy_out` made.
+struct Copied {
+    path: std::path::PathBuf,
+    bytes: u64,
+    /// Offsets in the copy of blocks the device could not read.
+    unreadable: Vec<u64>,
+    /// Copies from the same point made before.
+    earlier: Vec<std::path::PathBuf>,
+}
+
 /// Copies the log's bytes `[from, to)` (clamped to the segments, rounded
 /// up to whole blocks) into a new file `dropped-<from>-<n>.bin` in `dir`,
-/// and makes it durable. Returns its path and length.
-fn copy_out(
-    storage: &Arc<dyn Storage>,
-    dir: &Path,
-    segments: &[Segment],
-    from: Lsn,
-    to: Lsn,
-) -> Result<(std::path::PathBuf, u64)> {
-    let taken: Vec<String> = storage.list_dir(dir)?;
+/// and makes it durable. A block the device cannot read is copied as zeros
+/// and reported.
+fn copy_out(storage: &Arc<dyn Storage>, dir: &Path, segments: &[Segment], from: Lsn, to: Lsn) -> Result<Copied> {
+    let prefix = format!("{DROPPED_PREFIX}{:020}-", from.0);
+    let mut earlier: Vec<String> = storage.list_dir(dir)?.into_iter().filter(|n| n.starts_with(&prefix)).collect();
+    earlier.sort();
     let path = (0u32..)
-        .map(|n| format!("{DROPPED_PREFIX}{:020}-{n}.bin", from.0))
-        .find(|name| !taken.contains(name))
+        .map(|n| format!("{prefix}{n}.bin"))
+        .find(|name| !earlier.contains(name))
         .map(|name| dir.join(name))
         .expect("a free name");
     let copy = storage.open(&path, OpenMode::Create)?;
     let block = BLOCK_BYTES as u64;
-    let mut written = 0u64;
+    let (mut written, mut unreadable) = (0u64, Vec::new());
+    let mut buf = AlignedBuf::new(COPY_CHUNK_BYTES);
     for segment in segments {
         let start = from.max(segment.start).0 - segment.start.0;
         let end =
@@ -243,11 +266,12 @@ fn copy_out(
             continue;
         }
         let file = storage.open(&segment.path, OpenMode::Existing)?;
-        let mut buf = AlignedBuf::new(COPY_CHUNK_BYTES);
         let mut at = start;
         while at < end {
             let len = (end - at).min(COPY_CHUNK_BYTES as u64) as usize;
-            file.read_at(at, &mut buf[..len])?;
+            let mut bad = Vec::new();
+            segment::read_lossy(file.as_ref(), at, &mut buf[..len], &mut bad)?;
+            unreadable.extend(bad.into_iter().map(|offset| written + (offset - at)));
             copy.write_at(written, &buf[..len])?;
             written += len as u64;
             at += len as u64;
@@ -255,7 +279,7 @@ fn copy_out(
     }
     copy.sync_data()?;
     storage.sync_dir(dir)?;
-    Ok((path, written))
+    Ok(Copied { path, bytes: written, unreadable, earlier: earlier.into_iter().map(|n| dir.join(n)).collect() })
 }
 
 /// Name prefix of the copies [`RecoveryMode::PointInTime`] keeps.

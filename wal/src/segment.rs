@@ -191,33 +191,42 @@ impl WindowReader {
         let read_len_aligned = read_len.next_multiple_of(BLOCK_BYTES);
         self.unreadable.clear();
         self.window_len = 0;
-        match self.file.read_at(start, &mut self.window[..read_len_aligned]) {
-            Ok(()) => {}
-            Err(e) if is_media_error(&e) => {
-                // Find the blocks that cannot be read, one at a time; a block
-                // is unreadable only if it fails every attempt.
-                for at in (0..read_len_aligned).step_by(BLOCK_BYTES) {
-                    let part = &mut self.window[at..at + BLOCK_BYTES];
-                    let mut attempts = 0;
-                    loop {
-                        attempts += 1;
-                        match self.file.read_at(start + at as u64, part) {
-                            Ok(()) => break,
-                            Err(e) if is_media_error(&e) && attempts < READ_ATTEMPTS => {}
-                            Err(e) if is_media_error(&e) => {
-                                part.fill(0);
-                                self.unreadable.push(start + at as u64);
-                                break;
-                            }
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
+        read_lossy(self.file.as_ref(), start, &mut self.window[..read_len_aligned], &mut self.unreadable)?;
         self.window_start = start;
         self.window_len = read_len;
         Ok(())
+    }
+}
+
+/// Reads `buf` (whole blocks) at `offset`. On a media error, reads block by
+/// block: a block that fails every one of `READ_ATTEMPTS` reads is zeroed
+/// in `buf` and its offset pushed to `unreadable`.
+///
+/// # Errors
+/// Errors other than media errors, naming the file.
+pub(crate) fn read_lossy(file: &dyn File, offset: u64, buf: &mut [u8], unreadable: &mut Vec<u64>) -> Result<()> {
+    match file.read_at(offset, buf) {
+        Ok(()) => Ok(()),
+        Err(e) if is_media_error(&e) => {
+            for (n, block) in buf.chunks_mut(BLOCK_BYTES).enumerate() {
+                let at = offset + (n * BLOCK_BYTES) as u64;
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    match file.read_at(at, block) {
+                        Ok(()) => break,
+                        Err(e) if is_media_error(&e) && attempts < READ_ATTEMPTS => {}
+                        Err(e) if is_media_error(&e) => {
+                            block.fill(0);
+                            unreadable.push(at);
+                            break;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
     }
 }

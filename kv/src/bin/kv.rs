@@ -269,6 +269,23 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             repair.create_if_missing = false;
             let db = Kv::open_with(&cli.db, repair)?;
             let recovered = db.recovered().expect("opened for writing");
+            if let Some(dropped) = &recovered.dropped {
+                if !dropped.unreadable.is_empty() {
+                    writeln!(
+                        out,
+                        "warning: {} blocks could not be read and are zeros in the copy (offsets in the copy: {:?})",
+                        dropped.unreadable.len(),
+                        dropped.unreadable
+                    )?;
+                }
+                for earlier in &dropped.earlier_copies {
+                    writeln!(
+                        out,
+                        "note: an earlier, interrupted repair copied from the same point to {}: keep it, it may be the whole copy",
+                        earlier.display()
+                    )?;
+                }
+            }
             match &recovered.dropped {
                 Some(dropped) => writeln!(
                     out,
