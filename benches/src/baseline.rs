@@ -26,11 +26,11 @@ use crate::systems::Store;
 const FILE_BYTES: u64 = 128 << 20;
 const ZERO_CHUNK_BYTES: usize = 4 << 20;
 
-/// A zero-filled, synced file of `FILE_BYTES` at `path`.
-fn zero_filled(path: &Path) -> File {
+/// A zero-filled, synced file of `bytes` (a multiple of `ZERO_CHUNK_BYTES`) at `path`.
+fn zero_filled(path: &Path, bytes: u64) -> File {
     let file = File::options().create(true).truncate(true).read(true).write(true).open(path).expect("baseline file");
     let zeros = vec![0u8; ZERO_CHUNK_BYTES];
-    for at in (0..FILE_BYTES).step_by(ZERO_CHUNK_BYTES) {
+    for at in (0..bytes).step_by(ZERO_CHUNK_BYTES) {
         file.write_all_at(&zeros, at).expect("zero-fill");
     }
     file.sync_all().expect("sync");
@@ -80,7 +80,7 @@ pub struct GroupLoop {
 
 impl GroupLoop {
     pub fn open(dir: &Path) -> GroupLoop {
-        let file = zero_filled(&dir.join("log"));
+        let file = zero_filled(&dir.join("log"), FILE_BYTES);
         let (requests, queue) = crossbeam_channel::unbounded();
         let counters = Arc::new(Counters::default());
         let flusher = std::thread::spawn({
@@ -163,7 +163,7 @@ pub struct Inline {
 
 impl Inline {
     pub fn open(dir: &Path) -> Inline {
-        Inline { log: Mutex::new((zero_filled(&dir.join("log")), 0)), counters: Counters::default() }
+        Inline { log: Mutex::new((zero_filled(&dir.join("log"), FILE_BYTES), 0)), counters: Counters::default() }
     }
 
     fn append(&self, record: &[u8]) {
@@ -202,12 +202,13 @@ impl Store for Inline {
 /// times at successive offsets: the median and 99th percentile, in µs.
 pub fn disk_sync_us(dir: &Path, samples: usize) -> (f64, f64) {
     let path = dir.join("disk-line");
-    let file = zero_filled(&path);
+    let bytes = (samples as u64 * 4096).next_multiple_of(ZERO_CHUNK_BYTES as u64);
+    let file = zero_filled(&path, bytes);
     let block = vec![0xA5u8; 4096];
     let mut times: Vec<f64> = (0..samples)
         .map(|i| {
             let started = std::time::Instant::now();
-            file.write_all_at(&block, (i as u64 * 4096) % FILE_BYTES).expect("pwrite");
+            file.write_all_at(&block, i as u64 * 4096).expect("pwrite");
             file.sync_data().expect("fdatasync");
             started.elapsed().as_secs_f64() * 1e6
         })

@@ -21,11 +21,11 @@ pub enum Durability {
     /// Once its bytes are on stable storage (fdatasync done).
     #[default]
     Sync,
-    /// Once it is ordered in the log and applied (readers see it). The
-    /// committer writes and syncs it with the batch it joined as soon as it
-    /// can, without waiting for another write; until that sync completes a
-    /// crash may lose it (and only a suffix of such writes). [`Kv::sync`]
-    /// waits for it.
+    /// Once it is ordered in the log and applied (readers see it). A
+    /// flusher thread writes and syncs it with the batch it joined as soon
+    /// as it can, without waiting for another write; until that sync
+    /// completes a crash may lose it (and only a suffix of such writes).
+    /// [`Kv::sync`] waits for it.
     NoSync,
 }
 

@@ -2,8 +2,9 @@
 //!
 //! What it is: frames (one atomic batch each, CRC-checked, carrying their own
 //! LSN = byte offset in the logical log) in preallocated, recycled segment
-//! files; a group-commit writer whose one committer thread makes every
-//! waiting frame durable with one write and one sync per batch, as the
+//! files; group commit in which the writers lead in turn (a flusher thread
+//! for frames nobody waits for), making every frame durable with one write
+//! and one sync per batch, as the
 //! storage's commit queue does it (a `RWF_DSYNC` write, a linked write →
 //! fdatasync chain, or `pwrite` + `fdatasync`), each batch in a fresh 4 KiB
 //! block, acknowledged in order on its own sync; recovery that makes what it
@@ -49,6 +50,7 @@ mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use uring::{DirLock, OpenMode, Storage};
 
@@ -140,7 +142,9 @@ impl WalStats {
 /// An open log. Its writers commit in turn (group commit without a
 /// committer thread: `writer.rs`).
 pub struct Wal {
-    shared: Shared,
+    shared: Arc<Shared>,
+    /// Commits frames appended without waiting.
+    flusher: Option<JoinHandle<()>>,
     recovered: Recovered,
     // Dropped after the committer has finished (field order).
     _lock: DirLock,
@@ -230,7 +234,8 @@ impl Wal {
         let spare = buffers.pop().expect("two commit buffers");
         let gathering = Batch::new(buffers.pop().expect("two commit buffers"), end, 0);
         let committer = Committer::new(queue, spare, tail_segment, file, end);
-        let shared = Shared::new(storage, dir.to_owned(), options, payload_bytes_max, segments, gathering, committer);
+        let shared =
+            Arc::new(Shared::new(storage, dir.to_owned(), options, payload_bytes_max, segments, gathering, committer));
         recovered.frames = frames;
         recovered.elapsed = started.elapsed();
         tracing::info!(
@@ -238,15 +243,22 @@ impl Wal {
             dropped_bytes = recovered.dropped.as_ref().map_or(0, |d| d.copy_bytes),
             elapsed_ms = recovered.elapsed.as_millis() as u64, "recovered the WAL"
         );
-        Ok(Wal { shared, recovered, _lock: lock })
+        let flusher = std::thread::Builder::new()
+            .name("ringkv-wal-flusher".into())
+            .spawn({
+                let shared = shared.clone();
+                move || shared.run_flusher()
+            })
+            .expect("spawn the WAL flusher");
+        Ok(Wal { shared, flusher: Some(flusher), recovered, _lock: lock })
     }
 
     /// Appends one frame. With `wait`, returns once the frame is durable
     /// (the caller writes and syncs its batch itself if no other caller is
-    /// doing so); without, once it is ordered in the log: it is written and
-    /// synced with the next waiting append's batch, a [`Wal::sync`], a full
-    /// batch buffer, or the close; until then a crash (a killed process
-    /// too) may lose it, and only a suffix of such frames.
+    /// doing so); without, once it is ordered in the log: the flusher
+    /// thread writes and syncs it as soon as it can, without waiting for
+    /// another write; until that sync completes a crash may lose it (and
+    /// only a suffix of such frames). [`Wal::sync`] waits for it.
     /// Returns the frame's LSN.
     ///
     /// # Errors
@@ -341,6 +353,9 @@ impl Wal {
 impl Drop for Wal {
     fn drop(&mut self) {
         self.shared.close();
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.join();
+        }
         // Commits what was gathered, and reaps every operation in flight.
         self.shared.lead_blocking().drain(&self.shared);
         // Everything placed was made durable (or the log is poisoned):

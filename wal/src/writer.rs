@@ -15,6 +15,10 @@
 //! writer of the batch gathered meanwhile to lead it, before the writers
 //! it acknowledged.
 //!
+//! Frames placed without a waiter (`NoSync`) wake a flusher thread, which
+//! leads as any writer would, so they are durable as soon as the log can
+//! make them, with no other write needed.
+//!
 //! A batch starts at a block boundary, so no write ever covers bytes an
 //! earlier write covered: a write torn by a power cut can only damage its
 //! own, unacknowledged, frames. If the batch is full, or the next frame
@@ -174,6 +178,10 @@ pub(crate) struct Tail {
     pub(crate) closed: bool,
     /// Writers asleep on `Shared::room`.
     pub(crate) writers_waiting: usize,
+    /// A frame was placed without a waiter since the flusher last led.
+    nosync_pending: bool,
+    /// The flusher is asleep on `Shared::flush`.
+    flusher_sleeping: bool,
 }
 
 impl Tail {
@@ -199,6 +207,8 @@ pub(crate) struct Shared {
     pub(crate) tail: Mutex<Tail>,
     /// Writers wait here for room in the gathering batch.
     pub(crate) room: Condvar,
+    /// The flusher waits here for frames placed without a waiter.
+    flush: Condvar,
     /// The commit state; whoever holds it leads.
     leader: Mutex<Committer>,
     /// Someone holds `leader` (set and cleared while holding it). A waiter
@@ -227,7 +237,16 @@ impl Shared {
     ) -> Shared {
         let segment_end = segments.last().expect("a live segment").end();
         let end = gathering.start;
-        let tail = Tail { gathering, segment_end, poisoned: None, failure: None, closed: false, writers_waiting: 0 };
+        let tail = Tail {
+            gathering,
+            segment_end,
+            poisoned: None,
+            failure: None,
+            closed: false,
+            writers_waiting: 0,
+            nosync_pending: false,
+            flusher_sleeping: false,
+        };
         Shared {
             storage,
             dir,
@@ -235,6 +254,7 @@ impl Shared {
             payload_bytes_max,
             tail: Mutex::new(tail),
             room: Condvar::new(),
+            flush: Condvar::new(),
             leader: Mutex::new(committer),
             leader_busy: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
@@ -288,6 +308,12 @@ impl Shared {
                 let end = Lsn(lsn.0 + frame.as_bytes().len() as u64);
                 if wait {
                     tail.gathering.waiters.push(std::thread::current());
+                } else {
+                    // Nobody waits for it: the flusher commits it.
+                    tail.nosync_pending = true;
+                    if std::mem::take(&mut tail.flusher_sleeping) {
+                        self.flush.notify_one();
+                    }
                 }
                 return Ok(Ticket { lsn, end });
             }
@@ -413,11 +439,36 @@ impl Shared {
         self.durable.store(end.0, Ordering::SeqCst);
     }
 
-    /// Stops taking frames.
+    /// Stops taking frames (and the flusher).
     pub(crate) fn close(&self) {
         let mut tail = self.lock_tail();
         tail.closed = true;
         self.room.notify_all();
+        self.flush.notify_one();
+    }
+
+    /// The flusher thread: leads whenever frames were placed without a
+    /// waiter (`NoSync`), so that they are written and synced as soon as
+    /// the log can, not only with the next waiting write. It waits for its
+    /// own I/O, like every leader. Returns once the log is closed.
+    pub(crate) fn run_flusher(&self) {
+        loop {
+            {
+                let mut tail = self.lock_tail();
+                while !tail.closed && !tail.nosync_pending {
+                    tail.flusher_sleeping = true;
+                    tail = self.flush.wait(tail).expect("WAL tail lock");
+                }
+                if tail.closed {
+                    return;
+                }
+                tail.nosync_pending = false;
+            }
+            let mut leader = self.lead_blocking();
+            let target = self.lock_tail().gathering.fill_end();
+            leader.lead(self, target);
+            self.step_down(leader);
+        }
     }
 
     /// Refuses every later write with `Poisoned { cause }`; the writers of

@@ -152,3 +152,24 @@ fn a_failed_sync_under_many_writers_answers_everyone_and_loses_nothing_acknowled
         );
     }
 }
+
+/// Review finding: without a committer thread, a frame appended without
+/// waiting stayed in memory until another write, a sync or the close came
+/// along; a crash any time later lost it. The flusher commits it on its
+/// own.
+#[test]
+fn a_frame_nobody_waits_for_becomes_durable_on_its_own() {
+    let disk = SimStorage::new().seeded(1);
+    let (wal, _) = open(Arc::new(disk.clone()), Path::new(DIR));
+    wal.append(frame(b"acked"), true).unwrap();
+    let lsn = wal.append(frame(b"nosync"), false).unwrap();
+    // Nothing else happens in this log: poll its durable end (no timing
+    // threshold: the test only ends once the flusher has done its work).
+    while wal.durable_lsn() <= lsn {
+        std::thread::yield_now();
+    }
+    disk.power_cut();
+    drop(wal);
+    let (_, seen) = open(Arc::new(disk.after_power_cut(1)), Path::new(DIR));
+    assert!(seen.contains(&b"nosync"[..]), "{seen:?}");
+}
