@@ -90,7 +90,8 @@ pub struct Kv {
     wal: Option<Wal>,
     /// Where the log ends, for a store opened read-only.
     read_only_end: Lsn,
-    memtable: Memtable,
+    /// Shared with the log's leaders, which apply acknowledged batches.
+    memtable: Arc<Memtable>,
     storage: Arc<dyn Storage>,
     durability: Durability,
     batch_bytes_max: usize,
@@ -210,7 +211,7 @@ impl Kv {
         Ok(Kv {
             wal: Some(wal),
             read_only_end: Lsn(0),
-            memtable,
+            memtable: Arc::new(memtable),
             storage,
             durability: options.durability,
             batch_bytes_max,
@@ -243,7 +244,7 @@ impl Kv {
         Ok(Kv {
             wal: None,
             read_only_end: end,
-            memtable,
+            memtable: Arc::new(memtable),
             storage,
             durability: options.durability,
             batch_bytes_max: 0,
@@ -292,8 +293,17 @@ impl Kv {
         }
         let wal = self.wal.as_ref().ok_or_else(|| Error::ReadOnly { path: self.dir.clone() })?;
         let frame = batch.encode(self.batch_bytes_max)?;
-        let lsn = wal.append(frame, durability == Durability::Sync)?;
-        self.memtable.apply(lsn, batch.ops);
+        match durability {
+            // Applied by the leader that acknowledges it, with its group.
+            Durability::Sync => {
+                let memtable = self.memtable.clone();
+                wal.append_then(frame, Box::new(move |lsn| memtable.apply(lsn, batch.ops)))?;
+            }
+            Durability::NoSync => {
+                let lsn = wal.append(frame, false)?;
+                self.memtable.apply(lsn, batch.ops);
+            }
+        }
         Ok(())
     }
 

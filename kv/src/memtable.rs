@@ -1,8 +1,9 @@
 //! The in-memory ordered map over the WAL.
 //!
 //! Every entry remembers the version (LSN, index in batch) that wrote it,
-//! and a change only lands if its version is newer. So writers may apply
-//! their acknowledged batches in any order and the map still ends as the log
+//! and a change only lands if its version is newer. So batches may be
+//! applied in any order (leaders apply acknowledged groups in LSN order,
+//! `NoSync` writers their own at once) and the map still ends as the log
 //! orders them, which is the state recovery rebuilds.
 
 use std::collections::BTreeMap;

@@ -207,3 +207,33 @@ fn a_double_ended_scan_stays_in_key_order_under_a_concurrent_put() {
     let forward: Vec<Vec<u8>> = std::iter::from_fn(|| scan.next()).map(|i| i.unwrap().0).collect();
     assert!(forward.iter().all(|k| k.as_slice() > b"b".as_slice()), "after b, forward yielded {forward:?}");
 }
+
+/// Sync writes are applied to the memtable by the leader that acknowledges
+/// them, for the whole group: every writer still reads its own write the
+/// moment `put` returns, and a batch that failed is never applied.
+#[test]
+fn writers_read_their_own_writes_when_leaders_apply_for_them() {
+    let disk = SimStorage::new().seeded(3);
+    let db = Kv::open_on(Arc::new(disk.clone()), Path::new("/db"), common::options(common::AUTO)).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..24 {
+            let db = &db;
+            s.spawn(move || {
+                for i in 0..150 {
+                    let key = format!("t{t:02}-{i:04}");
+                    db.put(&key, &key).unwrap();
+                    assert_eq!(db.get(&key).unwrap().as_deref(), Some(key.as_bytes()), "{key} not visible on return");
+                }
+            });
+        }
+    });
+    assert_eq!(db.scan::<&str>(..).count(), 24 * 150);
+    // A failed sync: the failing write reports it, and is not applied.
+    let disk = SimStorage::new().seeded(4);
+    let db = Kv::open_on(Arc::new(disk.clone()), Path::new("/db"), common::options(common::AUTO)).unwrap();
+    db.put("first", "x").unwrap();
+    disk.fail_file_call(&common::first_segment(Path::new("/db")), 1, libc::EIO);
+    let err = db.put("failed", "x").expect_err("its sync failed");
+    assert!(err.is_write_failure(), "{err}");
+    assert_eq!(db.get("failed").unwrap(), None, "a failed write was applied");
+}

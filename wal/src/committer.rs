@@ -14,13 +14,11 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use std::thread::Thread;
-
 use uring::{CommitEvent, CommitQueue, File, IoBuf, OpenMode};
 
 use crate::error::{Error, Result};
 use crate::segment::{self, Segment};
-use crate::writer::{Batch, Failure, Shared};
+use crate::writer::{self, Batch, Failure, Shared, Waiter};
 use crate::Lsn;
 
 /// A batch handed to the commit queue and not yet acknowledged.
@@ -31,7 +29,7 @@ struct InFlight {
     end: Lsn,
     frames: u64,
     /// Writers waiting for it.
-    waiters: Vec<Thread>,
+    waiters: Vec<Waiter>,
     /// Its own sync succeeded.
     synced: bool,
 }
@@ -83,8 +81,11 @@ pub(crate) struct Committer {
     /// background so that crossing into it does not stall commits.
     preparing: Option<Preparing>,
     /// Writers of batches acknowledged (or failed) not yet woken: woken
-    /// before the leader blocks, or after it hands over.
-    acknowledged: Vec<Thread>,
+    /// (their `Apply`s run first) before the leader blocks, or after it
+    /// hands over.
+    acknowledged: Vec<Waiter>,
+    /// End of the last batch acknowledged whose `Apply`s have not run.
+    acknowledged_end: Option<Lsn>,
 }
 
 impl Committer {
@@ -107,6 +108,7 @@ impl Committer {
             poisoned: false,
             preparing: None,
             acknowledged: Vec::new(),
+            acknowledged_end: None,
         }
     }
 
@@ -158,16 +160,22 @@ impl Committer {
     /// Handles the next event, having first woken the writers already
     /// acknowledged (they must not wait for a later batch's I/O).
     fn wait(&mut self, shared: &Shared) {
-        for waiter in self.acknowledged.drain(..) {
-            waiter.unpark();
-        }
+        let (acknowledged, end) = self.take_acknowledged();
+        writer::wake(shared, acknowledged, end);
         let event = self.pipeline.queue.wait();
         self.handle(shared, event);
     }
 
-    /// The writers acknowledged and not yet woken.
-    pub(crate) fn take_acknowledged(&mut self) -> Vec<Thread> {
-        std::mem::take(&mut self.acknowledged)
+    /// The writers acknowledged (or failed) and not yet woken, and the end
+    /// of the last batch acknowledged.
+    pub(crate) fn take_acknowledged(&mut self) -> (Vec<Waiter>, Option<Lsn>) {
+        (std::mem::take(&mut self.acknowledged), self.acknowledged_end.take())
+    }
+
+    /// Moves the writers of a failed batch to be woken, without their
+    /// `Apply`s (nothing of a failed batch is applied).
+    fn failed(&mut self, waiters: Vec<Waiter>) {
+        self.acknowledged.extend(waiters.into_iter().map(|w| Waiter { thread: w.thread, apply: None }));
     }
 
     /// One step: submit the gathered batch if there is room, else handle
@@ -215,7 +223,7 @@ impl Committer {
     fn commit(&mut self, shared: &Shared, mut batch: Batch) {
         if let Err(e) = self.enter_segment_of(shared, batch.start) {
             let (start, end) = (batch.start, batch.end());
-            self.acknowledged.append(&mut batch.waiters);
+            self.failed(std::mem::take(&mut batch.waiters));
             self.pipeline.spare = Some(batch.buf);
             self.poison(shared, e, Some((start, end)));
             return;
@@ -249,6 +257,7 @@ impl Committer {
                 for batch in self.pipeline.synced(ticket) {
                     shared.made_durable(batch.end, batch.frames);
                     self.acknowledged.extend(batch.waiters);
+                    self.acknowledged_end = Some(batch.end);
                 }
             }
             CommitEvent::Synced { ticket, result: Err(e) } => self.fail(shared, ticket, Error::Storage(e)),
@@ -272,8 +281,9 @@ impl Committer {
     fn poison(&mut self, shared: &Shared, error: Error, failed: Option<(Lsn, Lsn)>) {
         let cause = Arc::new(error.clone());
         let failure = failed.map(|(start, end)| Failure { start, end, error });
-        for batch in self.pipeline.batches.drain(..) {
-            self.acknowledged.extend(batch.waiters);
+        let in_flight: Vec<InFlight> = self.pipeline.batches.drain(..).collect();
+        for batch in in_flight {
+            self.failed(batch.waiters);
         }
         self.poisoned = true;
         shared.poison(cause, failure);

@@ -60,6 +60,7 @@ pub use constants::{
 pub use error::{Error, Result};
 pub use frame::{Frame, FrameBuf, FrameFault, FrameHeader, FrameKind};
 pub use recovery::{BadFrame, Dropped, Recovered};
+pub use writer::Apply;
 
 use committer::Committer;
 use cursor::{Cursor, Step};
@@ -266,11 +267,32 @@ impl Wal {
     /// batch (then the frame may or may not be durable); [`Error::Poisoned`]
     /// naming that error for every later call.
     pub fn append(&self, frame: FrameBuf, wait: bool) -> Result<Lsn> {
-        let ticket = self.shared.place(&frame, wait)?;
+        let ticket = self.shared.place(&frame, wait, None)?;
         if wait {
             self.shared.await_durable(ticket)?;
         }
         Ok(ticket.lsn)
+    }
+
+    /// Appends one frame, waits until it is durable, then has `apply` run
+    /// with its LSN before returning: by the leader that acknowledges it,
+    /// in LSN order with the rest of its group (one pass for the group
+    /// instead of every woken writer contending to apply its own), and
+    /// never if its batch fails. [`Wal::applied_lsn`] says how far every
+    /// such `apply` has run.
+    ///
+    /// # Errors
+    /// As [`Wal::append`].
+    pub fn append_then(&self, frame: FrameBuf, apply: Apply) -> Result<Lsn> {
+        let ticket = self.shared.place(&frame, true, Some(apply))?;
+        self.shared.await_durable(ticket)?;
+        Ok(ticket.lsn)
+    }
+
+    /// The end of the log up to which every frame is durable and every
+    /// `apply` of [`Wal::append_then`] has run.
+    pub fn applied_lsn(&self) -> Lsn {
+        self.shared.applied_lsn()
     }
 
     /// What the open's recovery did: frames replayed, a torn tail

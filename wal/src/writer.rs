@@ -60,7 +60,7 @@ pub(crate) struct Batch {
     pub(crate) seq: u64,
     /// Writers waiting for it to be durable, woken (unparked) by whoever
     /// acknowledges or fails it.
-    pub(crate) waiters: Vec<Thread>,
+    pub(crate) waiters: Vec<Waiter>,
     /// No more frames fit in its segment: the next one goes into the next
     /// batch, at the next segment's start.
     ends_segment: bool,
@@ -150,12 +150,26 @@ impl Batch {
     }
 }
 
+/// What a caller runs once its frame is durable, given the frame's LSN
+/// (the store applies its batch to the memtable): run by the leader that
+/// acknowledges the frame, in LSN order with the rest of the group, before
+/// the caller is woken; never run if the frame's batch fails.
+pub type Apply = Box<dyn FnOnce(Lsn) + Send>;
+
+/// A writer waiting for its frame, and what to run for it once durable.
+pub(crate) struct Waiter {
+    pub(crate) thread: Thread,
+    pub(crate) apply: Option<(Lsn, Apply)>,
+}
+
 /// A frame's place in the log.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Ticket {
     pub(crate) lsn: Lsn,
     /// Where the frame ends: it is durable once the durable end reaches this.
     pub(crate) end: Lsn,
+    /// It has an `Apply`: done only once the applied end reaches `end`.
+    pub(crate) applies: bool,
 }
 
 /// The batch whose write or sync failed.
@@ -220,6 +234,9 @@ pub(crate) struct Shared {
     poisoned: AtomicBool,
     /// The end of the log acknowledged durable.
     pub(crate) durable: AtomicU64,
+    /// The end of the log whose frames' `Apply`s have all run (behind
+    /// `durable` while a leader runs them).
+    pub(crate) applied: AtomicU64,
     pub(crate) counters: Counters,
     /// The live segments, oldest first.
     pub(crate) segments: Mutex<Vec<Segment>>,
@@ -259,6 +276,7 @@ impl Shared {
             leader_busy: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
             durable: AtomicU64::new(end.0),
+            applied: AtomicU64::new(end.0),
             counters: Counters::default(),
             segments: Mutex::new(segments),
         }
@@ -289,7 +307,7 @@ impl Shared {
     /// (or waiting for the leader) to make room if it does not fit. With
     /// `wait`, the calling thread is registered to be woken when the batch
     /// is durable.
-    pub(crate) fn place(&self, frame: &FrameBuf, wait: bool) -> Result<Ticket> {
+    pub(crate) fn place(&self, frame: &FrameBuf, wait: bool, mut apply: Option<Apply>) -> Result<Ticket> {
         let payload_bytes = frame.payload_bytes();
         if payload_bytes > self.payload_bytes_max {
             return Err(Error::FrameTooLarge { bytes: payload_bytes, limit: self.payload_bytes_max });
@@ -306,8 +324,10 @@ impl Shared {
             let segment_end = tail.segment_end;
             if let Some(lsn) = tail.gathering.place(frame, crc, segment_end) {
                 let end = Lsn(lsn.0 + frame.as_bytes().len() as u64);
+                let applies = apply.is_some();
                 if wait {
-                    tail.gathering.waiters.push(std::thread::current());
+                    let apply = apply.take().map(|f| (lsn, f));
+                    tail.gathering.waiters.push(Waiter { thread: std::thread::current(), apply });
                 } else {
                     // Nobody waits for it: the flusher commits it.
                     tail.nosync_pending = true;
@@ -315,7 +335,7 @@ impl Shared {
                         self.flush.notify_one();
                     }
                 }
-                return Ok(Ticket { lsn, end });
+                return Ok(Ticket { lsn, end, applies });
             }
             if self.leader_busy.load(Ordering::SeqCst) {
                 // The leader swaps the batch out, or wakes us when it leaves.
@@ -357,18 +377,27 @@ impl Shared {
         }
     }
 
-    /// How `ticket` ended, if it has.
+    /// How `ticket` ended, if it has: durable (and, with an `Apply`,
+    /// applied), or failed.
     fn outcome(&self, ticket: Ticket) -> Option<Result<()>> {
-        if self.durable.load(Ordering::SeqCst) >= ticket.end.0 {
+        let done = |shared: &Shared| match ticket.applies {
+            true => shared.applied.load(Ordering::SeqCst) >= ticket.end.0,
+            false => shared.durable.load(Ordering::SeqCst) >= ticket.end.0,
+        };
+        if done(self) {
             return Some(Ok(()));
         }
         if !self.poisoned.load(Ordering::SeqCst) {
             return None;
         }
         let tail = self.lock_tail();
-        // A batch acknowledged before the failure stays acknowledged.
-        if self.durable.load(Ordering::SeqCst) >= ticket.end.0 {
+        // A batch acknowledged before the failure stays acknowledged (and
+        // its leader still applies it).
+        if done(self) {
             return Some(Ok(()));
+        }
+        if self.durable.load(Ordering::SeqCst) >= ticket.end.0 {
+            return None;
         }
         let cause = tail.poisoned.clone().expect("the flag is set with the cause");
         Some(Err(match &tail.failure {
@@ -385,7 +414,7 @@ impl Shared {
         let ticket = {
             let tail = self.lock_tail();
             let end = tail.gathering.fill_end();
-            Ticket { lsn: Lsn(end.0.saturating_sub(1)), end }
+            Ticket { lsn: Lsn(end.0.saturating_sub(1)), end, applies: false }
         };
         leader.lead(self, ticket.end);
         self.step_down(leader);
@@ -412,7 +441,7 @@ impl Shared {
     /// next leader first, so that its write overlaps their wake-ups).
     pub(crate) fn step_down(&self, mut leader: MutexGuard<'_, Committer>) {
         assert!(leader.is_idle(), "a leader leaves nothing in flight");
-        let acknowledged = leader.take_acknowledged();
+        let (acknowledged, acknowledged_end) = leader.take_acknowledged();
         self.leader_busy.store(false, Ordering::SeqCst);
         drop(leader);
         let next = {
@@ -420,14 +449,12 @@ impl Shared {
             if tail.writers_waiting > 0 {
                 self.room.notify_all();
             }
-            tail.gathering.waiters.first().cloned()
+            tail.gathering.waiters.first().map(|w| w.thread.clone())
         };
         if let Some(next) = next {
             next.unpark();
         }
-        for waiter in acknowledged {
-            waiter.unpark();
-        }
+        wake(self, acknowledged, acknowledged_end);
     }
 
     /// Publishes `end` as the durable end of the log.
@@ -437,6 +464,11 @@ impl Shared {
         self.counters.commits.fetch_add(frames, Ordering::Relaxed);
         self.counters.bytes.fetch_add(end.0 - before.0, Ordering::Relaxed);
         self.durable.store(end.0, Ordering::SeqCst);
+    }
+
+    /// The applied end of the log.
+    pub(crate) fn applied_lsn(&self) -> Lsn {
+        Lsn(self.applied.load(Ordering::SeqCst))
     }
 
     /// Stops taking frames (and the flusher).
@@ -485,7 +517,25 @@ impl Shared {
         self.poisoned.store(true, Ordering::SeqCst);
         self.room.notify_all();
         for waiter in &tail.gathering.waiters {
-            waiter.unpark();
+            waiter.thread.unpark();
         }
+    }
+}
+
+/// Runs the `Apply`s of acknowledged writers in order, publishes the
+/// applied end (`end`, the last acknowledged batch's), then wakes them.
+/// Writers of failed batches carry no `Apply` and are only woken.
+pub(crate) fn wake(shared: &Shared, waiters: Vec<Waiter>, end: Option<Lsn>) {
+    let mut waiters = waiters;
+    for waiter in &mut waiters {
+        if let Some((lsn, apply)) = waiter.apply.take() {
+            apply(lsn);
+        }
+    }
+    if let Some(end) = end {
+        shared.applied.fetch_max(end.0, Ordering::SeqCst);
+    }
+    for waiter in waiters {
+        waiter.thread.unpark();
     }
 }
