@@ -438,10 +438,16 @@ impl Shared {
     /// Gives up the leadership (with nothing in flight): wakes a writer of
     /// the batch gathered meanwhile to lead it, and the writers waiting for
     /// room, then the writers of the batches this leader acknowledged (the
-    /// next leader first, so that its write overlaps their wake-ups).
+    /// next leader first, so that its write overlaps their wake-ups). Their
+    /// `Apply`s run before the leadership is released.
     pub(crate) fn step_down(&self, mut leader: MutexGuard<'_, Committer>) {
         assert!(leader.is_idle(), "a leader leaves nothing in flight");
-        let (acknowledged, acknowledged_end) = leader.take_acknowledged();
+        let (mut acknowledged, acknowledged_end) = leader.take_acknowledged();
+        // Applied while still leading: the next leader's group must not be
+        // published as applied before this one has run (review of the CI
+        // failure: a writer saw the next group's applied end and returned
+        // before its own write was in the memtable).
+        apply(self, &mut acknowledged, acknowledged_end);
         self.leader_busy.store(false, Ordering::SeqCst);
         drop(leader);
         let next = {
@@ -454,7 +460,9 @@ impl Shared {
         if let Some(next) = next {
             next.unpark();
         }
-        wake(self, acknowledged, acknowledged_end);
+        for waiter in acknowledged {
+            waiter.thread.unpark();
+        }
     }
 
     /// Publishes `end` as the durable end of the log.
@@ -525,17 +533,23 @@ impl Shared {
 /// Runs the `Apply`s of acknowledged writers in order, publishes the
 /// applied end (`end`, the last acknowledged batch's), then wakes them.
 /// Writers of failed batches carry no `Apply` and are only woken.
-pub(crate) fn wake(shared: &Shared, waiters: Vec<Waiter>, end: Option<Lsn>) {
-    let mut waiters = waiters;
-    for waiter in &mut waiters {
+pub(crate) fn wake(shared: &Shared, mut waiters: Vec<Waiter>, end: Option<Lsn>) {
+    apply(shared, &mut waiters, end);
+    for waiter in waiters {
+        waiter.thread.unpark();
+    }
+}
+
+/// Runs the `Apply`s of acknowledged writers in order and publishes the
+/// applied end. Only while leading: a later leader publishes a further
+/// end, which must not come before these have run.
+pub(crate) fn apply(shared: &Shared, waiters: &mut [Waiter], end: Option<Lsn>) {
+    for waiter in waiters {
         if let Some((lsn, apply)) = waiter.apply.take() {
             apply(lsn);
         }
     }
     if let Some(end) = end {
         shared.applied.fetch_max(end.0, Ordering::SeqCst);
-    }
-    for waiter in waiters {
-        waiter.thread.unpark();
     }
 }
