@@ -5,23 +5,15 @@
 //! later batch or the clean close should vouch for (3), torn sectors left
 //! garbage or unreadable (7); and the log's own lock.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
-use ringkv_wal::{Error, FrameBuf, FrameHeader, Lsn, Wal, WalOptions, SEGMENT_BYTES_MIN};
+use ringkv_wal::{Error, FrameHeader, Lsn, Wal, WalOptions, SEGMENT_BYTES_MIN};
 use uring::{OpenMode, SimRng, SimStorage, Storage};
 
-const DIR: &str = "/db/wal";
-
-fn options() -> WalOptions {
-    WalOptions { segment_bytes: SEGMENT_BYTES_MIN, ..WalOptions::default() }
-}
-
-fn frame(payload: &[u8]) -> FrameBuf {
-    let mut f = FrameBuf::new();
-    f.extend(payload);
-    f
-}
+use common::{frame, options, DIR};
 
 fn segment0() -> std::path::PathBuf {
     Path::new(DIR).join(format!("{:020}.wal", 0))

@@ -4,24 +4,16 @@
 //! durable, a failure reaching a writer as success, or frames that wait
 //! forever because nobody led their batch.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use ringkv_wal::{Error, FrameBuf, Lsn, Wal, WalOptions, SEGMENT_BYTES_MIN};
+use ringkv_wal::{Error, Lsn, Wal};
 use uring::{Io, SimRng, SimStorage, Storage, StorageOptions, SyncMode};
 
-const DIR: &str = "/db/wal";
-
-fn options() -> WalOptions {
-    WalOptions { segment_bytes: SEGMENT_BYTES_MIN, ..WalOptions::default() }
-}
-
-fn frame(payload: &[u8]) -> FrameBuf {
-    let mut f = FrameBuf::new();
-    f.extend(payload);
-    f
-}
+use common::{frame, options, DIR};
 
 fn open(storage: Arc<dyn Storage>, dir: &Path) -> (Wal, BTreeSet<Vec<u8>>) {
     uring::create_dirs(storage.as_ref(), dir).unwrap();

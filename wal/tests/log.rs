@@ -1,23 +1,15 @@
 //! The log on the simulated disk: round trips, segment roll-over and
 //! recycling, and every row of the recovery table.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
-use ringkv_wal::{Error, FrameBuf, Lsn, RecoveryMode, Wal, WalOptions, SEGMENT_BYTES_MIN};
+use ringkv_wal::{Error, Lsn, RecoveryMode, Wal, WalOptions, SEGMENT_BYTES_MIN};
 use uring::{OpenMode, SimStorage, Storage};
 
-const DIR: &str = "/db/wal";
-
-fn options() -> WalOptions {
-    WalOptions { segment_bytes: SEGMENT_BYTES_MIN, ..WalOptions::default() }
-}
-
-fn frame(payload: &[u8]) -> FrameBuf {
-    let mut f = FrameBuf::new();
-    f.extend(payload);
-    f
-}
+use common::{frame, options, DIR};
 
 fn payload(i: usize, len: usize) -> Vec<u8> {
     (0..len).map(|j| (i * 31 + j) as u8).collect()

@@ -2,23 +2,15 @@
 //! ways recovery itself lost acknowledged writes or broke the log, outside
 //! the power-cut model (transient read errors, a retried refused open, a
 //! replay start past the end).
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
-use ringkv_wal::{Error, FrameBuf, Lsn, Wal, WalOptions, SEGMENT_BYTES_MIN};
+use ringkv_wal::{Error, Lsn, Wal, WalOptions};
 use uring::{OpenMode, SimStorage, Storage};
 
-const DIR: &str = "/db/wal";
-
-fn options() -> WalOptions {
-    WalOptions { segment_bytes: SEGMENT_BYTES_MIN, ..WalOptions::default() }
-}
-
-fn frame(payload: &[u8]) -> FrameBuf {
-    let mut f = FrameBuf::new();
-    f.extend(payload);
-    f
-}
+use common::{frame, options, DIR};
 
 fn open_from(disk: &SimStorage, from: Lsn) -> ringkv_wal::Result<(Wal, Vec<Vec<u8>>)> {
     uring::create_dirs(disk, Path::new(DIR)).unwrap();
