@@ -100,6 +100,16 @@ pub enum Error {
     /// The log is shutting down.
     #[error("WAL is closed")]
     Closed,
+    /// The `Apply` of the frame at `lsn` panicked. The frame is durable
+    /// but what it should have changed was not (fully) applied; the log
+    /// accepts no more writes.
+    #[error("the apply step of the WAL frame at LSN {lsn} panicked: {message}")]
+    ApplyPanicked {
+        /// The frame's position in the log.
+        lsn: Lsn,
+        /// The panic's message.
+        message: String,
+    },
 }
 
 /// Result of the log.

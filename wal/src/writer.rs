@@ -189,6 +189,8 @@ pub(crate) struct Tail {
     pub(crate) poisoned: Option<Arc<Error>>,
     /// The batch that failed (its writers get the error itself).
     pub(crate) failure: Option<Failure>,
+    /// Frames whose `Apply` panicked, with the error their writers get.
+    pub(crate) apply_panics: Vec<(Lsn, Arc<Error>)>,
     pub(crate) closed: bool,
     /// Writers asleep on `Shared::room`.
     pub(crate) writers_waiting: usize,
@@ -259,6 +261,7 @@ impl Shared {
             segment_end,
             poisoned: None,
             failure: None,
+            apply_panics: Vec::new(),
             closed: false,
             writers_waiting: 0,
             nosync_pending: false,
@@ -384,13 +387,17 @@ impl Shared {
             true => shared.applied.load(Ordering::SeqCst) >= ticket.end.0,
             false => shared.durable.load(Ordering::SeqCst) >= ticket.end.0,
         };
-        if done(self) {
-            return Some(Ok(()));
-        }
+        // Done, then the flag: the flag is raised before a panicked
+        // `Apply`'s end is published, so a writer that sees that end sees
+        // the flag too.
+        let done_now = done(self);
         if !self.poisoned.load(Ordering::SeqCst) {
-            return None;
+            return done_now.then_some(Ok(()));
         }
         let tail = self.lock_tail();
+        if let Some((_, error)) = tail.apply_panics.iter().find(|(lsn, _)| *lsn == ticket.lsn) {
+            return Some(Err((**error).clone()));
+        }
         // A batch acknowledged before the failure stays acknowledged (and
         // its leader still applies it).
         if done(self) {
@@ -511,6 +518,15 @@ impl Shared {
         }
     }
 
+    /// Records that the `Apply` of the frame at `lsn` panicked: its writer
+    /// gets [`Error::ApplyPanicked`], and the log refuses further writes
+    /// (the store no longer matches it).
+    fn apply_panicked(&self, lsn: Lsn, message: String) {
+        let error = Arc::new(Error::ApplyPanicked { lsn, message });
+        self.lock_tail().apply_panics.push((lsn, error.clone()));
+        self.poison(error, None);
+    }
+
     /// Refuses every later write with `Poisoned { cause }`; the writers of
     /// `failure`'s batch get its error, every other writer not yet answered
     /// `Poisoned`. Wakes the gathering batch's writers (the leader wakes
@@ -530,6 +546,15 @@ impl Shared {
     }
 }
 
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (payload.downcast_ref::<&str>(), payload.downcast_ref::<String>()) {
+        (Some(text), _) => (*text).to_owned(),
+        (_, Some(text)) => text.clone(),
+        _ => "a panic without a message".to_owned(),
+    }
+}
+
 /// Runs the `Apply`s of acknowledged writers in order, publishes the
 /// applied end (`end`, the last acknowledged batch's), then wakes them.
 /// Writers of failed batches carry no `Apply` and are only woken.
@@ -546,7 +571,11 @@ pub(crate) fn wake(shared: &Shared, mut waiters: Vec<Waiter>, end: Option<Lsn>) 
 pub(crate) fn apply(shared: &Shared, waiters: &mut [Waiter], end: Option<Lsn>) {
     for waiter in waiters {
         if let Some((lsn, apply)) = waiter.apply.take() {
-            apply(lsn);
+            // A panic must not unwind through the leader: it would leave
+            // the leadership poisoned and every writer parked for good.
+            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply(lsn))) {
+                shared.apply_panicked(lsn, panic_message(panic.as_ref()));
+            }
         }
     }
     if let Some(end) = end {

@@ -165,3 +165,49 @@ fn a_frame_nobody_waits_for_becomes_durable_on_its_own() {
     let (_, seen) = open(Arc::new(disk.after_power_cut(1)), Path::new(DIR));
     assert!(seen.contains(&b"nosync"[..]), "{seen:?}");
 }
+
+/// An `Apply` that panics must not unwind through the leader (which would
+/// leave the leadership poisoned and every writer parked for good): its
+/// writer gets `ApplyPanicked`, every writer returns, the applies of the
+/// others still run, and the log refuses further writes.
+#[test]
+fn a_panicking_apply_answers_its_writer_and_hangs_no_one() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let disk = SimStorage::new().seeded(3);
+    let (wal, _) = open(Arc::new(disk), Path::new(DIR));
+    let applied = Arc::new(AtomicU64::new(0));
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..16u64)
+            .map(|t| {
+                let (wal, applied) = (&wal, &applied);
+                scope.spawn(move || {
+                    (0..20u64)
+                        .map(|i| {
+                            let bomb = t == 5 && i == 10;
+                            let applied = Arc::clone(applied);
+                            wal.append_then(
+                                frame(format!("t{t}-{i}").as_bytes()),
+                                Box::new(move |_| {
+                                    assert!(!bomb, "the bomb goes off");
+                                    applied.fetch_add(1, Ordering::SeqCst);
+                                }),
+                            )
+                            .map(|_| ())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("writer")).collect()
+    });
+    let bomb = &results[5][10];
+    assert!(matches!(bomb, Err(Error::ApplyPanicked { message, .. }) if message == "the bomb goes off"), "{bomb:?}");
+    let ok = results.iter().flatten().filter(|r| r.is_ok()).count() as u64;
+    assert_eq!(applied.load(Ordering::SeqCst), ok, "every writer told Ok had its Apply run");
+    assert!(results
+        .iter()
+        .flatten()
+        .all(|r| r.is_ok() || matches!(r, Err(Error::ApplyPanicked { .. } | Error::Poisoned { .. }))));
+    let after = wal.append(frame(b"after"), true);
+    assert!(matches!(after, Err(Error::Poisoned { .. })), "{after:?}");
+}
