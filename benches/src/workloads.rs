@@ -26,6 +26,20 @@ pub struct Measurement {
 }
 
 impl Measurement {
+    /// Folds in another run of the same workload: rates over the two runs'
+    /// time together, latencies from both.
+    pub fn merge(&mut self, other: Measurement) {
+        let seconds = self.seconds + other.seconds;
+        let rate = |a: f64, b: f64| (a * self.seconds + b * other.seconds) / seconds;
+        self.ops_per_second = rate(self.ops_per_second, other.ops_per_second);
+        self.megabytes_per_second = match (self.megabytes_per_second, other.megabytes_per_second) {
+            (Some(a), Some(b)) => Some(rate(a, b)),
+            _ => None,
+        };
+        self.latency_us.add(&other.latency_us).expect("same histogram bounds");
+        self.seconds = seconds;
+    }
+
     /// A run of `latency_us.len()` operations in `elapsed`, with no sync counts.
     fn of_ops(
         workload: &'static str,

@@ -7,109 +7,166 @@
 //! ```
 //! All integers little-endian.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use wal::{FrameBuf, Lsn};
 
-use crate::constants::{BATCH_HEADER_BYTES, KEY_BYTES_MAX, OP_HEADER_BYTES, VALUE_BYTES_MAX};
+use crate::constants::{BATCH_BYTES_MAX, BATCH_HEADER_BYTES, KEY_BYTES_MAX, OP_HEADER_BYTES, VALUE_BYTES_MAX};
 use crate::error::{Error, Result};
 
-/// One change.
+/// One change, its bytes sharing the batch's payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Op {
-    Put(Vec<u8>, Vec<u8>),
-    Delete(Vec<u8>),
+    Put(Bytes, Bytes),
+    Delete(Bytes),
 }
 
 /// Changes applied all together or not at all, also across a crash.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// A batch is encoded as it is built, straight into the bytes of the WAL
+/// frame that carries it; the memtable then keeps slices of that payload
+/// (no copy or allocation per key).
+#[derive(Clone, Debug)]
 pub struct WriteBatch {
-    pub(crate) ops: Vec<Op>,
-    encoded_bytes: usize,
+    /// The frame: an op count (set when it is written), then the ops.
+    frame: FrameBuf,
+    ops: usize,
+    /// The first key or value over its limit (it is not copied in).
+    oversize: Option<Oversize>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Oversize {
+    Key(usize),
+    Value(usize),
+}
+
+impl Default for WriteBatch {
+    fn default() -> WriteBatch {
+        WriteBatch::new()
+    }
 }
 
 impl WriteBatch {
     /// An empty batch.
     pub fn new() -> WriteBatch {
-        WriteBatch { ops: Vec::new(), encoded_bytes: BATCH_HEADER_BYTES }
+        WriteBatch::with_room(0)
+    }
+
+    /// An empty batch with room for ops of `bytes` (keys and values).
+    /// Sized exactly: the memtable keeps the whole buffer while any of its
+    /// keys is live.
+    pub(crate) fn with_room(bytes: usize) -> WriteBatch {
+        let mut frame = FrameBuf::with_capacity(BATCH_HEADER_BYTES + bytes);
+        frame.resize_payload(BATCH_HEADER_BYTES);
+        WriteBatch { frame, ops: 0, oversize: None }
+    }
+
+    /// A batch of one op.
+    pub(crate) fn one(key: &[u8], value: Option<&[u8]>) -> WriteBatch {
+        let bytes = OP_HEADER_BYTES + key.len() + value.map_or(0, <[u8]>::len);
+        // No room reserved for an op that will be refused.
+        let mut batch = WriteBatch::with_room(if bytes <= BATCH_BYTES_MAX { bytes } else { 0 });
+        match value {
+            Some(value) => batch.put(key, value),
+            None => batch.delete(key),
+        };
+        batch
     }
 
     /// Sets `key` to `value`.
     pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> &mut WriteBatch {
-        let (key, value) = (key.as_ref().to_vec(), value.as_ref().to_vec());
-        self.encoded_bytes += OP_HEADER_BYTES + key.len() + value.len();
-        self.ops.push(Op::Put(key, value));
+        self.push(1, key.as_ref(), value.as_ref());
         self
     }
 
     /// Removes `key`.
     pub fn delete(&mut self, key: impl AsRef<[u8]>) -> &mut WriteBatch {
-        let key = key.as_ref().to_vec();
-        self.encoded_bytes += OP_HEADER_BYTES + key.len();
-        self.ops.push(Op::Delete(key));
+        self.push(2, key.as_ref(), &[]);
         self
+    }
+
+    fn push(&mut self, kind: u8, key: &[u8], value: &[u8]) {
+        self.ops += 1;
+        let oversize = match () {
+            _ if key.len() > KEY_BYTES_MAX => Some(Oversize::Key(key.len())),
+            _ if value.len() > VALUE_BYTES_MAX => Some(Oversize::Value(value.len())),
+            _ => None,
+        };
+        if oversize.is_some() || self.oversize.is_some() {
+            self.oversize = self.oversize.or(oversize);
+            return;
+        }
+        // Within the limits, so the lengths fit in u32.
+        self.frame.extend(&[kind]);
+        self.frame.extend(&(key.len() as u32).to_le_bytes());
+        self.frame.extend(&(value.len() as u32).to_le_bytes());
+        self.frame.extend(key);
+        self.frame.extend(value);
     }
 
     /// Number of operations.
     pub fn len(&self) -> usize {
-        self.ops.len()
+        self.ops
     }
 
     /// Whether it holds no operation.
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops == 0
     }
 
-    /// Checks limits and encodes the batch as one WAL frame.
-    pub(crate) fn encode(&self, batch_bytes_max: usize) -> Result<FrameBuf> {
-        for op in &self.ops {
-            match op {
-                Op::Put(k, v) => check_sizes(k, v)?,
-                Op::Delete(k) => check_sizes(k, &[])?,
-            }
+    /// Checks limits and finishes the batch's WAL frame.
+    pub(crate) fn into_frame(mut self, batch_bytes_max: usize) -> Result<FrameBuf> {
+        match self.oversize {
+            Some(Oversize::Key(bytes)) => return Err(Error::KeyTooLarge { bytes, limit: KEY_BYTES_MAX }),
+            Some(Oversize::Value(bytes)) => return Err(Error::ValueTooLarge { bytes, limit: VALUE_BYTES_MAX }),
+            None => {}
         }
-        let encoded = self.encoded_bytes.max(BATCH_HEADER_BYTES);
-        if encoded > batch_bytes_max {
-            return Err(Error::BatchTooLarge { bytes: encoded, limit: batch_bytes_max });
+        let bytes = self.frame.payload_bytes();
+        if bytes > batch_bytes_max {
+            return Err(Error::BatchTooLarge { bytes, limit: batch_bytes_max });
         }
-        let mut frame = FrameBuf::with_capacity(encoded);
-        let count = u32::try_from(self.ops.len()).expect("bounded by batch size");
-        frame.extend(&count.to_le_bytes());
-        for op in &self.ops {
-            let (kind, key, value): (u8, &[u8], &[u8]) = match op {
-                Op::Put(k, v) => (1, k, v),
-                Op::Delete(k) => (2, k, &[]),
-            };
-            frame.extend(&[kind]);
-            frame.extend(&(key.len() as u32).to_le_bytes());
-            frame.extend(&(value.len() as u32).to_le_bytes());
-            frame.extend(key);
-            frame.extend(value);
-        }
-        assert_eq!(frame.payload_bytes(), encoded, "encoded size matches the running count");
-        Ok(frame)
+        // At least OP_HEADER_BYTES per op, so the count fits.
+        debug_assert!(self.ops * OP_HEADER_BYTES < bytes);
+        let count = u32::try_from(self.ops).expect("bounded by the batch size");
+        self.frame.payload_mut()[..BATCH_HEADER_BYTES].copy_from_slice(&count.to_le_bytes());
+        Ok(self.frame)
     }
 }
 
-pub(crate) fn check_sizes(key: &[u8], value: &[u8]) -> Result<()> {
-    if key.len() > KEY_BYTES_MAX {
-        return Err(Error::KeyTooLarge { bytes: key.len(), limit: KEY_BYTES_MAX });
+impl PartialEq for WriteBatch {
+    fn eq(&self, other: &WriteBatch) -> bool {
+        // The count slot is only filled in when the frame is finished.
+        let ops = |b: &WriteBatch| b.frame.payload()[BATCH_HEADER_BYTES..].to_vec();
+        self.ops == other.ops && ops(self) == ops(other)
     }
-    if value.len() > VALUE_BYTES_MAX {
-        return Err(Error::ValueTooLarge { bytes: value.len(), limit: VALUE_BYTES_MAX });
-    }
-    Ok(())
 }
 
-/// Decodes a batch payload read from the WAL at `lsn`.
-pub(crate) fn decode(lsn: Lsn, payload: &[u8]) -> Result<Vec<Op>> {
+impl Eq for WriteBatch {}
+
+/// A finished batch frame, shared between the log (which copies it into
+/// its commit buffer) and the memtable (which keeps slices of its payload).
+pub(crate) struct Payload(pub(crate) Arc<FrameBuf>);
+
+impl AsRef<[u8]> for Payload {
+    fn as_ref(&self) -> &[u8] {
+        self.0.payload()
+    }
+}
+
+/// Decodes a batch payload read from the WAL at `lsn`; the ops' bytes are
+/// slices of `payload`.
+pub(crate) fn decode(lsn: Lsn, payload: &Bytes) -> Result<Vec<Op>> {
     let bad = |reason| Error::BadBatch { lsn, reason };
     let mut at = 0usize;
-    let mut take = |n: usize| -> Result<&[u8]> {
+    let mut take = |n: usize| -> Result<Bytes> {
         let end = at.checked_add(n).filter(|&end| end <= payload.len()).ok_or(bad("truncated"))?;
-        let bytes = &payload[at..end];
+        let bytes = payload.slice(at..end);
         at = end;
         Ok(bytes)
     };
-    let u32_of = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize;
+    let u32_of = |b: Bytes| u32::from_le_bytes(b[..].try_into().expect("4 bytes")) as usize;
     let count = u32_of(take(4)?);
     let mut ops = Vec::with_capacity(count.min(payload.len() / OP_HEADER_BYTES));
     for _ in 0..count {
@@ -119,8 +176,8 @@ pub(crate) fn decode(lsn: Lsn, payload: &[u8]) -> Result<Vec<Op>> {
         if key_len > KEY_BYTES_MAX || value_len > VALUE_BYTES_MAX {
             return Err(bad("key or value length over the limit"));
         }
-        let key = take(key_len)?.to_vec();
-        let value = take(value_len)?.to_vec();
+        let key = take(key_len)?;
+        let value = take(value_len)?;
         ops.push(match (kind, value_len) {
             (1, _) => Op::Put(key, value),
             (2, 0) => Op::Delete(key),
@@ -138,8 +195,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn payload(frame: &FrameBuf) -> Vec<u8> {
-        frame.payload().to_vec()
+    fn payload(frame: &FrameBuf) -> Bytes {
+        Bytes::copy_from_slice(frame.payload())
     }
 
     proptest! {
@@ -149,13 +206,20 @@ mod tests {
             for (is_put, k, v) in &ops {
                 if *is_put { batch.put(k, v); } else { batch.delete(k); }
             }
-            let frame = batch.encode(crate::BATCH_BYTES_MAX).unwrap();
-            prop_assert_eq!(decode(Lsn(0), &payload(&frame)).unwrap(), batch.ops);
+            let frame = batch.into_frame(crate::BATCH_BYTES_MAX).unwrap();
+            let expected: Vec<Op> = ops
+                .iter()
+                .map(|(is_put, k, v)| match is_put {
+                    true => Op::Put(Bytes::copy_from_slice(k), Bytes::copy_from_slice(v)),
+                    false => Op::Delete(Bytes::copy_from_slice(k)),
+                })
+                .collect();
+            prop_assert_eq!(decode(Lsn(0), &payload(&frame)).unwrap(), expected);
         }
 
         #[test]
         fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = decode(Lsn(7), &bytes);
+            let _ = decode(Lsn(7), &Bytes::from(bytes));
         }
     }
 
@@ -163,8 +227,8 @@ mod tests {
     fn truncated_batch_is_a_typed_error_naming_the_lsn() {
         let mut batch = WriteBatch::new();
         batch.put("key", "value");
-        let bytes = payload(&batch.encode(crate::BATCH_BYTES_MAX).unwrap());
-        let err = decode(Lsn(99), &bytes[..bytes.len() - 1]).unwrap_err();
+        let bytes = payload(&batch.into_frame(crate::BATCH_BYTES_MAX).unwrap());
+        let err = decode(Lsn(99), &bytes.slice(..bytes.len() - 1)).unwrap_err();
         assert!(matches!(err, Error::BadBatch { lsn: Lsn(99), reason: "truncated" }), "{err:?}");
     }
 }

@@ -5,10 +5,11 @@ use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use uring::{Backend, DirLock, Io, Storage, StorageOptions, SyncMode};
 use wal::{Lsn, RecoveryMode, Wal, WalOptions, WalStats};
 
-use crate::batch::{self, WriteBatch};
+use crate::batch::{self, Payload, WriteBatch};
 use crate::constants::{BATCH_BYTES_MAX, SCAN_CHUNK_ENTRIES};
 use crate::error::{Error, Result};
 use crate::marker::{self, Found};
@@ -123,7 +124,7 @@ struct Replay {
 
 impl Replay {
     fn frame(&mut self, header: &wal::FrameHeader, payload: &[u8]) {
-        match batch::decode(header.lsn, payload) {
+        match batch::decode(header.lsn, &Bytes::copy_from_slice(payload)) {
             Ok(ops) => self.memtable.apply(header.lsn, ops),
             Err(e) => {
                 self.error.get_or_insert(e);
@@ -260,9 +261,7 @@ impl Kv {
     /// the log failed (then the write may or may not be durable, and the
     /// store refuses further writes).
     pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
-        let mut batch = WriteBatch::new();
-        batch.put(key, value);
-        self.write(batch)
+        self.write(WriteBatch::one(key.as_ref(), Some(value.as_ref())))
     }
 
     /// Removes `key` (no error if absent).
@@ -270,9 +269,7 @@ impl Kv {
     /// # Errors
     /// As [`Kv::put`].
     pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<()> {
-        let mut batch = WriteBatch::new();
-        batch.delete(key);
-        self.write(batch)
+        self.write(WriteBatch::one(key.as_ref(), None))
     }
 
     /// Applies every change of `batch`, or none, with the store's durability.
@@ -292,16 +289,19 @@ impl Kv {
             return Ok(());
         }
         let wal = self.wal.as_ref().ok_or_else(|| Error::ReadOnly { path: self.dir.clone() })?;
-        let frame = batch.encode(self.batch_bytes_max)?;
+        let frame = Arc::new(batch.into_frame(self.batch_bytes_max)?);
+        // The memtable's keys and values: slices of the frame's payload.
+        let payload = Bytes::from_owner(Payload(Arc::clone(&frame)));
+        let ops = batch::decode(Lsn(0), &payload).expect("a batch decodes as it was encoded");
         match durability {
             // Applied by the leader that acknowledges it, with its group.
             Durability::Sync => {
                 let memtable = self.memtable.clone();
-                wal.append_then(frame, Box::new(move |lsn| memtable.apply(lsn, batch.ops)))?;
+                wal.append_then(&*frame, Box::new(move |lsn| memtable.apply(lsn, ops)))?;
             }
             Durability::NoSync => {
-                let lsn = wal.append(frame, false)?;
-                self.memtable.apply(lsn, batch.ops);
+                let lsn = wal.append(&*frame, false)?;
+                self.memtable.apply(lsn, ops);
             }
         }
         Ok(())
@@ -448,7 +448,7 @@ fn not_a_store(storage: &dyn Storage, dir: &Path) -> Result<Error> {
 /// # Errors
 /// [`Error::BadBatch`] naming the LSN.
 pub fn check_batch(lsn: Lsn, payload: &[u8]) -> Result<usize> {
-    Ok(batch::decode(lsn, payload)?.len())
+    Ok(batch::decode(lsn, &Bytes::copy_from_slice(payload))?.len())
 }
 
 /// An ordered scan; see [`Kv::scan`]. Iterates forwards with `next` and

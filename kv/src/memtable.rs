@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::RwLock;
 
+use bytes::Bytes;
 use wal::Lsn;
 
 use crate::batch::Op;
@@ -21,12 +22,13 @@ type Version = (u64, u32);
 struct Entry {
     version: Version,
     /// None for a delete (a tombstone: it must outlive older puts).
-    value: Option<Vec<u8>>,
+    value: Option<Bytes>,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct Memtable {
-    map: RwLock<BTreeMap<Vec<u8>, Entry>>,
+    /// Keys and values are slices of their batches' payloads.
+    map: RwLock<BTreeMap<Bytes, Entry>>,
 }
 
 impl Memtable {
@@ -50,7 +52,7 @@ impl Memtable {
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.map.read().expect("memtable lock").get(key).and_then(|e| e.value.clone())
+        self.map.read().expect("memtable lock").get(key).and_then(|e| e.value.as_deref().map(<[u8]>::to_vec))
     }
 
     /// Up to `limit` live entries of `(start, end)`: the first ones in key
@@ -67,7 +69,7 @@ impl Memtable {
             return Vec::new(); // BTreeMap::range would panic
         }
         let map = self.map.read().expect("memtable lock");
-        let live = |(k, e): (&Vec<u8>, &Entry)| e.value.as_ref().map(|v| (k.clone(), v.clone()));
+        let live = |(k, e): (&Bytes, &Entry)| e.value.as_ref().map(|v| (k.to_vec(), v.to_vec()));
         let range = map.range::<[u8], _>((start, end));
         if from_back {
             range.rev().filter_map(live).take(limit).collect()

@@ -251,6 +251,11 @@ impl FrameBuf {
         &self.bytes[FRAME_HEADER_BYTES..]
     }
 
+    /// The payload so far, to patch in place.
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes[FRAME_HEADER_BYTES..]
+    }
+
     /// Payload length in bytes.
     pub fn payload_bytes(&self) -> usize {
         self.bytes.len() - FRAME_HEADER_BYTES

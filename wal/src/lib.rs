@@ -48,6 +48,7 @@ mod recovery;
 mod segment;
 mod writer;
 
+use std::borrow::Borrow;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -254,7 +255,7 @@ impl Wal {
         Ok(Wal { shared, flusher: Some(flusher), recovered, _lock: lock })
     }
 
-    /// Appends one frame. With `wait`, returns once the frame is durable
+    /// Appends one frame (given or lent). With `wait`, returns once the frame is durable
     /// (the caller writes and syncs its batch itself if no other caller is
     /// doing so); without, once it is ordered in the log: the flusher
     /// thread writes and syncs it as soon as it can, without waiting for
@@ -266,8 +267,9 @@ impl Wal {
     /// [`Error::FrameTooLarge`]; the storage error that failed this frame's
     /// batch (then the frame may or may not be durable); [`Error::Poisoned`]
     /// naming that error for every later call.
-    pub fn append(&self, frame: FrameBuf, wait: bool) -> Result<Lsn> {
-        let ticket = self.shared.place(&frame, wait, None)?;
+    pub fn append(&self, frame: impl Borrow<FrameBuf>, wait: bool) -> Result<Lsn> {
+        let frame = frame.borrow();
+        let ticket = self.shared.place(frame, wait, None)?;
         if wait {
             self.shared.await_durable(ticket)?;
         }
@@ -283,8 +285,9 @@ impl Wal {
     ///
     /// # Errors
     /// As [`Wal::append`].
-    pub fn append_then(&self, frame: FrameBuf, apply: Apply) -> Result<Lsn> {
-        let ticket = self.shared.place(&frame, true, Some(apply))?;
+    pub fn append_then(&self, frame: impl Borrow<FrameBuf>, apply: Apply) -> Result<Lsn> {
+        let frame = frame.borrow();
+        let ticket = self.shared.place(frame, true, Some(apply))?;
         self.shared.await_durable(ticket)?;
         Ok(ticket.lsn)
     }
