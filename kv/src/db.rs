@@ -299,9 +299,11 @@ impl Kv {
                 let memtable = self.memtable.clone();
                 wal.append_then(&*frame, Box::new(move |lsn| memtable.apply(lsn, ops)))?;
             }
+            // Applied before the log can acknowledge it, so the applied
+            // end never passes it.
             Durability::NoSync => {
-                let lsn = wal.append(&*frame, false)?;
-                self.memtable.apply(lsn, ops);
+                let memtable = self.memtable.clone();
+                wal.append_unsynced_then(&*frame, Box::new(move |lsn| memtable.apply(lsn, ops)))?;
             }
         }
         Ok(())

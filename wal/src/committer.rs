@@ -203,7 +203,9 @@ impl Committer {
     /// `None` if nothing is gathered.
     fn take_batch(&mut self, shared: &Shared) -> Option<Batch> {
         let mut tail = shared.lock_tail();
-        if tail.gathering.is_empty() {
+        // Poisoned elsewhere (a panicked `Apply`): its writers were told
+        // so, and nothing gathered is written any more.
+        if tail.gathering.is_empty() || !tail.is_healthy() {
             return None;
         }
         let next_start = tail.gathering.end();

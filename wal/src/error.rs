@@ -110,6 +110,9 @@ pub enum Error {
         /// The panic's message.
         message: String,
     },
+    /// An `Apply` called back into the log, which would wait for itself.
+    #[error("an Apply called back into the WAL (append or sync from within an Apply would wait for itself)")]
+    WithinApply,
 }
 
 /// Result of the log.

@@ -281,10 +281,12 @@ impl Wal {
     /// in LSN order with the rest of its group (one pass for the group
     /// instead of every woken writer contending to apply its own), and
     /// never if its batch fails. [`Wal::applied_lsn`] says how far every
-    /// such `apply` has run.
+    /// such `apply` has run. An `apply` must not call back into the log
+    /// ([`Error::WithinApply`]).
     ///
     /// # Errors
-    /// As [`Wal::append`].
+    /// As [`Wal::append`]; [`Error::ApplyPanicked`] if `apply` panicked,
+    /// and [`Error::Poisoned`] for every later call.
     pub fn append_then(&self, frame: impl Borrow<FrameBuf>, apply: Apply) -> Result<Lsn> {
         let frame = frame.borrow();
         let ticket = self.shared.place(frame, true, Some(apply))?;
@@ -292,8 +294,22 @@ impl Wal {
         Ok(ticket.lsn)
     }
 
+    /// Appends one frame without waiting for it (as `append(frame, false)`)
+    /// and runs `apply` with its LSN before returning, before any leader
+    /// can acknowledge the frame's batch: so [`Wal::applied_lsn`] never
+    /// passes a frame whose `apply` has not run. Others wait for the tail
+    /// while it runs: keep it short. Runs even if the frame's batch later
+    /// fails (it is not durable yet, as `append(frame, false)` promises).
+    ///
+    /// # Errors
+    /// As [`Wal::append`], and [`Error::ApplyPanicked`] if `apply` panicked.
+    pub fn append_unsynced_then(&self, frame: impl Borrow<FrameBuf>, apply: Apply) -> Result<Lsn> {
+        Ok(self.shared.place(frame.borrow(), false, Some(apply))?.lsn)
+    }
+
     /// The end of the log up to which every frame is durable and every
-    /// `apply` of [`Wal::append_then`] has run.
+    /// `apply` of [`Wal::append_then`] and [`Wal::append_unsynced_then`]
+    /// has run.
     pub fn applied_lsn(&self) -> Lsn {
         self.shared.applied_lsn()
     }

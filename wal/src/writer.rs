@@ -239,6 +239,9 @@ pub(crate) struct Shared {
     /// The end of the log whose frames' `Apply`s have all run (behind
     /// `durable` while a leader runs them).
     pub(crate) applied: AtomicU64,
+    /// An `Apply` panicked: no further `Apply` runs and the applied end
+    /// stays where that frame starts.
+    applies_stopped: AtomicBool,
     pub(crate) counters: Counters,
     /// The live segments, oldest first.
     pub(crate) segments: Mutex<Vec<Segment>>,
@@ -280,6 +283,7 @@ impl Shared {
             poisoned: AtomicBool::new(false),
             durable: AtomicU64::new(end.0),
             applied: AtomicU64::new(end.0),
+            applies_stopped: AtomicBool::new(false),
             counters: Counters::default(),
             segments: Mutex::new(segments),
         }
@@ -315,6 +319,7 @@ impl Shared {
         if payload_bytes > self.payload_bytes_max {
             return Err(Error::FrameTooLarge { bytes: payload_bytes, limit: self.payload_bytes_max });
         }
+        refuse_within_apply()?;
         let crc = frame.payload_crc();
         let mut tail = self.lock_tail();
         loop {
@@ -332,6 +337,16 @@ impl Shared {
                     let apply = apply.take().map(|f| (lsn, f));
                     tail.gathering.waiters.push(Waiter { thread: std::thread::current(), apply });
                 } else {
+                    if let Some(apply) = apply.take() {
+                        // Applied before the tail lock is released, so before
+                        // any leader can take this batch and publish an
+                        // applied end past it.
+                        if let Err(message) = run_apply(apply, lsn) {
+                            self.applies_stopped.store(true, Ordering::SeqCst);
+                            drop(tail);
+                            return Err(self.apply_panicked(lsn, message));
+                        }
+                    }
                     // Nobody waits for it: the flusher commits it.
                     tail.nosync_pending = true;
                     if std::mem::take(&mut tail.flusher_sleeping) {
@@ -403,10 +418,14 @@ impl Shared {
         if done(self) {
             return Some(Ok(()));
         }
+        let cause = tail.poisoned.clone().expect("the flag is set with the cause");
+        // After an `Apply` panicked no other runs: this one never will.
+        if ticket.applies && self.applies_stopped.load(Ordering::SeqCst) {
+            return Some(Err(Error::Poisoned { cause }));
+        }
         if self.durable.load(Ordering::SeqCst) >= ticket.end.0 {
             return None;
         }
-        let cause = tail.poisoned.clone().expect("the flag is set with the cause");
         Some(Err(match &tail.failure {
             Some(f) if f.start <= ticket.lsn && ticket.lsn < f.end => f.error.clone(),
             _ => Error::Poisoned { cause },
@@ -417,6 +436,7 @@ impl Shared {
     /// leadership (waiting for the current leader, who leaves nothing in
     /// flight) and commits up to the last frame placed.
     pub(crate) fn sync(&self) -> Result<()> {
+        refuse_within_apply()?;
         let mut leader = self.lead_blocking();
         let ticket = {
             let tail = self.lock_tail();
@@ -521,10 +541,11 @@ impl Shared {
     /// Records that the `Apply` of the frame at `lsn` panicked: its writer
     /// gets [`Error::ApplyPanicked`], and the log refuses further writes
     /// (the store no longer matches it).
-    fn apply_panicked(&self, lsn: Lsn, message: String) {
+    fn apply_panicked(&self, lsn: Lsn, message: String) -> Error {
         let error = Arc::new(Error::ApplyPanicked { lsn, message });
         self.lock_tail().apply_panics.push((lsn, error.clone()));
-        self.poison(error, None);
+        self.poison(error.clone(), None);
+        Error::clone(&error)
     }
 
     /// Refuses every later write with `Poisoned { cause }`; the writers of
@@ -570,15 +591,50 @@ pub(crate) fn wake(shared: &Shared, mut waiters: Vec<Waiter>, end: Option<Lsn>) 
 /// end, which must not come before these have run.
 pub(crate) fn apply(shared: &Shared, waiters: &mut [Waiter], end: Option<Lsn>) {
     for waiter in waiters {
-        if let Some((lsn, apply)) = waiter.apply.take() {
-            // A panic must not unwind through the leader: it would leave
-            // the leadership poisoned and every writer parked for good.
-            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply(lsn))) {
-                shared.apply_panicked(lsn, panic_message(panic.as_ref()));
-            }
+        let Some((lsn, apply)) = waiter.apply.take() else { continue };
+        if shared.applies_stopped.load(Ordering::SeqCst) {
+            continue; // its writer gets `Poisoned`
+        }
+        if let Err(message) = run_apply(apply, lsn) {
+            // Every frame before this one is applied; none from it on
+            // will be. Published before the log is poisoned, so a writer
+            // that sees the poison sees its own frame as applied if it is.
+            shared.applied.fetch_max(lsn.0, Ordering::SeqCst);
+            shared.applies_stopped.store(true, Ordering::SeqCst);
+            shared.apply_panicked(lsn, message);
         }
     }
     if let Some(end) = end {
-        shared.applied.fetch_max(end.0, Ordering::SeqCst);
+        if !shared.applies_stopped.load(Ordering::SeqCst) {
+            shared.applied.fetch_max(end.0, Ordering::SeqCst);
+        }
+    }
+}
+
+thread_local! {
+    /// This thread is running an `Apply`.
+    static IN_APPLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `apply`, catching a panic: one must not unwind through a leader
+/// (it would leave the leadership poisoned and every writer parked for
+/// good). Returns the panic's message.
+fn run_apply(apply: Apply, lsn: Lsn) -> std::result::Result<(), String> {
+    IN_APPLY.with(|flag| flag.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply(lsn)));
+    IN_APPLY.with(|flag| flag.set(false));
+    result.map_err(|panic| {
+        let message = panic_message(panic.as_ref());
+        // Not dropped: a payload whose Drop panics would unwind from here.
+        std::mem::forget(panic);
+        message
+    })
+}
+
+/// An `Apply` calling back into the log would wait for itself.
+fn refuse_within_apply() -> Result<()> {
+    match IN_APPLY.with(std::cell::Cell::get) {
+        true => Err(Error::WithinApply),
+        false => Ok(()),
     }
 }
