@@ -26,7 +26,9 @@ pub enum Durability {
     /// flusher thread writes and syncs it with the batch it joined as soon
     /// as it can, without waiting for another write; until that sync
     /// completes a crash may lose it (and only a suffix of such writes).
-    /// [`Kv::sync`] waits for it.
+    /// [`Kv::sync`] waits for it. Readers see it at once: if its sync
+    /// then fails, the store refuses writes, and reads still show it until
+    /// the store is reopened without it.
     NoSync,
 }
 
