@@ -79,6 +79,24 @@ pub enum Error {
         limit: usize,
     },
     /// A WAL frame passed its checksum but does not decode as a batch.
+    /// A page of the page file fails its checks.
+    #[error("corrupt page {page} in {}: {reason}", path.display())]
+    CorruptPage {
+        /// The page file.
+        path: PathBuf,
+        /// The page's number (its byte offset / 4096).
+        page: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An earlier checkpoint failed; the page file takes no more until the
+    /// store is reopened (its state on disk is unknown, and a failed sync
+    /// is never retried).
+    #[error("an earlier checkpoint of {} failed; reopen the store", path.display())]
+    CheckpointFailed {
+        /// The page file.
+        path: PathBuf,
+    },
     #[error("WAL frame at LSN {lsn} does not decode as a batch: {reason}")]
     BadBatch {
         /// The frame's position.

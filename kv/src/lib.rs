@@ -44,6 +44,7 @@ mod db;
 mod error;
 mod marker;
 mod memtable;
+mod tree;
 
 pub use batch::WriteBatch;
 pub use constants::{BATCH_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};

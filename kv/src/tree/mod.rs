@@ -1,0 +1,821 @@
+//! The page file: a copy-on-write B+tree of keys → values in 4 KiB pages
+//! (`data.db` in the store directory), with two alternating meta pages.
+//!
+//! A checkpoint folds a sorted run of changes into the tree without
+//! overwriting any page the newest durable meta page can reach: it writes
+//! the changed leaves and their ancestors to free pages, syncs, then writes
+//! the meta page of the next generation into the slot of the older one and
+//! syncs again. A crash anywhere in between leaves the previous checkpoint
+//! whole. Pages the new tree no longer reaches become free once no reader
+//! still reads an older generation.
+
+// Not yet wired into `Kv`: the checkpointer that feeds it frozen
+// memtables is the next step of the page-file issue.
+#![allow(dead_code)]
+
+mod page;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use uring::{AlignedBuf, File, OpenMode, Storage};
+use wal::Lsn;
+
+use crate::error::{Error, Result};
+pub(crate) use page::PageNo;
+use page::{Bad, Kind, Node, PageBuf, PageRef, Stored, BODY_BYTES, PAGE_BYTES};
+
+const MAGIC: &[u8; 8] = b"RINGKVPF";
+const FORMAT: u32 = 1;
+/// Pages 0 and 1 hold the meta pages.
+const FIRST_TREE_PAGE: PageNo = 2;
+/// Consecutive pages written with one call.
+const RUN_PAGES_MAX: usize = 64;
+/// Longest key the tree takes: a leaf or branch then holds at least three.
+pub(crate) const TREE_KEY_BYTES_MAX: usize = 1024;
+const _: () = assert!(page::INLINE_ENTRY_MAX >= TREE_KEY_BYTES_MAX + 19);
+const _: () = assert!(crate::VALUE_BYTES_MAX <= page::INDEX_REFS_MAX * BODY_BYTES);
+/// Nodes the cache keeps, by default.
+pub(crate) const CACHE_PAGES_DEFAULT: usize = 16 << 10;
+
+/// One checkpoint's commit point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub(crate) generation: u64,
+    pub(crate) root: Option<PageRef>,
+    free_map: Option<PageRef>,
+    /// Pages [0, high_water) are in use or free; none lies beyond.
+    pub(crate) high_water: PageNo,
+    /// Every change of the log below it is in the tree.
+    pub(crate) lsn: Lsn,
+}
+
+impl Meta {
+    fn empty() -> Meta {
+        Meta { generation: 0, root: None, free_map: None, high_water: FIRST_TREE_PAGE, lsn: Lsn(0) }
+    }
+}
+
+/// What [`PageFile::open`] found.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    /// The older meta page, if valid (the log must reach back to its LSN).
+    pub(crate) older: Option<Meta>,
+    /// Why the newer slot was not used, if it failed its checks.
+    pub(crate) fell_back: Option<String>,
+}
+
+pub(crate) struct PageFile {
+    file: Arc<dyn File>,
+    path: PathBuf,
+    current: RwLock<Arc<Meta>>,
+    older: Mutex<Option<Meta>>,
+    alloc: Mutex<Alloc>,
+    /// Readers per generation: pages freed by generation g are reused only
+    /// once no reader reads a generation below g.
+    pins: Arc<Mutex<BTreeMap<u64, usize>>>,
+    cache: Cache,
+    /// One checkpoint at a time; set once one failed (the file's state is
+    /// then unknown: no retry).
+    checkpointing: Mutex<bool>,
+}
+
+#[derive(Debug, Default)]
+struct Alloc {
+    high_water: PageNo,
+    /// Free and reusable now, lowest first.
+    free: BTreeSet<PageNo>,
+    /// Freed by a generation, reusable once no reader reads an older one.
+    pending: Vec<(u64, Vec<PageNo>)>,
+}
+
+impl Alloc {
+    fn take(&mut self) -> PageNo {
+        match self.free.pop_first() {
+            Some(page) => page,
+            None => {
+                let page = self.high_water;
+                self.high_water = self.high_water.checked_add(1).expect("page numbers exhausted");
+                page
+            }
+        }
+    }
+
+    /// Moves pending pages no reader can still reach to `free`.
+    fn release(&mut self, oldest_read: Option<u64>) {
+        let (ready, held): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.pending).into_iter().partition(|(g, _)| oldest_read.is_none_or(|r| r >= *g));
+        self.pending = held;
+        for page in ready.into_iter().flat_map(|(_, pages)| pages) {
+            assert!(self.free.insert(page), "page {page} freed twice");
+        }
+    }
+}
+
+/// A reader's hold on one generation of the tree.
+pub(crate) struct Snapshot {
+    pub(crate) meta: Arc<Meta>,
+    pins: Arc<Mutex<BTreeMap<u64, usize>>>,
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let mut pins = self.pins.lock().expect("pins lock");
+        let count = pins.get_mut(&self.meta.generation).expect("pinned");
+        *count -= 1;
+        if *count == 0 {
+            pins.remove(&self.meta.generation);
+        }
+    }
+}
+
+/// Cached nodes by page number, with the generation that wrote each.
+type Shard = Mutex<HashMap<PageNo, (u64, Arc<Node>)>>;
+
+/// Decoded nodes by page number (with the generation that wrote them).
+struct Cache {
+    shards: Vec<Shard>,
+    per_shard: usize,
+}
+
+impl Cache {
+    fn new(pages: usize) -> Cache {
+        let shards = 16;
+        Cache { shards: (0..shards).map(|_| Mutex::default()).collect(), per_shard: (pages / shards).max(1) }
+    }
+
+    fn shard(&self, page: PageNo) -> &Shard {
+        &self.shards[page as usize % self.shards.len()]
+    }
+
+    fn get(&self, at: PageRef) -> Option<Arc<Node>> {
+        let shard = self.shard(at.page).lock().expect("cache lock");
+        shard.get(&at.page).filter(|(g, _)| *g == at.generation).map(|(_, n)| n.clone())
+    }
+
+    fn put(&self, at: PageRef, node: Arc<Node>) {
+        let mut shard = self.shard(at.page).lock().expect("cache lock");
+        if shard.len() >= self.per_shard && !shard.contains_key(&at.page) {
+            // Evicts whichever entry the map yields first: the hash order
+            // makes it a random choice. (A CLOCK cache comes with sizing.)
+            if let Some(&victim) = shard.keys().next() {
+                shard.remove(&victim);
+            }
+        }
+        shard.insert(at.page, (at.generation, node));
+    }
+}
+
+/// A change to fold in: a new value, or None for a delete.
+pub(crate) type Change = (Bytes, Option<Bytes>);
+
+impl PageFile {
+    /// Opens (creating if missing) the page file at `path`: reads both
+    /// meta pages and takes the newer valid one, then its free map.
+    ///
+    /// # Errors
+    /// `CorruptPage` if neither meta page is valid in a non-empty file, or
+    /// the free map is damaged; `Storage` for I/O.
+    pub(crate) fn open(storage: &dyn Storage, path: &Path, cache_pages: usize) -> Result<(PageFile, Opened)> {
+        let existed = storage.exists(path)?;
+        let file = storage.open(path, OpenMode::Create)?;
+        if !existed {
+            // Its directory entry must be durable before any checkpoint in
+            // it can be.
+            uring::sync_parent(storage, path)?;
+        }
+        let size = file.size_bytes()?;
+        let pages = PageFile {
+            file,
+            path: path.to_owned(),
+            current: RwLock::new(Arc::new(Meta::empty())),
+            older: Mutex::new(None),
+            alloc: Mutex::new(Alloc { high_water: FIRST_TREE_PAGE, ..Alloc::default() }),
+            pins: Arc::default(),
+            cache: Cache::new(cache_pages),
+            checkpointing: Mutex::new(false),
+        };
+        let mut slots = Vec::new();
+        for slot in 0..2u32 {
+            if u64::from(slot + 1) * PAGE_BYTES as u64 > size {
+                slots.push(Err(None));
+                continue;
+            }
+            let bytes = pages.read_page(slot)?;
+            slots.push(match bytes.iter().all(|&b| b == 0) {
+                true => Err(None),
+                false => read_meta(bytes, slot).map_err(|bad| Some(bad.to_string())),
+            });
+        }
+        let mut valid: Vec<Meta> = slots.iter().filter_map(|s| s.as_ref().ok().cloned()).collect();
+        valid.sort_by_key(|m| std::cmp::Reverse(m.generation));
+        let damaged: Vec<String> = slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, s)| s.as_ref().err().and_then(|e| e.as_ref().map(|e| format!("meta page {slot}: {e}"))))
+            .collect();
+        let opened = match valid.len() {
+            0 if !damaged.is_empty() => {
+                return Err(Error::CorruptPage { path: path.to_owned(), page: 0, reason: damaged.join("; ") });
+            }
+            0 => Opened { older: None, fell_back: None },
+            _ => {
+                let newest = valid[0].clone();
+                // A damaged slot holds the newer generation if the valid
+                // one is not the very first (a torn meta write, or rot).
+                let fell_back = damaged.first().cloned();
+                if let Some(why) = &fell_back {
+                    tracing::warn!(path = %path.display(), "{why}; using the older meta page (generation {})", newest.generation);
+                }
+                let older = valid.get(1).cloned();
+                *pages.current.write().expect("meta lock") = Arc::new(newest.clone());
+                *pages.older.lock().expect("older lock") = older.clone();
+                let free = pages.read_free_map(&newest)?;
+                *pages.alloc.lock().expect("alloc lock") =
+                    Alloc { high_water: newest.high_water, free, pending: Vec::new() };
+                Opened { older, fell_back }
+            }
+        };
+        Ok((pages, opened))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The newest checkpoint.
+    pub(crate) fn meta(&self) -> Arc<Meta> {
+        self.current.read().expect("meta lock").clone()
+    }
+
+    /// The checkpoint before it, if its meta page is valid.
+    pub(crate) fn older_meta(&self) -> Option<Meta> {
+        self.older.lock().expect("older lock").clone()
+    }
+
+    /// Pins the newest generation for a reader.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let mut pins = self.pins.lock().expect("pins lock");
+        let meta = self.meta();
+        *pins.entry(meta.generation).or_default() += 1;
+        Snapshot { meta, pins: self.pins.clone() }
+    }
+
+    /// The value of `key` in `snapshot`, if it has one.
+    ///
+    /// # Errors
+    /// `CorruptPage` naming a page that fails its checks; `Storage`.
+    pub(crate) fn get(&self, snapshot: &Snapshot, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let Some(mut at) = snapshot.meta.root else { return Ok(None) };
+        loop {
+            match &*self.node(at)? {
+                Node::Branch { first, rest } => {
+                    let i = rest.partition_point(|(k, _)| k[..] <= *key);
+                    at = if i == 0 { *first } else { rest[i - 1].1 };
+                }
+                Node::Leaf(entries) => {
+                    return match entries.binary_search_by(|(k, _)| k[..].cmp(key)) {
+                        Ok(i) => Ok(Some(self.value(&entries[i].1)?)),
+                        Err(_) => Ok(None),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Up to `limit` entries of `(start, end)` in `snapshot`, in key order
+    /// or, with `from_back`, in reverse.
+    ///
+    /// # Errors
+    /// As [`PageFile::get`].
+    pub(crate) fn range(
+        &self,
+        snapshot: &Snapshot,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+        from_back: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        if let Some(root) = snapshot.meta.root {
+            self.collect(root, (start, end), from_back, limit, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn collect(
+        &self,
+        at: PageRef,
+        range: (Bound<&[u8]>, Bound<&[u8]>),
+        from_back: bool,
+        limit: usize,
+        out: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<()> {
+        let node = self.node(at)?;
+        match &*node {
+            Node::Leaf(entries) => {
+                let inside = |k: &[u8]| {
+                    let after_start = match range.0 {
+                        Bound::Included(s) => k >= s,
+                        Bound::Excluded(s) => k > s,
+                        Bound::Unbounded => true,
+                    };
+                    let before_end = match range.1 {
+                        Bound::Included(e) => k <= e,
+                        Bound::Excluded(e) => k < e,
+                        Bound::Unbounded => true,
+                    };
+                    after_start && before_end
+                };
+                let mut visit = |(k, v): &(Bytes, Stored)| -> Result<bool> {
+                    if out.len() >= limit {
+                        return Ok(false);
+                    }
+                    if inside(k) {
+                        out.push((k.to_vec(), self.value(v)?));
+                    }
+                    Ok(true)
+                };
+                if from_back {
+                    for e in entries.iter().rev() {
+                        if !visit(e)? {
+                            break;
+                        }
+                    }
+                } else {
+                    for e in entries {
+                        if !visit(e)? {
+                            break;
+                        }
+                    }
+                }
+            }
+            Node::Branch { first, rest } => {
+                // Child i holds keys in [low_i, low_{i+1}).
+                let children: Vec<(Option<&[u8]>, PageRef)> =
+                    std::iter::once((None, *first)).chain(rest.iter().map(|(k, r)| (Some(&k[..]), *r))).collect();
+                let overlaps = |i: usize| {
+                    let low = children[i].0;
+                    let high = children.get(i + 1).and_then(|c| c.0);
+                    let after_start = match (high, range.0) {
+                        (Some(h), Bound::Included(s) | Bound::Excluded(s)) => h > s,
+                        _ => true,
+                    };
+                    let before_end = match (low, range.1) {
+                        (Some(l), Bound::Included(e)) => l <= e,
+                        (Some(l), Bound::Excluded(e)) => l < e,
+                        _ => true,
+                    };
+                    after_start && before_end
+                };
+                let order: Vec<usize> =
+                    if from_back { (0..children.len()).rev().collect() } else { (0..children.len()).collect() };
+                for i in order {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    if overlaps(i) {
+                        self.collect(children[i].1, range, from_back, limit, out)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds `changes` (sorted by key, each key once) into the tree as
+    /// the checkpoint of everything below `lsn`, and makes it durable.
+    ///
+    /// # Errors
+    /// `Storage` (then the file refuses further checkpoints: its state is
+    /// unknown and a failed sync is never retried), `CorruptPage`.
+    pub(crate) fn checkpoint(&self, changes: &[Change], lsn: Lsn) -> Result<Meta> {
+        let mut failed = self.checkpointing.lock().expect("checkpoint lock");
+        if *failed {
+            return Err(Error::CheckpointFailed { path: self.path.clone() });
+        }
+        debug_assert!(changes.windows(2).all(|w| w[0].0 < w[1].0), "sorted, unique keys");
+        let old = self.meta();
+        let mut alloc = self.alloc.lock().expect("alloc lock");
+        let oldest_read = self.pins.lock().expect("pins lock").keys().next().copied();
+        alloc.release(oldest_read);
+        let mut w = Writer {
+            pages: self,
+            generation: old.generation + 1,
+            alloc: &mut alloc,
+            out: Vec::new(),
+            freed: Vec::new(),
+            only_child: HashMap::new(),
+        };
+        let result = w.fold(&old, changes, lsn).and_then(|meta| {
+            let Writer { out, freed, .. } = w;
+            self.write(out, &meta)?;
+            Ok((meta, freed))
+        });
+        match result {
+            Ok((meta, freed)) => {
+                alloc.pending.push((meta.generation, freed));
+                drop(alloc);
+                let previous =
+                    std::mem::replace(&mut *self.current.write().expect("meta lock"), Arc::new(meta.clone()));
+                *self.older.lock().expect("older lock") = Some((*previous).clone());
+                Ok(meta)
+            }
+            Err(e) => {
+                *failed = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the checkpoint's pages (runs of consecutive pages as one
+    /// write), syncs, writes the meta page, syncs.
+    fn write(&self, mut out: Vec<(PageNo, PageBuf)>, meta: &Meta) -> Result<()> {
+        out.sort_by_key(|(no, _)| *no);
+        let mut pages = out.into_iter().peekable();
+        while let Some((start, first)) = pages.next() {
+            let mut run = vec![first];
+            while run.len() < RUN_PAGES_MAX && pages.peek().is_some_and(|(no, _)| *no == start + run.len() as PageNo) {
+                run.push(pages.next().expect("peeked").1);
+            }
+            let mut buf = AlignedBuf::new(run.len() * PAGE_BYTES);
+            for (k, page) in run.into_iter().enumerate() {
+                page.seal(start + k as PageNo, meta.generation, &mut buf[k * PAGE_BYTES..(k + 1) * PAGE_BYTES]);
+            }
+            self.file.write_at(u64::from(start) * PAGE_BYTES as u64, &buf)?;
+        }
+        self.file.sync_data()?;
+        let mut buf = AlignedBuf::new(PAGE_BYTES);
+        let slot = (meta.generation & 1) as PageNo;
+        meta_page(meta).seal(slot, meta.generation, &mut buf);
+        self.file.write_at(u64::from(slot) * PAGE_BYTES as u64, &buf)?;
+        self.file.sync_data()?;
+        Ok(())
+    }
+
+    fn read_page(&self, page: PageNo) -> Result<Bytes> {
+        let mut buf = AlignedBuf::new(PAGE_BYTES);
+        self.file.read_at(u64::from(page) * PAGE_BYTES as u64, &mut buf)?;
+        Ok(Bytes::from_owner(Aligned(buf)))
+    }
+
+    fn corrupt(&self, page: PageNo, bad: Bad) -> Error {
+        Error::CorruptPage { path: self.path.clone(), page: u64::from(page), reason: bad.to_string() }
+    }
+
+    fn checked(&self, at: PageRef) -> Result<page::Checked> {
+        page::check(self.read_page(at.page)?, at).map_err(|bad| self.corrupt(at.page, bad))
+    }
+
+    fn node(&self, at: PageRef) -> Result<Arc<Node>> {
+        if let Some(node) = self.cache.get(at) {
+            return Ok(node);
+        }
+        let node = Arc::new(page::node(self.checked(at)?).map_err(|bad| self.corrupt(at.page, bad))?);
+        self.cache.put(at, node.clone());
+        Ok(node)
+    }
+
+    /// The data pages of a large value, from its index page.
+    fn data_pages(&self, index: PageRef) -> Result<Vec<PageRef>> {
+        let checked = self.checked(index)?;
+        if checked.kind != Kind::Index {
+            return Err(self.corrupt(index.page, Bad::Kind(checked.kind as u8)));
+        }
+        let mut r = page::Reader::new(checked.body);
+        (0..checked.count).map(|_| r.page_ref().map_err(|bad| self.corrupt(index.page, bad))).collect()
+    }
+
+    fn value(&self, stored: &Stored) -> Result<Vec<u8>> {
+        match stored {
+            Stored::Inline(v) => Ok(v.to_vec()),
+            Stored::Overflow { len, index } => {
+                let mut value = Vec::with_capacity(*len as usize);
+                for at in self.data_pages(*index)? {
+                    let checked = self.checked(at)?;
+                    let take = (*len as usize - value.len()).min(BODY_BYTES);
+                    value.extend_from_slice(&checked.body[..take]);
+                }
+                if value.len() != *len as usize {
+                    return Err(self.corrupt(index.page, Bad::Layout("a large value's pages hold too few bytes")));
+                }
+                Ok(value)
+            }
+        }
+    }
+
+    fn read_free_map(&self, meta: &Meta) -> Result<BTreeSet<PageNo>> {
+        let Some(index) = meta.free_map else { return Ok(BTreeSet::new()) };
+        let mut free = BTreeSet::new();
+        for (n, at) in self.data_pages(index)?.into_iter().enumerate() {
+            let checked = self.checked(at)?;
+            let base = n * page::FREE_MAP_PAGE_BITS;
+            for (byte, bits) in checked.body.iter().enumerate() {
+                for bit in 0..8 {
+                    let page = base + byte * 8 + bit;
+                    if bits & (1 << bit) != 0 && page < meta.high_water as usize {
+                        free.insert(page as PageNo);
+                    }
+                }
+            }
+        }
+        Ok(free)
+    }
+}
+
+/// An aligned buffer as the owner of `Bytes`.
+struct Aligned(AlignedBuf);
+
+impl AsRef<[u8]> for Aligned {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+fn meta_page(meta: &Meta) -> PageBuf {
+    let mut page = PageBuf::new(Kind::Meta);
+    page.put(MAGIC);
+    page.put(&FORMAT.to_le_bytes());
+    page.put(&(PAGE_BYTES as u32).to_le_bytes());
+    page.put_ref(meta.root.unwrap_or(PageRef { page: 0, generation: 0 }));
+    page.put_ref(meta.free_map.unwrap_or(PageRef { page: 0, generation: 0 }));
+    page.put(&meta.high_water.to_le_bytes());
+    page.put(&meta.lsn.0.to_le_bytes());
+    page
+}
+
+fn read_meta(bytes: Bytes, slot: PageNo) -> std::result::Result<Meta, Bad> {
+    let (checked, generation) = page::check_unanchored(bytes, slot)?;
+    if checked.kind != Kind::Meta {
+        return Err(Bad::Kind(checked.kind as u8));
+    }
+    if generation & 1 != u64::from(slot) {
+        return Err(Bad::Layout("a meta page in the other generation's slot"));
+    }
+    let mut r = page::Reader::new(checked.body);
+    if &r.take(8)?[..] != MAGIC {
+        return Err(Bad::Layout("not a ringkv page file (bad magic)"));
+    }
+    let format = r.u32()?;
+    if format != FORMAT || r.u32()? != PAGE_BYTES as u32 {
+        return Err(Bad::Layout("unsupported page file format or page size"));
+    }
+    let some = |r: PageRef| (r.page != 0).then_some(r);
+    let root = some(r.page_ref()?);
+    let free_map = some(r.page_ref()?);
+    let high_water = r.u32()?;
+    let lsn = Lsn(r.u64()?);
+    let below = |r: Option<PageRef>| r.is_none_or(|r| r.page >= FIRST_TREE_PAGE && r.page < high_water);
+    if !below(root) || !below(free_map) {
+        return Err(Bad::Layout("the root or free map lies outside the file's pages"));
+    }
+    Ok(Meta { generation, root, free_map, high_water, lsn })
+}
+
+/// One checkpoint's work: new pages and the pages they replace.
+struct Writer<'a> {
+    pages: &'a PageFile,
+    generation: u64,
+    alloc: &'a mut Alloc,
+    out: Vec<(PageNo, PageBuf)>,
+    freed: Vec<PageNo>,
+    /// New branches with a single child, and that child.
+    only_child: HashMap<PageNo, PageRef>,
+}
+
+impl Writer<'_> {
+    fn fold(&mut self, old: &Meta, changes: &[Change], lsn: Lsn) -> Result<Meta> {
+        let mut level = match old.root {
+            Some(root) => self.merge(root, None, changes)?,
+            None => {
+                let entries = changes
+                    .iter()
+                    .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())))
+                    .map(|(k, v)| Ok((k.clone(), self.store(&k, v)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                self.leaves(entries, None)
+            }
+        };
+        while level.len() > 1 {
+            level = self.branches(level);
+        }
+        let mut root = level.pop().map(|(_, r)| r);
+        // A root branch with one child gives way to the child (only new
+        // branches can have one child: a root is never left so).
+        while let Some(child) = root.and_then(|at| self.only_child.get(&at.page).copied()) {
+            let at = root.expect("checked");
+            self.out.retain(|(no, _)| *no != at.page);
+            self.alloc.free.insert(at.page); // never written: free at once
+            root = Some(child);
+        }
+        if let Some(map) = old.free_map {
+            self.freed.push(map.page);
+            self.freed.extend(self.pages.data_pages(map)?.into_iter().map(|r| r.page));
+        }
+        let free_map = self.free_map();
+        Ok(Meta { generation: self.generation, root, free_map: Some(free_map), high_water: self.alloc.high_water, lsn })
+    }
+
+    fn page(&mut self, page: PageBuf) -> PageRef {
+        let no = self.alloc.take();
+        self.out.push((no, page));
+        PageRef { page: no, generation: self.generation }
+    }
+
+    /// Stores a value: inline, or in data pages listed by an index page.
+    fn store(&mut self, key: &[u8], value: Bytes) -> Result<Stored> {
+        assert!(key.len() <= TREE_KEY_BYTES_MAX, "keys are capped");
+        let inline = Stored::Inline(value);
+        if page::leaf_entry_bytes(key, &inline) <= page::INLINE_ENTRY_MAX {
+            return Ok(inline);
+        }
+        let Stored::Inline(value) = inline else { unreachable!() };
+        let chunks: Vec<&[u8]> = value.chunks(BODY_BYTES).collect();
+        assert!(chunks.len() <= page::INDEX_REFS_MAX, "values are capped below one index page's reach");
+        let mut index = PageBuf::new(Kind::Index);
+        for chunk in chunks {
+            let mut data = PageBuf::new(Kind::Data);
+            data.put(chunk);
+            let at = self.page(data);
+            index.put_ref(at);
+            index.counted();
+        }
+        let len = u32::try_from(value.len()).expect("values are capped");
+        Ok(Stored::Overflow { len, index: self.page(index) })
+    }
+
+    fn free_value(&mut self, stored: &Stored) -> Result<()> {
+        if let Stored::Overflow { index, .. } = stored {
+            self.freed.extend(self.pages.data_pages(*index)?.into_iter().map(|r| r.page));
+            self.freed.push(index.page);
+        }
+        Ok(())
+    }
+
+    /// Folds `changes` (all within this subtree's key range) into the
+    /// subtree at `at`. Returns its replacement: nodes with their least
+    /// keys, the first one's key being `low` (the parent's separator).
+    fn merge(&mut self, at: PageRef, low: Option<Bytes>, changes: &[Change]) -> Result<Vec<(Option<Bytes>, PageRef)>> {
+        let node = self.pages.node(at)?;
+        self.freed.push(at.page);
+        match &*node {
+            Node::Leaf(entries) => {
+                let mut merged = Vec::with_capacity(entries.len() + changes.len());
+                let (mut e, mut c) = (entries.iter().peekable(), changes.iter().peekable());
+                loop {
+                    match (e.peek(), c.peek()) {
+                        (Some((ek, _)), Some((ck, _))) if ek < ck => merged.push(e.next().expect("peeked").clone()),
+                        (Some((ek, ev)), Some((ck, cv))) if ek == ck => {
+                            self.free_value(ev)?;
+                            if let Some(v) = cv {
+                                merged.push((ck.clone(), self.store(ck, v.clone())?));
+                            }
+                            e.next();
+                            c.next();
+                        }
+                        (_, Some((ck, cv))) => {
+                            if let Some(v) = cv {
+                                merged.push((ck.clone(), self.store(ck, v.clone())?));
+                            }
+                            c.next();
+                        }
+                        (Some(_), None) => merged.push(e.next().expect("peeked").clone()),
+                        (None, None) => break,
+                    }
+                }
+                Ok(self.leaves(merged, low))
+            }
+            Node::Branch { first, rest } => {
+                let mut out = Vec::new();
+                let children: Vec<(Option<Bytes>, PageRef)> = std::iter::once((low.clone(), *first))
+                    .chain(rest.iter().map(|(k, r)| (Some(k.clone()), *r)))
+                    .collect();
+                let mut from = 0;
+                for (i, (key, child)) in children.iter().enumerate() {
+                    let to = match children.get(i + 1) {
+                        Some((Some(next), _)) => from + changes[from..].partition_point(|(k, _)| k < next),
+                        _ => changes.len(),
+                    };
+                    if from == to {
+                        out.push((key.clone(), *child));
+                    } else {
+                        out.extend(self.merge(*child, key.clone(), &changes[from..to])?);
+                    }
+                    from = to;
+                }
+                if let Some(first) = out.first_mut() {
+                    first.0 = low;
+                }
+                Ok(self.branches(out))
+            }
+        }
+    }
+
+    /// Packs entries into leaves of even fill.
+    fn leaves(&mut self, entries: Vec<(Bytes, Stored)>, low: Option<Bytes>) -> Vec<(Option<Bytes>, PageRef)> {
+        let sizes: Vec<usize> = entries.iter().map(|(k, v)| page::leaf_entry_bytes(k, v)).collect();
+        let groups = split_evenly(&sizes, 0);
+        let mut out = Vec::new();
+        let mut entries = entries.into_iter();
+        for (n, count) in groups.into_iter().enumerate() {
+            let group: Vec<_> = entries.by_ref().take(count).collect();
+            let key = if n == 0 { low.clone() } else { Some(group[0].0.clone()) };
+            let at = self.page(page::leaf_page(&group));
+            self.pages.cache.put(at, Arc::new(Node::Leaf(group)));
+            out.push((key, at));
+        }
+        out
+    }
+
+    /// Packs children into branches of even fill.
+    fn branches(&mut self, children: Vec<(Option<Bytes>, PageRef)>) -> Vec<(Option<Bytes>, PageRef)> {
+        let sizes: Vec<usize> = children
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| match i {
+                0 => page::BRANCH_FIRST_BYTES,
+                _ => page::branch_entry_bytes(k.as_deref().unwrap_or_default()),
+            })
+            .collect();
+        let groups = split_evenly(&sizes, page::BRANCH_FIRST_BYTES);
+        let mut out = Vec::new();
+        let mut children = children.into_iter();
+        for count in groups {
+            let group: Vec<_> = children.by_ref().take(count).collect();
+            let key = group[0].0.clone();
+            let first = group[0].1;
+            let rest: Vec<(Bytes, PageRef)> =
+                group[1..].iter().map(|(k, r)| (k.clone().expect("only the first child has no key"), *r)).collect();
+            let at = self.page(page::branch_page(first, &rest));
+            if rest.is_empty() {
+                self.only_child.insert(at.page, first);
+            }
+            self.pages.cache.put(at, Arc::new(Node::Branch { first, rest }));
+            out.push((key, at));
+        }
+        out
+    }
+
+    /// Allocates the free map's pages, then fills them: every page below
+    /// the high-water mark that the new tree does not reach.
+    fn free_map(&mut self) -> PageRef {
+        // Enough bitmap pages for the high-water mark after they (and the
+        // index page) are allocated.
+        let mut bitmaps = Vec::new();
+        let index = self.alloc.take();
+        while bitmaps.len() * page::FREE_MAP_PAGE_BITS < self.alloc.high_water as usize {
+            bitmaps.push(self.alloc.take());
+        }
+        let mut free: BTreeSet<PageNo> = self.alloc.free.clone();
+        free.extend(self.alloc.pending.iter().flat_map(|(_, p)| p.iter().copied()));
+        free.extend(self.freed.iter().copied());
+        assert!(bitmaps.len() <= page::INDEX_REFS_MAX, "page file too large for one free-map index");
+        let mut index_page = PageBuf::new(Kind::Index);
+        for (n, no) in bitmaps.iter().enumerate() {
+            let mut bits = vec![0u8; BODY_BYTES];
+            let base = n * page::FREE_MAP_PAGE_BITS;
+            for &p in free.range(base as PageNo..(base + page::FREE_MAP_PAGE_BITS).min(PageNo::MAX as usize) as PageNo)
+            {
+                let bit = p as usize - base;
+                bits[bit / 8] |= 1 << (bit % 8);
+            }
+            let mut page = PageBuf::new(Kind::FreeMap);
+            page.put(&bits);
+            self.out.push((*no, page));
+            index_page.put_ref(PageRef { page: *no, generation: self.generation });
+            index_page.counted();
+        }
+        self.out.push((index, index_page));
+        PageRef { page: index, generation: self.generation }
+    }
+}
+
+/// Splits items of `sizes` bytes into the fewest pages of at most
+/// `BODY_BYTES` (each page also spending `base`), filled evenly. Returns
+/// items per page.
+fn split_evenly(sizes: &[usize], base: usize) -> Vec<usize> {
+    let total: usize = sizes.iter().sum::<usize>();
+    if sizes.is_empty() {
+        return Vec::new();
+    }
+    let pages = total.div_ceil(BODY_BYTES - base).max(1);
+    let target = total.div_ceil(pages);
+    let mut groups = Vec::new();
+    let (mut count, mut bytes) = (0, 0);
+    for &size in sizes {
+        if count > 0 && (bytes + size > BODY_BYTES - base || bytes >= target) {
+            groups.push(count);
+            (count, bytes) = (0, 0);
+        }
+        count += 1;
+        bytes += size;
+    }
+    groups.push(count);
+    groups
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,369 @@
+//! The page file's pages: 4 KiB, each with a CRC, its own number and the
+//! generation (checkpoint) that wrote it. A reader knows the number and
+//! generation it expects (from the meta page or the parent), so a read
+//! catches a torn or rotted page (CRC), a misdirected write (number) and a
+//! lost write (generation: a reused page's old contents still have a valid
+//! CRC). Layout in docs/FORMAT.md.
+//!
+//! ```text
+//! header (24 bytes): crc32 u32 (of bytes 4..4096) | page u32 | generation u64
+//!                    | kind u8 | 0 u8 | count u16 | 0 u32
+//! leaf:     count × (key_len u16 | stored u8 | value_len u32 | key
+//!                    | value (stored 0) or index page ref (stored 1))
+//! branch:   child ref, then (count - 1) × (key_len u16 | key | child ref)
+//! index:    count × data page ref (the pages of one large value, in order)
+//! data:     a large value's bytes
+//! free map: bitmap, bit set = page free
+//! meta:     see `Meta`
+//! page ref = page u32 | generation u64
+//! ```
+//! All integers little-endian.
+
+use bytes::Bytes;
+
+/// Bytes of a page.
+pub(crate) const PAGE_BYTES: usize = 4096;
+const HEADER_BYTES: usize = 24;
+/// Bytes of a page after its header.
+pub(crate) const BODY_BYTES: usize = PAGE_BYTES - HEADER_BYTES;
+const REF_BYTES: usize = 12;
+const LEAF_ENTRY_HEADER: usize = 7;
+/// A leaf entry larger than this keeps its value in overflow pages, so a
+/// leaf holds at least three entries.
+pub(crate) const INLINE_ENTRY_MAX: usize = BODY_BYTES / 3;
+/// Data pages one index page lists.
+pub(crate) const INDEX_REFS_MAX: usize = BODY_BYTES / REF_BYTES;
+/// Pages one free-map page covers.
+pub(crate) const FREE_MAP_PAGE_BITS: usize = BODY_BYTES * 8;
+
+/// A page's number in the file (byte offset / 4096).
+pub(crate) type PageNo = u32;
+
+/// Where a child lives and which checkpoint wrote it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PageRef {
+    pub(crate) page: PageNo,
+    pub(crate) generation: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    Meta = 1,
+    Leaf = 2,
+    Branch = 3,
+    Index = 4,
+    Data = 5,
+    FreeMap = 6,
+}
+
+impl Kind {
+    fn from_code(code: u8) -> Option<Kind> {
+        [Kind::Meta, Kind::Leaf, Kind::Branch, Kind::Index, Kind::Data, Kind::FreeMap]
+            .into_iter()
+            .find(|k| *k as u8 == code)
+    }
+}
+
+/// A value as a leaf stores it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Stored {
+    Inline(Bytes),
+    /// `len` bytes in the data pages the index page lists.
+    Overflow {
+        len: u32,
+        index: PageRef,
+    },
+}
+
+/// A decoded tree node. Keys and inline values are slices of the page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Node {
+    Leaf(Vec<(Bytes, Stored)>),
+    /// Children and, for each but the first, the least key it holds.
+    Branch {
+        first: PageRef,
+        rest: Vec<(Bytes, PageRef)>,
+    },
+}
+
+/// Why a page failed its checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Bad {
+    Crc,
+    /// It says it is another page (a misdirected write).
+    Number(PageNo),
+    /// Another generation wrote it (a lost or stale write).
+    Generation(u64),
+    Kind(u8),
+    /// Its contents do not decode.
+    Layout(&'static str),
+}
+
+impl std::fmt::Display for Bad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bad::Crc => f.write_str("checksum mismatch (torn or corrupt page)"),
+            Bad::Number(n) => write!(f, "the page says it is page {n} (misdirected write)"),
+            Bad::Generation(g) => write!(f, "written by generation {g}, not the one its parent names (lost write)"),
+            Bad::Kind(k) => write!(f, "unexpected page kind {k}"),
+            Bad::Layout(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Bytes a leaf entry takes.
+pub(crate) fn leaf_entry_bytes(key: &[u8], stored: &Stored) -> usize {
+    LEAF_ENTRY_HEADER
+        + key.len()
+        + match stored {
+            Stored::Inline(v) => v.len(),
+            Stored::Overflow { .. } => REF_BYTES,
+        }
+}
+
+/// Bytes a branch spends on a child after the first.
+pub(crate) fn branch_entry_bytes(key: &[u8]) -> usize {
+    2 + key.len() + REF_BYTES
+}
+
+/// Bytes the first child of a branch takes.
+pub(crate) const BRANCH_FIRST_BYTES: usize = REF_BYTES;
+
+/// A page being written.
+pub(crate) struct PageBuf {
+    bytes: Vec<u8>,
+    count: u16,
+}
+
+impl PageBuf {
+    pub(crate) fn new(kind: Kind) -> PageBuf {
+        let mut bytes = Vec::with_capacity(PAGE_BYTES);
+        bytes.resize(HEADER_BYTES, 0);
+        bytes[16] = kind as u8;
+        PageBuf { bytes, count: 0 }
+    }
+
+    pub(crate) fn room(&self) -> usize {
+        PAGE_BYTES - self.bytes.len()
+    }
+
+    pub(crate) fn put(&mut self, bytes: &[u8]) {
+        assert!(bytes.len() <= self.room(), "page overflow");
+        self.bytes.extend_from_slice(bytes);
+    }
+
+    pub(crate) fn put_ref(&mut self, r: PageRef) {
+        self.put(&r.page.to_le_bytes());
+        self.put(&r.generation.to_le_bytes());
+    }
+
+    pub(crate) fn counted(&mut self) {
+        self.count += 1;
+    }
+
+    /// Seals it as page `page` of `generation` into `out` (4096 bytes).
+    pub(crate) fn seal(mut self, page: PageNo, generation: u64, out: &mut [u8]) {
+        self.bytes.resize(PAGE_BYTES, 0);
+        self.bytes[4..8].copy_from_slice(&page.to_le_bytes());
+        self.bytes[8..16].copy_from_slice(&generation.to_le_bytes());
+        self.bytes[18..20].copy_from_slice(&self.count.to_le_bytes());
+        let crc = crc32fast::hash(&self.bytes[4..]);
+        self.bytes[..4].copy_from_slice(&crc.to_le_bytes());
+        out[..PAGE_BYTES].copy_from_slice(&self.bytes);
+    }
+}
+
+pub(crate) fn leaf_page(entries: &[(Bytes, Stored)]) -> PageBuf {
+    let mut page = PageBuf::new(Kind::Leaf);
+    for (key, stored) in entries {
+        page.put(&(key.len() as u16).to_le_bytes());
+        match stored {
+            Stored::Inline(v) => {
+                page.put(&[0]);
+                page.put(&(v.len() as u32).to_le_bytes());
+                page.put(key);
+                page.put(v);
+            }
+            Stored::Overflow { len, index } => {
+                page.put(&[1]);
+                page.put(&len.to_le_bytes());
+                page.put(key);
+                page.put_ref(*index);
+            }
+        }
+        page.counted();
+    }
+    page
+}
+
+pub(crate) fn branch_page(first: PageRef, rest: &[(Bytes, PageRef)]) -> PageBuf {
+    let mut page = PageBuf::new(Kind::Branch);
+    page.put_ref(first);
+    page.counted();
+    for (key, child) in rest {
+        page.put(&(key.len() as u16).to_le_bytes());
+        page.put(key);
+        page.put_ref(*child);
+        page.counted();
+    }
+    page
+}
+
+/// A checked page: its kind, entry count and body.
+pub(crate) struct Checked {
+    pub(crate) kind: Kind,
+    pub(crate) count: usize,
+    pub(crate) body: Bytes,
+}
+
+/// Checks a page read from where `expected` says it lives.
+pub(crate) fn check(page: Bytes, expected: PageRef) -> Result<Checked, Bad> {
+    let (checked, generation) = check_any(page, expected.page)?;
+    if generation != expected.generation {
+        return Err(Bad::Generation(generation));
+    }
+    Ok(checked)
+}
+
+/// Checks CRC and number; returns the page and the generation it names.
+fn check_any(page: Bytes, number: PageNo) -> Result<(Checked, u64), Bad> {
+    assert_eq!(page.len(), PAGE_BYTES);
+    let crc = u32::from_le_bytes(page[..4].try_into().expect("4 bytes"));
+    if crc32fast::hash(&page[4..]) != crc {
+        return Err(Bad::Crc);
+    }
+    let found = u32::from_le_bytes(page[4..8].try_into().expect("4 bytes"));
+    if found != number {
+        return Err(Bad::Number(found));
+    }
+    let kind = Kind::from_code(page[16]).ok_or(Bad::Kind(page[16]))?;
+    let count = usize::from(u16::from_le_bytes(page[18..20].try_into().expect("2 bytes")));
+    let generation = u64::from_le_bytes(page[8..16].try_into().expect("8 bytes"));
+    Ok((Checked { kind, count, body: page.slice(HEADER_BYTES..) }, generation))
+}
+
+/// Reads a page's body field by field.
+pub(crate) struct Reader {
+    body: Bytes,
+    at: usize,
+}
+
+impl Reader {
+    pub(crate) fn new(body: Bytes) -> Reader {
+        Reader { body, at: 0 }
+    }
+
+    pub(crate) fn take(&mut self, n: usize) -> Result<Bytes, Bad> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.body.len())
+            .ok_or(Bad::Layout("an entry runs past the page"))?;
+        let bytes = self.body.slice(self.at..end);
+        self.at = end;
+        Ok(bytes)
+    }
+
+    fn u16(&mut self) -> Result<u16, Bad> {
+        Ok(u16::from_le_bytes(self.take(2)?[..].try_into().expect("2 bytes")))
+    }
+
+    pub(crate) fn u32(&mut self) -> Result<u32, Bad> {
+        Ok(u32::from_le_bytes(self.take(4)?[..].try_into().expect("4 bytes")))
+    }
+
+    pub(crate) fn u64(&mut self) -> Result<u64, Bad> {
+        Ok(u64::from_le_bytes(self.take(8)?[..].try_into().expect("8 bytes")))
+    }
+
+    pub(crate) fn page_ref(&mut self) -> Result<PageRef, Bad> {
+        Ok(PageRef { page: self.u32()?, generation: self.u64()? })
+    }
+}
+
+/// Decodes a checked tree page.
+pub(crate) fn node(page: Checked) -> Result<Node, Bad> {
+    let mut r = Reader::new(page.body);
+    match page.kind {
+        Kind::Leaf => {
+            let mut entries = Vec::with_capacity(page.count);
+            let mut previous: Option<Bytes> = None;
+            for _ in 0..page.count {
+                let key_len = usize::from(r.u16()?);
+                let stored = r.take(1)?[0];
+                let len = r.u32()?;
+                let key = r.take(key_len)?;
+                let value = match stored {
+                    0 => Stored::Inline(r.take(len as usize)?),
+                    1 => Stored::Overflow { len, index: r.page_ref()? },
+                    _ => return Err(Bad::Layout("unknown value storage")),
+                };
+                if previous.as_ref().is_some_and(|p| *p >= key) {
+                    return Err(Bad::Layout("leaf keys out of order"));
+                }
+                previous = Some(key.clone());
+                entries.push((key, value));
+            }
+            Ok(Node::Leaf(entries))
+        }
+        Kind::Branch => {
+            if page.count == 0 {
+                return Err(Bad::Layout("a branch without children"));
+            }
+            let first = r.page_ref()?;
+            let mut rest: Vec<(Bytes, PageRef)> = Vec::with_capacity(page.count - 1);
+            for _ in 1..page.count {
+                let key_len = usize::from(r.u16()?);
+                let key = r.take(key_len)?;
+                if rest.last().is_some_and(|(p, _)| *p >= key) {
+                    return Err(Bad::Layout("branch keys out of order"));
+                }
+                rest.push((key, r.page_ref()?));
+            }
+            Ok(Node::Branch { first, rest })
+        }
+        other => Err(Bad::Kind(other as u8)),
+    }
+}
+
+/// The generation a page's header names, if its CRC and number check out
+/// (for the meta pages, whose generation nothing else records).
+pub(crate) fn check_unanchored(page: Bytes, number: PageNo) -> Result<(Checked, u64), Bad> {
+    check_any(page, number)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealed(page: PageBuf, no: PageNo, generation: u64) -> Bytes {
+        let mut out = vec![0; PAGE_BYTES];
+        page.seal(no, generation, &mut out);
+        Bytes::from(out)
+    }
+
+    #[test]
+    fn leaves_and_branches_round_trip_and_every_flipped_bit_is_caught() {
+        let entries = vec![
+            (Bytes::from_static(b"a"), Stored::Inline(Bytes::from_static(b"1"))),
+            (Bytes::from_static(b"b"), Stored::Overflow { len: 9000, index: PageRef { page: 9, generation: 3 } }),
+        ];
+        let at = PageRef { page: 7, generation: 4 };
+        let page = sealed(leaf_page(&entries), 7, 4);
+        assert_eq!(node(check(page.clone(), at).unwrap()).unwrap(), Node::Leaf(entries));
+        for bit in [0, 40, 130, 200, 8 * PAGE_BYTES - 1] {
+            let mut bad = page.to_vec();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(check(Bytes::from(bad), at).err(), Some(Bad::Crc), "bit {bit}");
+        }
+        assert_eq!(check(page.clone(), PageRef { page: 8, generation: 4 }).err(), Some(Bad::Number(7)));
+        assert_eq!(check(page, PageRef { page: 7, generation: 5 }).err(), Some(Bad::Generation(4)));
+
+        let first = PageRef { page: 2, generation: 1 };
+        let rest = vec![(Bytes::from_static(b"m"), PageRef { page: 3, generation: 2 })];
+        let page = sealed(branch_page(first, &rest), 11, 2);
+        let node = node(check(page, PageRef { page: 11, generation: 2 }).unwrap()).unwrap();
+        assert_eq!(node, Node::Branch { first, rest });
+    }
+}
