@@ -65,6 +65,12 @@ fn writers(wal: &Wal, threads: u64, each: u64) -> (BTreeSet<Vec<u8>>, BTreeSet<V
     (acked, placed, errors)
 }
 
+/// Every acknowledged payload is among those seen after the reopen.
+fn assert_none_lost(acked: &BTreeSet<Vec<u8>>, seen: &BTreeSet<Vec<u8>>, case: &str) {
+    let lost: Vec<_> = acked.difference(seen).map(|p| String::from_utf8_lossy(&p[..11]).into_owned()).collect();
+    assert!(lost.is_empty(), "{case}: {} acknowledged frames lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
+}
+
 /// 48 writers on every real backend and on the simulated disk (buffered
 /// and O_DIRECT-like, syncs completing in any order): every append
 /// returns, and after the close every frame is in the log exactly once.
@@ -109,13 +115,7 @@ fn many_writers_lead_in_turn_and_nothing_is_lost_or_stuck() {
         disk.power_cut();
         drop(wal);
         let (_, seen) = open(Arc::new(disk.after_power_cut(7)), Path::new(DIR));
-        let lost: Vec<_> = acked.difference(&seen).map(|p| String::from_utf8_lossy(&p[..11]).into_owned()).collect();
-        assert!(
-            lost.is_empty(),
-            "pipelined={pipelined}: {} acknowledged frames lost, e.g. {:?}",
-            lost.len(),
-            &lost[..lost.len().min(5)]
-        );
+        assert_none_lost(&acked, &seen, &format!("pipelined={pipelined}"));
         assert!(seen.is_subset(&placed));
     }
 }
@@ -135,13 +135,7 @@ fn a_failed_sync_under_many_writers_answers_everyone_and_loses_nothing_acknowled
         disk.power_cut();
         drop(wal);
         let (_, seen) = open(Arc::new(disk.after_power_cut(seed)), Path::new(DIR));
-        let lost: Vec<_> = acked.difference(&seen).map(|p| String::from_utf8_lossy(&p[..11]).into_owned()).collect();
-        assert!(
-            lost.is_empty(),
-            "seed={seed}: {} acknowledged frames lost, e.g. {:?}",
-            lost.len(),
-            &lost[..lost.len().min(5)]
-        );
+        assert_none_lost(&acked, &seen, &format!("seed={seed}"));
     }
 }
 

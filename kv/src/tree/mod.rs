@@ -224,11 +224,12 @@ impl PageFile {
             0 => Opened { older: None, fell_back: None },
             _ => {
                 let newest = valid[0].clone();
-                // A damaged slot holds the newer generation if the valid
-                // one is not the very first (a torn meta write, or rot).
+                // A damaged slot held the newer generation (a torn meta
+                // write) or the older one (rot): either way only this one
+                // can be trusted.
                 let fell_back = damaged.first().cloned();
                 if let Some(why) = &fell_back {
-                    tracing::warn!(path = %path.display(), "{why}; using the older meta page (generation {})", newest.generation);
+                    tracing::warn!(path = %path.display(), "{why}; using the other meta page (generation {})", newest.generation);
                 }
                 let older = valid.get(1).cloned();
                 *pages.current.write().expect("meta lock") = Arc::new(newest.clone());
@@ -628,11 +629,9 @@ impl Writer<'_> {
     /// Stores a value: inline, or in data pages listed by an index page.
     fn store(&mut self, key: &[u8], value: Bytes) -> Result<Stored> {
         assert!(key.len() <= TREE_KEY_BYTES_MAX, "keys are capped");
-        let inline = Stored::Inline(value);
-        if page::leaf_entry_bytes(key, &inline) <= page::INLINE_ENTRY_MAX {
-            return Ok(inline);
+        if page::fits_inline(key, value.len()) {
+            return Ok(Stored::Inline(value));
         }
-        let Stored::Inline(value) = inline else { unreachable!() };
         let chunks: Vec<&[u8]> = value.chunks(BODY_BYTES).collect();
         assert!(chunks.len() <= page::INDEX_REFS_MAX, "values are capped below one index page's reach");
         let mut index = PageBuf::new(Kind::Index);

@@ -122,6 +122,11 @@ pub(crate) fn leaf_entry_bytes(key: &[u8], stored: &Stored) -> usize {
         }
 }
 
+/// Whether a value of `value_bytes` for `key` stays in the leaf.
+pub(crate) fn fits_inline(key: &[u8], value_bytes: usize) -> bool {
+    LEAF_ENTRY_HEADER + key.len() + value_bytes <= INLINE_ENTRY_MAX
+}
+
 /// Bytes a branch spends on a child after the first.
 pub(crate) fn branch_entry_bytes(key: &[u8]) -> usize {
     2 + key.len() + REF_BYTES
@@ -219,15 +224,17 @@ pub(crate) struct Checked {
 
 /// Checks a page read from where `expected` says it lives.
 pub(crate) fn check(page: Bytes, expected: PageRef) -> Result<Checked, Bad> {
-    let (checked, generation) = check_any(page, expected.page)?;
+    let (checked, generation) = check_unanchored(page, expected.page)?;
     if generation != expected.generation {
         return Err(Bad::Generation(generation));
     }
     Ok(checked)
 }
 
-/// Checks CRC and number; returns the page and the generation it names.
-fn check_any(page: Bytes, number: PageNo) -> Result<(Checked, u64), Bad> {
+/// Checks CRC and number only; returns the page and the generation its
+/// header names (for the meta pages, whose generation nothing else
+/// records).
+pub(crate) fn check_unanchored(page: Bytes, number: PageNo) -> Result<(Checked, u64), Bad> {
     assert_eq!(page.len(), PAGE_BYTES);
     let crc = u32::from_le_bytes(page[..4].try_into().expect("4 bytes"));
     if crc32fast::hash(&page[4..]) != crc {
@@ -325,12 +332,6 @@ pub(crate) fn node(page: Checked) -> Result<Node, Bad> {
         }
         other => Err(Bad::Kind(other as u8)),
     }
-}
-
-/// The generation a page's header names, if its CRC and number check out
-/// (for the meta pages, whose generation nothing else records).
-pub(crate) fn check_unanchored(page: Bytes, number: PageNo) -> Result<(Checked, u64), Bad> {
-    check_any(page, number)
 }
 
 #[cfg(test)]

@@ -20,6 +20,11 @@ fn open(storage: &dyn Storage) -> PageFile {
     PageFile::open(storage, Path::new(FILE), 64).unwrap().0
 }
 
+/// Puts of keys `keys`, each of `len` bytes of `byte`.
+fn puts(keys: std::ops::Range<u64>, byte: u8, len: usize) -> Vec<Change> {
+    keys.map(|i| (key(i), Some(Bytes::from(vec![byte; len])))).collect()
+}
+
 fn key(i: u64) -> Bytes {
     Bytes::from(format!("key-{i:06}"))
 }
@@ -109,8 +114,7 @@ fn checkpoints_match_a_model_across_reopens_and_the_file_stops_growing() {
 fn deleting_everything_leaves_an_empty_tree() {
     let disk = SimStorage::new().seeded(9);
     let pages = open(&disk);
-    let puts: Vec<Change> = (0..2000).map(|i| (key(i), Some(Bytes::from(vec![7u8; 300])))).collect();
-    pages.checkpoint(&puts, Lsn(1)).unwrap();
+    pages.checkpoint(&puts(0..2000, 7, 300), Lsn(1)).unwrap();
     let deletes: Vec<Change> = (0..2000).map(|i| (key(i), None)).collect();
     let meta = pages.checkpoint(&deletes, Lsn(2)).unwrap();
     assert_eq!(meta.root, None);
@@ -162,10 +166,8 @@ fn a_power_cut_anywhere_in_a_checkpoint_leaves_one_whole_checkpoint() {
 fn corruption_is_named_and_a_bad_newer_meta_falls_back() {
     let disk = SimStorage::new().seeded(3);
     let pages = open(&disk);
-    let puts: Vec<Change> = (0..3000).map(|i| (key(i), Some(Bytes::from(vec![1u8; 100])))).collect();
-    pages.checkpoint(&puts, Lsn(1)).unwrap();
-    let more: Vec<Change> = (0..10).map(|i| (key(i), Some(Bytes::from(vec![2u8; 100])))).collect();
-    let meta = pages.checkpoint(&more, Lsn(2)).unwrap();
+    pages.checkpoint(&puts(0..3000, 1, 100), Lsn(1)).unwrap();
+    let meta = pages.checkpoint(&puts(0..10, 2, 100), Lsn(2)).unwrap();
     let root = meta.root.unwrap().page;
     drop(pages);
     let file = disk.open(Path::new(FILE), uring::OpenMode::Existing).unwrap();
@@ -188,4 +190,40 @@ fn corruption_is_named_and_a_bad_newer_meta_falls_back() {
     assert!(opened.fell_back.is_some());
     let snap = pages.snapshot();
     assert_eq!(pages.get(&snap, &key(5)).unwrap(), Some(vec![1u8; 100]));
+}
+
+/// A failed sync inside a checkpoint: the checkpoint fails, the file takes
+/// no further one (a failed sync is never retried), and after a power cut
+/// the previous checkpoint is there, whole.
+#[test]
+fn a_failed_sync_fails_the_checkpoint_and_keeps_the_previous_one() {
+    let mut rng = SimRng::new(11);
+    for skip in 0..4u64 {
+        let disk = SimStorage::new().seeded(skip);
+        let pages = open(&disk);
+        pages.checkpoint(&puts(0..1500, 3, 120), Lsn(1)).unwrap();
+        // The calls on data.db after this: page writes, sync, meta, sync.
+        disk.fail_file_call(Path::new(FILE), skip, libc::EIO);
+        let failed = pages.checkpoint(&puts(0..800, 4, 120), Lsn(2));
+        assert!(failed.is_err(), "skip={skip}: the checkpoint hit the failure");
+        let again = pages.checkpoint(&puts(0..10, 5, 120), Lsn(3));
+        assert!(matches!(again, Err(crate::Error::CheckpointFailed { .. })), "skip={skip}: {again:?}");
+        disk.power_cut();
+        drop(pages);
+        let disk = disk.after_power_cut(skip);
+        let pages = open(&disk);
+        let model: BTreeMap<Bytes, Bytes> =
+            puts(0..1500, 3, 120).into_iter().map(|(k, v)| (k, v.expect("a put"))).collect();
+        match pages.meta().lsn {
+            Lsn(1) => assert_matches(&pages, &model, &mut rng, 1500),
+            // The failure hit only the last sync, after the meta was
+            // written: the new checkpoint may have reached the disk whole.
+            Lsn(2) => {
+                let mut model = model;
+                model.extend(puts(0..800, 4, 120).into_iter().map(|(k, v)| (k, v.expect("a put"))));
+                assert_matches(&pages, &model, &mut rng, 1500);
+            }
+            other => panic!("skip={skip}: checkpoint LSN {other}"),
+        }
+    }
 }
