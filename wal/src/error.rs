@@ -64,10 +64,10 @@ pub enum Error {
         /// The LSN asked for.
         wanted: Lsn,
     },
-    /// Replay was asked to start where no batch starts: past the end of the
-    /// log, or inside a batch.
-    #[error("WAL in {} has no batch starting at LSN {wanted} (the log ends at LSN {end})", dir.display())]
-    NotABatchStart {
+    /// Replay was asked to start where no frame starts: past the end of the
+    /// log, or inside a frame.
+    #[error("WAL in {} has no frame starting at LSN {wanted} (the log ends at LSN {end})", dir.display())]
+    NotAFrameStart {
         /// The WAL directory.
         dir: PathBuf,
         /// Where the recovered log ends.

@@ -155,7 +155,8 @@ pub struct Wal {
 impl Wal {
     /// Opens the log in the directory `dir` (starting an empty log there if
     /// it has none), takes its lock, replays every batch frame from `from`
-    /// (the log's start or the end of a batch) into `on_frame` in LSN order,
+    /// (the log's start or the end of a frame: a checkpoint's cut, see
+    /// [`Wal::cut`]) into `on_frame` in LSN order,
     /// truncates a torn tail, and starts the committer. The whole log is
     /// read to find its end; with old segments reclaimed that is little more
     /// than the part replayed. Everything replayed is durable before `open` returns: each
@@ -169,8 +170,8 @@ impl Wal {
     /// [`RecoveryMode::Strict`]), [`Error::SegmentGap`] for a missing
     /// segment, [`Error::BadSegment`] for a cut-short one,
     /// [`Error::LogStartsLater`] if `from` was reclaimed,
-    /// [`Error::NotABatchStart`] if no batch starts at `from` (past the end,
-    /// or inside a batch),
+    /// [`Error::NotAFrameStart`] if no frame starts at `from` (past the end,
+    /// or inside a frame),
     /// [`Error::InvalidSegmentBytes`] for an unusable segment size, and
     /// storage errors naming the file.
     pub fn open(
@@ -213,8 +214,8 @@ impl Wal {
                 on_frame(header, &frame[FRAME_HEADER_BYTES..]);
             }
         })?;
-        if !scanned.from_is_a_batch_start || from > scanned.end {
-            return Err(Error::NotABatchStart { dir: dir.to_owned(), end: scanned.end, wanted: from });
+        if !scanned.from_is_a_frame_start || from > scanned.end {
+            return Err(Error::NotAFrameStart { dir: dir.to_owned(), end: scanned.end, wanted: from });
         }
         let mut recovered = recovery::settle(&storage, dir, &segments, &scanned, options.recovery)?;
         // Recovery succeeded: the marker has done its work (a refused open
@@ -305,6 +306,20 @@ impl Wal {
     /// As [`Wal::append`], and [`Error::ApplyPanicked`] if `apply` panicked.
     pub fn append_unsynced_then(&self, frame: impl Borrow<FrameBuf>, apply: Apply) -> Result<Lsn> {
         Ok(self.shared.place(frame.borrow(), false, Some(apply))?.lsn)
+    }
+
+    /// Runs `f` with the end of the frames placed so far while no frame can
+    /// be placed: every frame below that end was placed (and a `NoSync`
+    /// frame's `apply` has run) before `f` runs; every later one lies at or
+    /// past it. A checkpoint cuts the log there. `f` must not call back
+    /// into the log. Once [`Wal::sync`] has returned after it, every frame
+    /// below the cut is durable, and applied if [`Wal::applied_lsn`] has
+    /// reached the cut.
+    ///
+    /// # Errors
+    /// [`Error::WithinApply`] from inside an `apply`.
+    pub fn cut<R>(&self, f: impl FnOnce(Lsn) -> R) -> Result<R> {
+        self.shared.cut(f)
     }
 
     /// The end of the log up to which every frame is durable and every

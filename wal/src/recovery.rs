@@ -57,14 +57,15 @@ pub(crate) struct Scanned {
     /// bad frame had been acknowledged.
     pub(crate) durable_past: Option<Lsn>,
     /// The replay start asked for is the log's start or a whole batch's end.
-    pub(crate) from_is_a_batch_start: bool,
+    pub(crate) from_is_a_frame_start: bool,
 }
 
 /// Reads every frame of the log (from the first segment's start), calling
 /// `on_frame` with each frame (padding included, header and payload) of
 /// each whole batch at or after `from`, and says where the valid log ends.
-/// `from_is_a_batch_start` in the result says whether `from` is the log's
-/// start or the end of a whole batch.
+/// `from_is_a_frame_start` in the result says whether `from` is the log's
+/// start or the end of a frame (a checkpoint's cut may fall inside a
+/// batch: the batch's frames from `from` on are replayed if it is whole).
 ///
 /// `clean_end` is where a clean close said the log ended (durably): if the
 /// log ends there in zeros, nothing was written after it, and the search
@@ -82,7 +83,7 @@ pub(crate) fn scan(
     // Frames of the batch being read, held until its last frame is seen.
     let mut held: Vec<(FrameHeader, Vec<u8>)> = Vec::new();
     let mut end = start;
-    let mut from_is_a_batch_start = from == start;
+    let mut from_is_a_frame_start = from == start;
     let bad = loop {
         match cursor.step()? {
             Step::Frame(header, bytes) if header.ends_batch => {
@@ -93,7 +94,9 @@ pub(crate) fn scan(
                     on_frame(&header, bytes);
                 }
                 end = cursor.pos;
-                from_is_a_batch_start |= end == from;
+                // A batch's frames end before the block its successor
+                // starts at: either is a frame start.
+                from_is_a_frame_start |= end == from || header.end() == from;
             }
             Step::Frame(header, bytes) => {
                 // A batch is one write from one commit buffer: a longer run
@@ -108,6 +111,7 @@ pub(crate) fn scan(
                         reason: "frames without a batch end run longer than a batch can (a log of an older format?)",
                     });
                 }
+                from_is_a_frame_start |= header.end() == from;
                 held.push((header, bytes.to_vec()));
             }
             Step::End => break None,
@@ -118,13 +122,13 @@ pub(crate) fn scan(
     };
     let held_end = held.last().map(|(h, _)| h.end());
     let Some(bad) = bad else {
-        return Ok(Scanned { end, junk_end: held_end, bad: None, durable_past: None, from_is_a_batch_start });
+        return Ok(Scanned { end, junk_end: held_end, bad: None, durable_past: None, from_is_a_frame_start });
     };
     let clean_here = clean_end == Some(end) && bad.lsn == end && bad.fault == FrameFault::Zero;
     let beyond = if clean_here { Beyond::default() } else { look_beyond(storage, segments, bad.lsn, end)? };
     let durable_past = clean_end.filter(|&c| c > end).or(beyond.durable_witness.map(|w| w.durable_lsn));
     let junk_end = held_end.max(beyond.furthest_end);
-    Ok(Scanned { end, junk_end, bad: Some(bad), durable_past, from_is_a_batch_start })
+    Ok(Scanned { end, junk_end, bad: Some(bad), durable_past, from_is_a_frame_start })
 }
 
 /// What recovery changed in the log.

@@ -448,6 +448,13 @@ impl Shared {
         self.outcome(ticket).expect("a leader commits up to its target or the log is poisoned")
     }
 
+    /// Runs `f` with the end of the placed frames, holding the tail.
+    pub(crate) fn cut<R>(&self, f: impl FnOnce(Lsn) -> R) -> Result<R> {
+        refuse_within_apply()?;
+        let tail = self.lock_tail();
+        Ok(f(tail.gathering.fill_end()))
+    }
+
     /// Takes the leadership if no one has it.
     fn try_lead(&self) -> Option<MutexGuard<'_, Committer>> {
         let leader = self.leader.try_lock().ok()?;
