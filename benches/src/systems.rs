@@ -94,10 +94,10 @@ impl Store for Kv {
     }
 
     fn syncs(&self) -> Option<u64> {
-        Some(self.stats().wal.syncs)
+        Some(self.wal_stats().syncs)
     }
 
     fn commits(&self) -> Option<u64> {
-        Some(self.stats().wal.commits)
+        Some(self.wal_stats().commits)
     }
 }

@@ -1,7 +1,8 @@
 //! Limits of the store, with their units.
 
-/// Largest key accepted.
-pub const KEY_BYTES_MAX: usize = 16 << 10;
+/// Largest key accepted: a page-file leaf or branch page holds at least
+/// three keys of this size.
+pub const KEY_BYTES_MAX: usize = 1 << 10;
 
 /// Largest value accepted.
 pub const VALUE_BYTES_MAX: usize = 1 << 20;

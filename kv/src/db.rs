@@ -1,19 +1,23 @@
 //! The store: options, open and recovery, reads and writes.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use uring::{Backend, DirLock, Io, Storage, StorageOptions, SyncMode};
 use wal::{Lsn, RecoveryMode, Wal, WalOptions, WalStats};
 
 use crate::batch::{self, Payload, WriteBatch};
+use crate::checkpoint::{self, Control};
 use crate::constants::{BATCH_BYTES_MAX, SCAN_CHUNK_ENTRIES};
 use crate::error::{Error, Result};
-use crate::marker::{self, Found};
-use crate::memtable::Memtable;
+use crate::marker::{self, Found, PAGE_FILE};
+use crate::memtable::{Memtable, Tables};
+use crate::tree::{PageFile, TreeStats, PAGE_BYTES};
 
 /// When a write returns.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -60,6 +64,20 @@ pub struct Options {
     pub recovery: RecoveryMode,
     /// Size of new WAL segment files.
     pub segment_bytes: u64,
+    /// The memtable is checkpointed into the page file once it holds this
+    /// many bytes (keys, values and per-entry overhead). Writers that
+    /// outrun the checkpoint wait once it holds twice as many. Memory used
+    /// is about twice this (the memtable being checkpointed and the next)
+    /// plus `cache_bytes`.
+    pub memtable_bytes: usize,
+    /// Bytes of page-file nodes kept in memory for reads.
+    pub cache_bytes: usize,
+    /// The WAL kept on disk stays about under this: a checkpoint starts
+    /// once a quarter of it was written since the last one, and writers
+    /// wait while a checkpoint runs if the log holds all of it. (The log
+    /// keeps what the older of the page file's two checkpoints needs, and
+    /// whole segments: keep it at least 4 × `segment_bytes`.)
+    pub wal_bytes: u64,
 }
 
 impl Default for Options {
@@ -71,6 +89,9 @@ impl Default for Options {
             create_if_missing: true,
             recovery: RecoveryMode::Strict,
             segment_bytes: wal::SEGMENT_BYTES_DEFAULT,
+            memtable_bytes: 64 << 20,
+            cache_bytes: 64 << 20,
+            wal_bytes: 4 * wal::SEGMENT_BYTES_DEFAULT,
         }
     }
 }
@@ -82,23 +103,87 @@ pub struct Stats {
     pub backend: Backend,
     /// Group-commit counters of the WAL.
     pub wal: WalStats,
-    /// Keys with a value.
-    pub live_keys: usize,
+    /// Entries (deletes included) in memory, not yet checkpointed.
+    pub memtable_entries: usize,
+    /// Bytes of them.
+    pub memtable_bytes: usize,
+    /// WAL bytes on disk from the oldest LSN kept to the durable end.
+    pub wal_retained_bytes: u64,
+    /// The page file.
+    pub page_file: PageFileStats,
+}
+
+/// The page file's part of [`Stats`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PageFileStats {
+    /// Size of `data.db`.
+    pub file_bytes: u64,
+    /// Pages in use or free, meta pages included.
+    pub pages: u64,
+    /// Of those, free (or freed, waiting for older readers).
+    pub free_pages: u64,
+    /// Levels of the tree (0 when empty).
+    pub height: usize,
+    /// Checkpoints written since the file was made.
+    pub generation: u64,
+    /// Every write below this LSN is in the page file.
+    pub checkpoint_lsn: Lsn,
+    /// The open found the newer meta page damaged and used the older
+    /// checkpoint (a warning naming the damage was logged).
+    pub fell_back: bool,
+}
+
+impl From<TreeStats> for PageFileStats {
+    fn from(t: TreeStats) -> PageFileStats {
+        PageFileStats {
+            file_bytes: t.file_bytes,
+            pages: u64::from(t.pages),
+            free_pages: t.free_pages as u64,
+            height: t.height,
+            generation: t.meta.generation,
+            checkpoint_lsn: t.meta.lsn,
+            fell_back: false,
+        }
+    }
 }
 
 /// An open store. `Send + Sync`: share it by reference or `Arc`. Dropping it
-/// makes every written batch durable and releases the directory lock.
+/// stops the checkpointer, makes every written batch durable and releases
+/// the directory lock.
 pub struct Kv {
+    inner: Arc<Inner>,
+    /// Folds memtables into the page file; `None` for a read-only store.
+    checkpointer: Option<JoinHandle<()>>,
+}
+
+/// What the store's threads share: the writers, readers and the
+/// checkpointer (later the replication sender).
+pub(crate) struct Inner {
     /// The log; `None` for a store opened read-only.
-    wal: Option<Wal>,
+    pub(crate) wal: Option<Wal>,
     /// Where the log ends, for a store opened read-only.
     read_only_end: Lsn,
     /// Shared with the log's leaders, which apply acknowledged batches.
-    memtable: Arc<Memtable>,
+    pub(crate) tables: Arc<RwLock<Tables>>,
+    /// `None` for a read-only store without one.
+    pub(crate) tree: Option<PageFile>,
+    /// Where the newest checkpoint cut the log.
+    pub(crate) checkpoint_lsn: AtomicU64,
+    /// The oldest LSN the log keeps (the older checkpoint's cut).
+    pub(crate) kept_lsn: AtomicU64,
+    /// The checkpointer's state, and its wake-ups (waiting writers too).
+    pub(crate) control: Mutex<Control>,
+    pub(crate) changed: Condvar,
+    /// One checkpoint at a time.
+    pub(crate) checkpointing: Mutex<()>,
+    /// The open used the older meta page.
+    fell_back: bool,
+    pub(crate) memtable_bytes: usize,
+    pub(crate) wal_bytes: u64,
     storage: Arc<dyn Storage>,
     durability: Durability,
     batch_bytes_max: usize,
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     // Dropped last: the lock outlives the WAL's committer.
     _lock: DirLock,
 }
@@ -106,26 +191,49 @@ pub struct Kv {
 impl std::fmt::Debug for Kv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Kv")
-            .field("dir", &self.dir)
-            .field("backend", &self.storage.backend())
-            .field("read_only", &self.wal.is_none())
-            .field("durable_lsn", &self.stats().wal.durable_lsn)
+            .field("dir", &self.inner.dir)
+            .field("backend", &self.inner.storage.backend())
+            .field("read_only", &self.inner.wal.is_none())
+            .field("durable_lsn", &self.durable_lsn())
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Kv {
+    fn drop(&mut self) {
+        if let Some(thread) = self.checkpointer.take() {
+            self.inner.control.lock().expect("checkpointer lock").stopping = true;
+            self.inner.changed.notify_all();
+            let _ = thread.join();
+        }
     }
 }
 
 const LOCK_FILE: &str = "LOCK";
 
-/// The log's batches replayed into a memtable, as recovery reads them.
+/// The log's batches from a checkpoint's cut on, replayed into a memtable
+/// as recovery reads them.
 #[derive(Default)]
 struct Replay {
     memtable: Memtable,
+    /// Frames below it are in the page file.
+    from: Lsn,
+    /// The first frame the log holds.
+    first: Option<Lsn>,
     /// The first frame that did not decode as a batch.
     error: Option<Error>,
 }
 
 impl Replay {
+    fn from(from: Lsn) -> Replay {
+        Replay { from, ..Replay::default() }
+    }
+
     fn frame(&mut self, header: &wal::FrameHeader, payload: &[u8]) {
+        self.first.get_or_insert(header.lsn);
+        if header.lsn < self.from {
+            return;
+        }
         match batch::decode(header.lsn, &Bytes::copy_from_slice(payload)) {
             Ok(ops) => self.memtable.apply(header.lsn, ops),
             Err(e) => {
@@ -186,8 +294,14 @@ impl Kv {
     pub fn open_on(storage: Arc<dyn Storage>, dir: &Path, options: Options) -> Result<Kv> {
         let wal_dir = dir.join(WAL_DIR);
         match marker::recognise(storage.as_ref(), dir, WAL_DIR)? {
-            Found::Store if !storage.exists(&wal_dir)? => return Err(not_a_store(storage.as_ref(), dir)?),
+            Found::Store | Found::Older(_) if !storage.exists(&wal_dir)? => {
+                return Err(not_a_store(storage.as_ref(), dir)?)
+            }
             Found::Store => {}
+            Found::Older(format) => {
+                tracing::info!(dir = %dir.display(), format, to = marker::FORMAT, "upgrading the store's format");
+                marker::write(storage.as_ref(), dir)?;
+            }
             Found::Unmarked => {
                 tracing::info!(dir = %dir.display(), "a store without its marker (format 0); adding it");
                 marker::write(storage.as_ref(), dir)?;
@@ -205,22 +319,41 @@ impl Kv {
         uring::sync_parent(storage.as_ref(), dir)?;
         storage.sync_dir(dir)?;
         let lock = storage.lock(&dir.join(LOCK_FILE))?;
+        let (tree, opened) = PageFile::open(storage.as_ref(), &dir.join(PAGE_FILE), cache_pages(&options))?;
+        let meta = tree.meta();
+        // The log must reach back to the older checkpoint's cut: if the
+        // newer meta page is ever damaged, the older one is used.
+        let kept = opened.older.as_ref().map_or(meta.lsn, |older| older.lsn);
         let wal_options = WalOptions { segment_bytes: options.segment_bytes, recovery: options.recovery, term: 0 };
-        let mut replay = Replay::default();
-        let wal = Wal::open(storage.clone(), &wal_dir, wal_options, Lsn(0), &mut |h, p| replay.frame(h, p))?;
+        let mut replay = Replay::from(meta.lsn);
+        let wal = Wal::open(storage.clone(), &wal_dir, wal_options, meta.lsn, &mut |h, p| replay.frame(h, p))?;
         let memtable = replay.finish()?;
         let batch_bytes_max = BATCH_BYTES_MAX.min(wal.payload_bytes_max());
-        tracing::debug!(dir = %dir.display(), backend = %storage.backend(), durable_lsn = %wal.durable_lsn(), "opened");
-        Ok(Kv {
+        tracing::debug!(
+            dir = %dir.display(), backend = %storage.backend(), durable_lsn = %wal.durable_lsn(),
+            checkpoint_lsn = %meta.lsn, generation = meta.generation, "opened"
+        );
+        let inner = Arc::new(Inner {
             wal: Some(wal),
             read_only_end: Lsn(0),
-            memtable: Arc::new(memtable),
+            tables: Arc::new(RwLock::new(Tables { active: Arc::new(memtable), frozen: None })),
+            tree: Some(tree),
+            checkpoint_lsn: AtomicU64::new(meta.lsn.0),
+            kept_lsn: AtomicU64::new(kept.0),
+            control: Mutex::default(),
+            changed: Condvar::new(),
+            checkpointing: Mutex::new(()),
+            fell_back: opened.fell_back.is_some(),
+            memtable_bytes: options.memtable_bytes,
+            wal_bytes: options.wal_bytes,
             storage,
             durability: options.durability,
             batch_bytes_max,
             dir: dir.to_owned(),
             _lock: lock,
-        })
+        });
+        let checkpointer = checkpoint::spawn(inner.clone());
+        Ok(Kv { inner, checkpointer: Some(checkpointer) })
     }
 
     /// Opens the store in `dir` for reading only: its log is replayed as
@@ -233,7 +366,8 @@ impl Kv {
     /// # Errors
     /// [`Error::NotFound`] if there is no store at `dir`; [`Error::Locked`]
     /// if a writer has it open; [`Error::Wal`] with `Corrupt` in `Strict`
-    /// mode; storage errors naming the path.
+    /// mode, or `LogStartsLater` if the log no longer reaches back to the
+    /// page file's checkpoint; `CorruptPage`; storage errors naming the path.
     pub fn open_read_only(dir: impl AsRef<Path>, options: Options) -> Result<Kv> {
         let dir = dir.as_ref();
         let read_only = StorageOptions { io: options.io, sync_mode: options.sync_mode, commit_buffer_bytes: 0 };
@@ -241,19 +375,41 @@ impl Kv {
         let wal_dir = dir.join(WAL_DIR);
         existing_store(storage.as_ref(), dir)?;
         let lock = storage.lock_shared(&dir.join(LOCK_FILE))?;
-        let mut replay = Replay::default();
+        let page_file = dir.join(PAGE_FILE);
+        let (tree, fell_back) = match storage.exists(&page_file)? {
+            true => {
+                let (tree, opened) = PageFile::open(storage.as_ref(), &page_file, cache_pages(&options))?;
+                (Some(tree), opened.fell_back.is_some())
+            }
+            false => (None, false),
+        };
+        let from = tree.as_ref().map_or(Lsn(0), |t| t.meta().lsn);
+        let mut replay = Replay::from(from);
         let end = wal::read_only(storage.clone(), &wal_dir, options.recovery, &mut |h, p| replay.frame(h, p))?;
+        if let Some(first) = replay.first.filter(|&first| first > from) {
+            return Err(wal::Error::LogStartsLater { dir: wal_dir, start: first, wanted: from }.into());
+        }
         let memtable = replay.finish()?;
-        Ok(Kv {
+        let inner = Arc::new(Inner {
             wal: None,
             read_only_end: end,
-            memtable: Arc::new(memtable),
+            tables: Arc::new(RwLock::new(Tables { active: Arc::new(memtable), frozen: None })),
+            tree,
+            checkpoint_lsn: AtomicU64::new(from.0),
+            kept_lsn: AtomicU64::new(from.0),
+            control: Mutex::default(),
+            changed: Condvar::new(),
+            checkpointing: Mutex::new(()),
+            fell_back,
+            memtable_bytes: options.memtable_bytes,
+            wal_bytes: options.wal_bytes,
             storage,
             durability: options.durability,
             batch_bytes_max: 0,
             dir: dir.to_owned(),
             _lock: lock,
-        })
+        });
+        Ok(Kv { inner, checkpointer: None })
     }
 
     /// Sets `key` to `value`.
@@ -261,7 +417,8 @@ impl Kv {
     /// # Errors
     /// [`Error::KeyTooLarge`], [`Error::ValueTooLarge`]; [`Error::Wal`] if
     /// the log failed (then the write may or may not be durable, and the
-    /// store refuses further writes).
+    /// store refuses further writes); [`Error::CheckpointFailed`] once
+    /// checkpoints fail and memory or log reach twice their thresholds.
     pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
         self.write(WriteBatch::one(key.as_ref(), Some(value.as_ref())))
     }
@@ -279,7 +436,7 @@ impl Kv {
     /// # Errors
     /// As [`Kv::put`], and [`Error::BatchTooLarge`].
     pub fn write(&self, batch: WriteBatch) -> Result<()> {
-        self.write_with(batch, self.durability)
+        self.write_with(batch, self.inner.durability)
     }
 
     /// Applies `batch` with the given durability.
@@ -290,24 +447,23 @@ impl Kv {
         if batch.is_empty() {
             return Ok(());
         }
-        let wal = self.wal.as_ref().ok_or_else(|| Error::ReadOnly { path: self.dir.clone() })?;
-        let frame = Arc::new(batch.into_frame(self.batch_bytes_max)?);
+        let inner = &self.inner;
+        let wal = inner.wal.as_ref().ok_or_else(|| Error::ReadOnly { path: inner.dir.clone() })?;
+        let frame = Arc::new(batch.into_frame(inner.batch_bytes_max)?);
+        inner.pace()?;
         // The memtable's keys and values: slices of the frame's payload.
         let payload = Bytes::from_owner(Payload(Arc::clone(&frame)));
         let ops = batch::decode(Lsn(0), &payload).expect("a batch decodes as it was encoded");
+        // Into the memtable its LSN belongs to (see `Tables::apply`).
+        let tables = inner.tables.clone();
+        let apply = Box::new(move |lsn| tables.read().expect("tables lock").apply(lsn, ops));
         match durability {
             // Applied by the leader that acknowledges it, with its group.
-            Durability::Sync => {
-                let memtable = self.memtable.clone();
-                wal.append_then(&*frame, Box::new(move |lsn| memtable.apply(lsn, ops)))?;
-            }
+            Durability::Sync => wal.append_then(&*frame, apply)?,
             // Applied before the log can acknowledge it, so the applied
             // end never passes it.
-            Durability::NoSync => {
-                let memtable = self.memtable.clone();
-                wal.append_unsynced_then(&*frame, Box::new(move |lsn| memtable.apply(lsn, ops)))?;
-            }
-        }
+            Durability::NoSync => wal.append_unsynced_then(&*frame, apply)?,
+        };
         Ok(())
     }
 
@@ -318,10 +474,24 @@ impl Kv {
     /// [`Error::Wal`] if the log failed: then those writes may or may not
     /// be durable.
     pub fn sync(&self) -> Result<()> {
-        match &self.wal {
+        match &self.inner.wal {
             Some(wal) => Ok(wal.sync()?),
             None => Ok(()),
         }
+    }
+
+    /// Folds everything written so far into the page file now (the
+    /// checkpointer does so on its own when the memtable or the log pass
+    /// their thresholds), then drops the log it no longer needs. Waits for
+    /// a checkpoint already running, then runs its own.
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`]; [`Error::Wal`] if the log failed;
+    /// [`Error::CheckpointFailed`] after an I/O error on the page file
+    /// (the previous checkpoint and the log keep every write);
+    /// [`Error::CorruptPage`].
+    pub fn checkpoint(&self) -> Result<()> {
+        self.inner.checkpoint()
     }
 
     /// Makes every write durable and closes the store, reporting a failure
@@ -336,9 +506,10 @@ impl Kv {
     /// The value of `key`, if it has one.
     ///
     /// # Errors
-    /// None yet (the page file will add read errors); kept for that.
+    /// [`Error::CorruptPage`] naming the page, and storage errors, from
+    /// the page file.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
-        Ok(self.memtable.get(key.as_ref()))
+        self.inner.get(key.as_ref())
     }
 
     /// Whether `key` has a value.
@@ -346,14 +517,15 @@ impl Kv {
     /// # Errors
     /// As [`Kv::get`].
     pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool> {
-        Ok(self.memtable.get(key.as_ref()).is_some())
+        Ok(self.get(key)?.is_some())
     }
 
     /// Keys and values in `range`, in key order (`.rev()` for reverse
     /// order); nothing for a range that ends before it starts. Items are
-    /// `Result`s: reads can fail once data lives in the page file. Not a
+    /// `Result`s: a page-file read can fail (and ends the scan). Not a
     /// snapshot: a write that commits during the scan may or may not be
-    /// seen, but every item is a committed value.
+    /// seen, but every item is a committed value, each key comes once and
+    /// in order, also across checkpoints.
     pub fn scan<K: AsRef<[u8]>>(&self, range: impl RangeBounds<K>) -> Scan<'_> {
         let owned = |b: Bound<&K>| match b {
             Bound::Included(k) => Bound::Included(k.as_ref().to_vec()),
@@ -367,6 +539,7 @@ impl Kv {
             front: VecDeque::new(),
             back: VecDeque::new(),
             exhausted: false,
+            failed: false,
         }
     }
 
@@ -383,26 +556,86 @@ impl Kv {
     /// `RecoveryMode::PointInTime` and where their copy is); `None` for a
     /// store opened read-only, which changes nothing.
     pub fn recovered(&self) -> Option<&wal::Recovered> {
-        self.wal.as_ref().map(Wal::recovered)
+        self.inner.wal.as_ref().map(Wal::recovered)
     }
 
     /// The I/O backend in use.
     pub fn io_backend(&self) -> Backend {
-        self.storage.backend()
+        self.inner.storage.backend()
+    }
+
+    fn durable_lsn(&self) -> Lsn {
+        self.inner.wal.as_ref().map_or(self.inner.read_only_end, Wal::durable_lsn)
+    }
+
+    /// The log's group-commit counters (cheaper than [`Kv::stats`]).
+    pub fn wal_stats(&self) -> WalStats {
+        match &self.inner.wal {
+            Some(wal) => wal.stats(),
+            None => WalStats { durable_lsn: self.inner.read_only_end, ..WalStats::default() },
+        }
     }
 
     /// Counters and sizes.
-    pub fn stats(&self) -> Stats {
-        let wal = match &self.wal {
-            Some(wal) => wal.stats(),
-            None => WalStats { durable_lsn: self.read_only_end, ..WalStats::default() },
+    ///
+    /// # Errors
+    /// As [`Kv::get`] (the tree's height is read from the page file).
+    pub fn stats(&self) -> Result<Stats> {
+        let inner = &self.inner;
+        let wal = self.wal_stats();
+        let (memtable_entries, memtable_bytes) = {
+            let tables = inner.tables.read().expect("tables lock");
+            let frozen = tables.frozen.as_ref().map(|(f, _)| f.as_ref());
+            std::iter::once(tables.active.as_ref()).chain(frozen).fold((0, 0), |(e, b), m| (e + m.len(), b + m.bytes()))
         };
-        Stats { backend: self.io_backend(), wal, live_keys: self.memtable.live_keys() }
+        let start = inner.wal.as_ref().map_or(Lsn(inner.kept_lsn.load(Ordering::SeqCst)), Wal::start_lsn);
+        let page_file = match &inner.tree {
+            Some(tree) => PageFileStats { fell_back: inner.fell_back, ..tree.stats()?.into() },
+            None => PageFileStats::default(),
+        };
+        Ok(Stats {
+            backend: self.io_backend(),
+            wal,
+            memtable_entries,
+            memtable_bytes,
+            wal_retained_bytes: wal.durable_lsn.0.saturating_sub(start.0),
+            page_file,
+        })
     }
 
     /// The store's directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.inner.dir
+    }
+}
+
+/// Node-cache entries for `options.cache_bytes`.
+fn cache_pages(options: &Options) -> usize {
+    (options.cache_bytes / PAGE_BYTES).max(16)
+}
+
+impl Inner {
+    /// The value of `key`: the newest memtable that says anything of it,
+    /// else the page file.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let (active, frozen) = self.memtables();
+        for memtable in std::iter::once(active).chain(frozen) {
+            if let Some(found) = memtable.get(key) {
+                return Ok(found.map(|v| v.to_vec()));
+            }
+        }
+        // A checkpoint that ended since the memtables were taken left the
+        // page file newer, never older, than they were.
+        match &self.tree {
+            Some(tree) => tree.get(&tree.snapshot(), key),
+            None => Ok(None),
+        }
+    }
+
+    /// The active memtable and the frozen one, newest first.
+    fn memtables(&self) -> (Arc<Memtable>, Option<Arc<Memtable>>) {
+        let tables = self.tables.read().expect("tables lock");
+        (tables.active.clone(), tables.frozen.as_ref().map(|(f, _)| f.clone()))
     }
 }
 
@@ -432,8 +665,8 @@ pub fn inspect_log(
 /// something else (or a store without its log).
 fn existing_store(storage: &dyn Storage, dir: &Path) -> Result<()> {
     match marker::recognise(storage, dir, WAL_DIR)? {
-        Found::Store if storage.exists(&dir.join(WAL_DIR))? => Ok(()),
-        Found::Store => Err(not_a_store(storage, dir)?),
+        Found::Store | Found::Older(_) if storage.exists(&dir.join(WAL_DIR))? => Ok(()),
+        Found::Store | Found::Older(_) => Err(not_a_store(storage, dir)?),
         Found::Unmarked => Ok(()),
         Found::Foreign(found) => Err(Error::NotAStore { path: dir.to_owned(), found }),
         Found::Nothing => Err(Error::NotFound { path: dir.to_owned() }),
@@ -471,28 +704,100 @@ pub struct Scan<'a> {
     /// then on only the fetched entries are returned, so a key written
     /// meanwhile cannot appear out of order (and the scan stays ended).
     exhausted: bool,
+    /// A read failed: the error was returned, nothing more is.
+    failed: bool,
 }
 
 impl Scan<'_> {
-    /// Fetches the next chunk from one end of the unfetched range, and
-    /// narrows the range past it.
-    fn fetch(&mut self, from_back: bool) -> VecDeque<(Vec<u8>, Vec<u8>)> {
-        if self.exhausted {
-            return VecDeque::new();
-        }
-        let low = self.low.as_ref().map(Vec::as_slice);
-        let high = self.high.as_ref().map(Vec::as_slice);
-        let chunk = self.kv.memtable.range(low, high, from_back, SCAN_CHUNK_ENTRIES);
-        self.exhausted = chunk.len() < SCAN_CHUNK_ENTRIES;
-        if let Some((last, _)) = chunk.last() {
-            let past = Bound::Excluded(last.clone());
-            if from_back {
-                self.high = past;
-            } else {
-                self.low = past;
+    /// Fetches the next chunk of live entries from one end of the unfetched
+    /// range, and narrows the range past it.
+    ///
+    /// Each layer (active memtable, frozen memtable, page file) gives up to
+    /// a chunk's worth of entries from that end, deletes included. A layer
+    /// that gave a full chunk may hold more beyond its last key, so only
+    /// keys up to the nearest such last key are settled; of each, the
+    /// newest layer's entry counts.
+    fn fetch(&mut self, from_back: bool) -> Result<VecDeque<(Vec<u8>, Vec<u8>)>> {
+        while !self.exhausted {
+            let inner = &self.kv.inner;
+            let low = self.low.as_ref().map(Vec::as_slice);
+            let high = self.high.as_ref().map(Vec::as_slice);
+            // Newest first.
+            let (active, frozen) = inner.memtables();
+            let mut layers = vec![active.range(low, high, from_back, SCAN_CHUNK_ENTRIES)];
+            if let Some(frozen) = frozen {
+                layers.push(frozen.range(low, high, from_back, SCAN_CHUNK_ENTRIES));
+            }
+            if let Some(tree) = &inner.tree {
+                let entries = tree.range(&tree.snapshot(), low, high, from_back, SCAN_CHUNK_ENTRIES)?;
+                layers.push(entries.into_iter().map(|(k, v)| (k.into(), Some(v.into()))).collect());
+            }
+            // The settled end: the nearest last key of a full layer.
+            let full_ends = layers.iter().filter(|e| e.len() == SCAN_CHUNK_ENTRIES).map(|e| &e[e.len() - 1].0);
+            let settled: Option<Bytes> = match from_back {
+                false => full_ends.min().cloned(),
+                true => full_ends.max().cloned(),
+            };
+            let mut merged: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
+            for entries in layers {
+                for (key, value) in entries {
+                    let beyond = settled.as_ref().is_some_and(|s| if from_back { key < *s } else { key > *s });
+                    if beyond {
+                        break;
+                    }
+                    // The newest layer's entry came first.
+                    merged.entry(key).or_insert(value);
+                }
+            }
+            let live = |(k, v): (Bytes, Option<Bytes>)| v.map(|v| (k.to_vec(), v.to_vec()));
+            let chunk: VecDeque<_> = match from_back {
+                false => merged.into_iter().filter_map(live).collect(),
+                true => merged.into_iter().rev().filter_map(live).collect(),
+            };
+            match settled {
+                None => self.exhausted = true,
+                Some(end) => {
+                    let past = Bound::Excluded(end.to_vec());
+                    if from_back {
+                        self.high = past;
+                    } else {
+                        self.low = past;
+                    }
+                }
+            }
+            if !chunk.is_empty() {
+                return Ok(chunk);
             }
         }
-        chunk.into()
+        Ok(VecDeque::new())
+    }
+
+    /// The next item from one end: what that end fetched, then (once
+    /// nothing is left between the ends) what the other end fetched.
+    fn step(&mut self, from_back: bool) -> Option<Result<(Vec<u8>, Vec<u8>)>> {
+        if self.failed {
+            return None;
+        }
+        if self.ends(from_back).0.is_empty() {
+            match self.fetch(from_back) {
+                Ok(chunk) => *self.ends(from_back).0 = chunk,
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        let (near, far) = self.ends(from_back);
+        near.pop_front().or_else(|| far.pop_back()).map(Ok)
+    }
+
+    /// The fetched entries of the end iterated from, and of the other end.
+    #[allow(clippy::type_complexity)]
+    fn ends(&mut self, from_back: bool) -> (&mut VecDeque<(Vec<u8>, Vec<u8>)>, &mut VecDeque<(Vec<u8>, Vec<u8>)>) {
+        match from_back {
+            true => (&mut self.back, &mut self.front),
+            false => (&mut self.front, &mut self.back),
+        }
     }
 }
 
@@ -500,12 +805,7 @@ impl Iterator for Scan<'_> {
     type Item = Result<(Vec<u8>, Vec<u8>)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.front.is_empty() {
-            self.front = self.fetch(false);
-        }
-        // Once nothing is left between the ends, the front continues into
-        // what the back fetched.
-        self.front.pop_front().or_else(|| self.back.pop_back()).map(Ok)
+        self.step(false)
     }
 }
 
@@ -513,10 +813,7 @@ impl std::iter::FusedIterator for Scan<'_> {}
 
 impl DoubleEndedIterator for Scan<'_> {
     fn next_back(&mut self) -> Option<Self::Item> {
-        if self.back.is_empty() {
-            self.back = self.fetch(true);
-        }
-        self.back.pop_front().or_else(|| self.front.pop_back()).map(Ok)
+        self.step(true)
     }
 }
 

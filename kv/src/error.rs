@@ -78,7 +78,6 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
-    /// A WAL frame passed its checksum but does not decode as a batch.
     /// A page of the page file fails its checks.
     #[error("corrupt page {page} in {}: {reason}", path.display())]
     CorruptPage {
@@ -89,14 +88,18 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// An earlier checkpoint failed; the page file takes no more until the
-    /// store is reopened (its state on disk is unknown, and a failed sync
-    /// is never retried).
-    #[error("an earlier checkpoint of {} failed; reopen the store", path.display())]
+    /// A checkpoint failed; the page file takes no more until the store is
+    /// reopened (its state on disk is unknown, and a failed sync is never
+    /// retried). Writes go on until the memtable or the WAL reaches twice
+    /// its threshold, then fail with this error too.
+    #[error("a checkpoint of {} failed ({cause}); reopen the store", path.display())]
     CheckpointFailed {
         /// The page file.
         path: PathBuf,
+        /// The first failure.
+        cause: String,
     },
+    /// A WAL frame passed its checksum but does not decode as a batch.
     #[error("WAL frame at LSN {lsn} does not decode as a batch: {reason}")]
     BadBatch {
         /// The frame's position.

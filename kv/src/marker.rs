@@ -2,8 +2,13 @@
 //! directory is a ringkv store, and of which format.
 //!
 //! ```text
-//! "ringkv store\nformat 1\n", then zeros to 4096 bytes (one block, for O_DIRECT)
+//! "ringkv store\nformat 2\n", then zeros to 4096 bytes (one block, for O_DIRECT)
 //! ```
+//!
+//! Format 2 adds the page file (`data.db`), after which the log no longer
+//! holds every write: a ringkv that reads only format 1 must refuse it. A
+//! writable open of a format 1 store rewrites its marker as format 2 before
+//! it makes the page file.
 //!
 //! A store is created as: the directories (`wal/` included, each parent
 //! synced), then the marker, written to `RINGKV.tmp`, synced, renamed into
@@ -26,16 +31,23 @@ use crate::error::{Error, Result};
 
 /// The marker's file name.
 pub(crate) const MARKER: &str = "RINGKV";
-/// The format this code reads and writes.
-pub(crate) const FORMAT: u32 = 1;
+/// The format this code writes.
+pub(crate) const FORMAT: u32 = 2;
+/// The oldest format this code reads (format 1: the log alone).
+const FORMAT_OLDEST: u32 = 1;
+/// The page file's name.
+pub(crate) const PAGE_FILE: &str = "data.db";
 /// The marker before its rename.
 const TEMPORARY: &str = "RINGKV.tmp";
 const MAGIC: &[u8] = b"ringkv store\nformat ";
 
 /// What a directory holds.
 pub(crate) enum Found {
-    /// A store (its marker checked).
+    /// A store (its marker checked) of this format.
     Store,
+    /// A store of an older format this code reads; a writable open
+    /// rewrites its marker.
+    Older(u32),
     /// A store without its marker: made before markers existed (format 0,
     /// the same layout), or one whose marker's rename was lost with a
     /// failed directory sync. Only a store's own files are in it, and its
@@ -59,8 +71,10 @@ pub(crate) fn recognise(storage: &dyn Storage, dir: &Path, wal_dir: &str) -> Res
     }
     let marker = dir.join(MARKER);
     if storage.exists(&marker)? {
-        check(storage, dir)?;
-        return Ok(Found::Store);
+        return Ok(match check(storage, dir)? {
+            FORMAT => Found::Store,
+            older => Found::Older(older),
+        });
     }
     let mut found = storage.list_dir(dir)?;
     found.sort();
@@ -79,7 +93,7 @@ pub(crate) fn recognise(storage: &dyn Storage, dir: &Path, wal_dir: &str) -> Res
 /// Whether `dir` (holding `found`) holds only a store's files, with a log
 /// of at least one segment in `wal_dir`.
 fn is_unmarked_store(storage: &dyn Storage, dir: &Path, found: &[String], wal_dir: &str) -> Result<bool> {
-    let store_file = |name: &str| name == "LOCK" || name == TEMPORARY || name == wal_dir;
+    let store_file = |name: &str| name == "LOCK" || name == TEMPORARY || name == wal_dir || name == PAGE_FILE;
     if !found.iter().any(|n| n == wal_dir) || !found.iter().all(|n| store_file(n)) {
         return Ok(false);
     }
@@ -114,8 +128,9 @@ pub(crate) fn write(storage: &dyn Storage, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Checks that the marker in `dir` is ours, of a format this code reads.
-fn check(storage: &dyn Storage, dir: &Path) -> Result<()> {
+/// Checks that the marker in `dir` is ours, of a format this code reads,
+/// and returns the format.
+fn check(storage: &dyn Storage, dir: &Path) -> Result<u32> {
     let path = dir.join(MARKER);
     let file = storage.open(&path, OpenMode::Existing)?;
     let mut block = AlignedBuf::new(BLOCK_BYTES);
@@ -130,7 +145,7 @@ fn check(storage: &dyn Storage, dir: &Path) -> Result<()> {
     let digits: Vec<u8> = rest.iter().copied().take_while(u8::is_ascii_digit).collect();
     let format = std::str::from_utf8(&digits).ok().and_then(|d| d.parse::<u32>().ok());
     match format {
-        Some(FORMAT) => Ok(()),
+        Some(format @ FORMAT_OLDEST..=FORMAT) => Ok(format),
         Some(format) => Err(Error::UnsupportedFormat { path, format, supported: FORMAT }),
         None => Err(Error::NotAStore { path: dir.to_owned(), found: format!("{MARKER} without a format") }),
     }

@@ -8,12 +8,18 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use wal::Lsn;
 
 use crate::batch::Op;
+use crate::tree::Change;
+
+/// Bytes an entry costs besides its key and value (map node, `Bytes`
+/// handles, version), for sizing the memtable.
+const ENTRY_OVERHEAD_BYTES: usize = 96;
 
 /// (LSN of the batch, index of the op in it).
 type Version = (u64, u32);
@@ -29,18 +35,23 @@ struct Entry {
 pub(crate) struct Memtable {
     /// Keys and values are slices of their batches' payloads.
     map: RwLock<BTreeMap<Bytes, Entry>>,
+    /// Bytes applied (keys, values and overhead; replaced entries count
+    /// until the memtable is checkpointed).
+    bytes: AtomicUsize,
 }
 
 impl Memtable {
     /// Applies a batch's ops as of `lsn`, atomically for readers.
     pub(crate) fn apply(&self, lsn: Lsn, ops: Vec<Op>) {
         let mut map = self.map.write().expect("memtable lock");
+        let mut bytes = 0;
         for (index, op) in ops.into_iter().enumerate() {
             let version = (lsn.0, index as u32);
             let (key, value) = match op {
                 Op::Put(k, v) => (k, Some(v)),
                 Op::Delete(k) => (k, None),
             };
+            bytes += key.len() + value.as_ref().map_or(0, Bytes::len) + ENTRY_OVERHEAD_BYTES;
             match map.get_mut(&key) {
                 Some(entry) if entry.version >= version => {}
                 Some(entry) => *entry = Entry { version, value },
@@ -49,38 +60,75 @@ impl Memtable {
                 }
             }
         }
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    pub(crate) fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.map.read().expect("memtable lock").get(key).and_then(|e| e.value.as_deref().map(<[u8]>::to_vec))
+    /// What the memtable says of `key`: `Some(None)` for a delete, `None`
+    /// if it says nothing (look further down).
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Option<Bytes>> {
+        self.map.read().expect("memtable lock").get(key).map(|e| e.value.clone())
     }
 
-    /// Up to `limit` live entries of `(start, end)`: the first ones in key
-    /// order, or with `from_back` the last ones in reverse key order. None
-    /// for a range that ends before it starts.
+    /// Up to `limit` entries of `(start, end)`, deletes included (as
+    /// `None`): the first ones in key order, or with `from_back` the last
+    /// ones in reverse key order. None for a range that ends before it
+    /// starts.
     pub(crate) fn range(
         &self,
         start: Bound<&[u8]>,
         end: Bound<&[u8]>,
         from_back: bool,
         limit: usize,
-    ) -> Vec<(Vec<u8>, Vec<u8>)> {
+    ) -> Vec<(Bytes, Option<Bytes>)> {
         if is_empty_range(start, end) {
             return Vec::new(); // BTreeMap::range would panic
         }
         let map = self.map.read().expect("memtable lock");
-        let live = |(k, e): (&Bytes, &Entry)| e.value.as_ref().map(|v| (k.to_vec(), v.to_vec()));
+        let entry = |(k, e): (&Bytes, &Entry)| (k.clone(), e.value.clone());
         let range = map.range::<[u8], _>((start, end));
         if from_back {
-            range.rev().filter_map(live).take(limit).collect()
+            range.rev().take(limit).map(entry).collect()
         } else {
-            range.filter_map(live).take(limit).collect()
+            range.take(limit).map(entry).collect()
         }
     }
 
-    /// Live keys.
-    pub(crate) fn live_keys(&self) -> usize {
-        self.map.read().expect("memtable lock").values().filter(|e| e.value.is_some()).count()
+    /// Every entry in key order, deletes included: what a checkpoint folds
+    /// into the page file.
+    pub(crate) fn changes(&self) -> Vec<Change> {
+        self.map.read().expect("memtable lock").iter().map(|(k, e)| (k.clone(), e.value.clone())).collect()
+    }
+
+    /// Entries (deletes included).
+    pub(crate) fn len(&self) -> usize {
+        self.map.read().expect("memtable lock").len()
+    }
+
+    /// Bytes applied so far.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// The memtables: `active` takes new writes; `frozen`, while a checkpoint
+/// folds it into the page file, holds every frame below its cut that the
+/// page file does not.
+#[derive(Debug, Default)]
+pub(crate) struct Tables {
+    pub(crate) active: Arc<Memtable>,
+    pub(crate) frozen: Option<(Arc<Memtable>, Lsn)>,
+}
+
+impl Tables {
+    /// Applies the batch at `lsn` where it belongs: below the frozen cut
+    /// into the frozen memtable (a `Sync` frame placed before the cut whose
+    /// leader applies it after), so that every frame in `active` is newer
+    /// than every frame in `frozen`.
+    pub(crate) fn apply(&self, lsn: Lsn, ops: Vec<Op>) {
+        match &self.frozen {
+            Some((frozen, cut)) if lsn < *cut => frozen.apply(lsn, ops),
+            _ => self.active.apply(lsn, ops),
+        }
     }
 }
 

@@ -157,7 +157,7 @@ fn one_seed(seed: u64, strict: bool) -> bool {
             handles.into_iter().map(|h| h.join().expect("writer thread")).collect()
         });
         logs.extend(round_logs);
-        crossed_segments |= db.stats().wal.durable_lsn.0 > wal::SEGMENT_BYTES_MIN;
+        crossed_segments |= db.wal_stats().durable_lsn.0 > wal::SEGMENT_BYTES_MIN;
         disk.power_cut();
         drop(db);
         disk = disk.after_power_cut(seed.wrapping_mul(ROUNDS) + round);

@@ -104,7 +104,7 @@ fn a_store_whose_log_directory_is_gone_is_refused() {
     match Kv::open_with(dir.path(), common::options(common::AUTO)) {
         Err(Error::NotAStore { path, found }) => {
             assert_eq!(path, dir.path());
-            assert_eq!(found, "LOCK, RINGKV");
+            assert_eq!(found, "LOCK, RINGKV, data.db");
         }
         Err(e) => panic!("expected NotAStore, got {e:?}"),
         Ok(_) => panic!("a store without its log opened empty"),
@@ -139,13 +139,27 @@ fn a_store_is_recognised_by_its_marker() {
     db.put("k", "v").unwrap();
     drop(db);
     let marker = std::fs::read(interrupted.path().join("RINGKV")).unwrap();
-    assert!(marker.starts_with(b"ringkv store\nformat 1\n") && marker.len() == 4096);
+    assert!(marker.starts_with(b"ringkv store\nformat 2\n") && marker.len() == 4096);
+
+    // A format 1 store (the log alone) is read, and a writable open
+    // upgrades its marker.
+    let mut older = marker.clone();
+    older[20] = b'1';
+    std::fs::write(interrupted.path().join("RINGKV"), &older).unwrap();
+    let db = Kv::open_read_only(interrupted.path(), options).expect("format 1 is read");
+    assert_eq!(db.get("k").unwrap(), Some(b"v".to_vec()));
+    drop(db);
+    assert_eq!(std::fs::read(interrupted.path().join("RINGKV")).unwrap(), older, "a read-only open changes nothing");
+    let db = Kv::open_with(interrupted.path(), options).expect("format 1 is upgraded");
+    assert_eq!(db.get("k").unwrap(), Some(b"v".to_vec()));
+    drop(db);
+    assert_eq!(std::fs::read(interrupted.path().join("RINGKV")).unwrap(), marker, "upgraded to format 2");
 
     let mut later = marker.clone();
     later[20] = b'7';
     std::fs::write(interrupted.path().join("RINGKV"), &later).unwrap();
     let err = Kv::open_with(interrupted.path(), options).expect_err("a later format");
-    assert!(matches!(err, Error::UnsupportedFormat { format: 7, supported: 1, .. }), "{err:?}");
+    assert!(matches!(err, Error::UnsupportedFormat { format: 7, supported: 2, .. }), "{err:?}");
     assert!(err.to_string().contains("RINGKV"), "{err}");
 }
 
@@ -315,7 +329,7 @@ fn a_read_only_store_refuses_writes_and_writers_exclude_it() {
     let a = Kv::open_read_only(dir.path(), common::options(common::AUTO)).unwrap();
     let b = Kv::open_read_only(dir.path(), common::options(common::AUTO)).unwrap();
     assert_eq!(a.get("k").unwrap(), Some(b"v".to_vec()));
-    assert_eq!(b.stats().wal.durable_lsn, a.stats().wal.durable_lsn);
+    assert_eq!(b.wal_stats().durable_lsn, a.wal_stats().durable_lsn);
     assert!(matches!(a.put("x", "y"), Err(Error::ReadOnly { .. })));
     assert!(
         matches!(Kv::open_with(dir.path(), common::options(common::AUTO)), Err(Error::Locked { .. })),

@@ -15,6 +15,8 @@ use crate::Lsn;
 
 const SUFFIX: &str = ".wal";
 const RECYCLE_PREFIX: &str = "recycle-";
+/// Recycled segments kept for reuse; more are removed.
+const RECYCLED_MAX: usize = 2;
 
 /// One segment file.
 #[derive(Clone)]
@@ -115,9 +117,14 @@ fn zero_fill(file: &dyn File, size_bytes: u64) -> Result<()> {
     Ok(())
 }
 
-/// Moves a whole segment out of the log, for reuse.
+/// Moves a whole segment out of the log, for reuse; removes it instead if
+/// enough are already waiting, so that reclaiming many segments at once
+/// shrinks the directory.
 pub(crate) fn recycle(storage: &dyn Storage, segment: &Segment) -> Result<()> {
     let dir = segment.path.parent().expect("segment has a directory");
+    if list_recycled(storage, dir)?.len() >= RECYCLED_MAX {
+        return Ok(storage.remove_file(&segment.path)?);
+    }
     let to = dir.join(format!("{RECYCLE_PREFIX}{:020}{SUFFIX}", segment.start.0));
     storage.rename(&segment.path, &to)?;
     Ok(())

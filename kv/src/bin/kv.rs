@@ -86,8 +86,12 @@ enum Command {
         #[arg(long)]
         limit: Option<usize>,
     },
-    /// Print the backend, the log's extent and the number of keys.
+    /// Print the backend, the log's extent, the number of keys, and the
+    /// memtable's and page file's sizes.
     Stats,
+    /// Fold everything written into the page file now, and drop the log it
+    /// no longer needs.
+    Checkpoint,
     /// Verify every WAL frame and batch; exit status 0 only if sound.
     Check,
     /// One line per WAL frame: LSN, kind, length, CRC; exit status 1 if the log is corrupt.
@@ -170,7 +174,10 @@ fn parse_segment_bytes(text: &str) -> Result<u64, String> {
 
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let options = options(&cli);
-    let writes = matches!(cli.command, Command::Put { .. } | Command::Del { .. } | Command::CrashWriter { .. });
+    let writes = matches!(
+        cli.command,
+        Command::Put { .. } | Command::Del { .. } | Command::Checkpoint | Command::CrashWriter { .. }
+    );
     if writes && matches!(cli.recovery, Recovery::PointInTime) {
         eprintln!("kv: --recovery point-in-time would drop acknowledged writes; only `kv repair` does that");
         return Ok(ExitCode::from(EXIT_USAGE));
@@ -245,21 +252,52 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
         Command::Stats => {
             let db = open_existing()?;
-            let stats = db.stats();
-            if cli.json {
-                let object = serde_json::json!({
-                    "dir": db.dir().display().to_string(),
-                    "io_backend": stats.backend.to_string(),
-                    "durable_lsn": stats.wal.durable_lsn.0,
-                    "live_keys": stats.live_keys,
-                });
-                writeln!(out, "{object}")?;
-            } else {
-                writeln!(out, "dir\t{}", db.dir().display())?;
-                writeln!(out, "io_backend\t{}", stats.backend)?;
-                writeln!(out, "durable_lsn\t{}", stats.wal.durable_lsn)?;
-                writeln!(out, "live_keys\t{}", stats.live_keys)?;
+            let stats = db.stats()?;
+            let mut live_keys = 0u64;
+            for item in db.scan::<&[u8]>(..) {
+                item?;
+                live_keys += 1;
             }
+            let p = &stats.page_file;
+            let fields: Vec<(&str, serde_json::Value)> = vec![
+                ("dir", db.dir().display().to_string().into()),
+                ("io_backend", stats.backend.to_string().into()),
+                ("durable_lsn", stats.wal.durable_lsn.0.into()),
+                ("live_keys", live_keys.into()),
+                ("memtable_entries", stats.memtable_entries.into()),
+                ("memtable_bytes", stats.memtable_bytes.into()),
+                ("wal_retained_bytes", stats.wal_retained_bytes.into()),
+                ("page_file_bytes", p.file_bytes.into()),
+                ("pages", p.pages.into()),
+                ("free_pages", p.free_pages.into()),
+                ("tree_height", p.height.into()),
+                ("checkpoint_generation", p.generation.into()),
+                ("checkpoint_lsn", p.checkpoint_lsn.0.into()),
+            ];
+            if cli.json {
+                let object: serde_json::Map<String, serde_json::Value> =
+                    fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+                writeln!(out, "{}", serde_json::Value::Object(object))?;
+            } else {
+                for (name, value) in fields {
+                    match value {
+                        serde_json::Value::String(s) => writeln!(out, "{name}\t{s}")?,
+                        other => writeln!(out, "{name}\t{other}")?,
+                    }
+                }
+            }
+        }
+        Command::Checkpoint => {
+            let mut existing = options;
+            existing.create_if_missing = false;
+            let db = Kv::open_with(&cli.db, existing)?;
+            db.checkpoint()?;
+            let p = db.stats()?.page_file;
+            writeln!(
+                out,
+                "checkpoint {} at LSN {}: {} pages, {} free",
+                p.generation, p.checkpoint_lsn, p.pages, p.free_pages
+            )?;
         }
         Command::Check => return check(&cli, options, &mut out),
         Command::WalDump => return wal_dump(&cli, options, &mut out),

@@ -9,10 +9,6 @@
 //! whole. Pages the new tree no longer reaches become free once no reader
 //! still reads an older generation.
 
-// Not yet wired into `Kv`: the checkpointer that feeds it frozen
-// memtables is the next step of the page-file issue.
-#![allow(dead_code)]
-
 mod page;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -26,7 +22,8 @@ use wal::Lsn;
 
 use crate::error::{Error, Result};
 pub(crate) use page::PageNo;
-use page::{Bad, Kind, Node, PageBuf, PageRef, Stored, BODY_BYTES, PAGE_BYTES};
+pub(crate) use page::PAGE_BYTES;
+use page::{Bad, Kind, Node, PageBuf, PageRef, Stored, BODY_BYTES};
 
 const MAGIC: &[u8; 8] = b"RINGKVPF";
 const FORMAT: u32 = 1;
@@ -35,11 +32,9 @@ const FIRST_TREE_PAGE: PageNo = 2;
 /// Consecutive pages written with one call.
 const RUN_PAGES_MAX: usize = 64;
 /// Longest key the tree takes: a leaf or branch then holds at least three.
-pub(crate) const TREE_KEY_BYTES_MAX: usize = 1024;
+pub(crate) const TREE_KEY_BYTES_MAX: usize = crate::KEY_BYTES_MAX;
 const _: () = assert!(page::INLINE_ENTRY_MAX >= TREE_KEY_BYTES_MAX + 19);
 const _: () = assert!(crate::VALUE_BYTES_MAX <= page::INDEX_REFS_MAX * BODY_BYTES);
-/// Nodes the cache keeps, by default.
-pub(crate) const CACHE_PAGES_DEFAULT: usize = 16 << 10;
 
 /// One checkpoint's commit point.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +52,19 @@ impl Meta {
     fn empty() -> Meta {
         Meta { generation: 0, root: None, free_map: None, high_water: FIRST_TREE_PAGE, lsn: Lsn(0) }
     }
+}
+
+/// What [`PageFile::stats`] reports.
+#[derive(Clone, Debug)]
+pub(crate) struct TreeStats {
+    pub(crate) file_bytes: u64,
+    /// Pages below the high-water mark (meta pages included).
+    pub(crate) pages: PageNo,
+    /// Of those, free now or once no reader reads an older generation.
+    pub(crate) free_pages: usize,
+    /// Levels from the root to a leaf (0 for an empty tree).
+    pub(crate) height: usize,
+    pub(crate) meta: Meta,
 }
 
 /// What [`PageFile::open`] found.
@@ -78,9 +86,9 @@ pub(crate) struct PageFile {
     /// once no reader reads a generation below g.
     pins: Arc<Mutex<BTreeMap<u64, usize>>>,
     cache: Cache,
-    /// One checkpoint at a time; set once one failed (the file's state is
-    /// then unknown: no retry).
-    checkpointing: Mutex<bool>,
+    /// One checkpoint at a time; the first failure once one failed (the
+    /// file's state is then unknown: no retry).
+    checkpointing: Mutex<Option<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -196,7 +204,7 @@ impl PageFile {
             alloc: Mutex::new(Alloc { high_water: FIRST_TREE_PAGE, ..Alloc::default() }),
             pins: Arc::default(),
             cache: Cache::new(cache_pages),
-            checkpointing: Mutex::new(false),
+            checkpointing: Mutex::new(None),
         };
         let mut slots = Vec::new();
         for slot in 0..2u32 {
@@ -255,6 +263,32 @@ impl PageFile {
     /// The checkpoint before it, if its meta page is valid.
     pub(crate) fn older_meta(&self) -> Option<Meta> {
         self.older.lock().expect("older lock").clone()
+    }
+
+    /// Sizes of the newest checkpoint's tree (reads the leftmost path).
+    ///
+    /// # Errors
+    /// As [`PageFile::get`].
+    pub(crate) fn stats(&self) -> Result<TreeStats> {
+        let meta = self.meta();
+        let mut height = 0;
+        let mut at = meta.root;
+        while let Some(r) = at {
+            height += 1;
+            at = match &*self.node(r)? {
+                Node::Branch { first, .. } => Some(*first),
+                Node::Leaf(_) => None,
+            };
+        }
+        let alloc = self.alloc.lock().expect("alloc lock");
+        let free_pages = alloc.free.len() + alloc.pending.iter().map(|(_, p)| p.len()).sum::<usize>();
+        Ok(TreeStats {
+            file_bytes: self.file.size_bytes()?,
+            pages: meta.high_water,
+            free_pages,
+            height,
+            meta: (*meta).clone(),
+        })
     }
 
     /// Pins the newest generation for a reader.
@@ -395,8 +429,8 @@ impl PageFile {
     /// unknown and a failed sync is never retried), `CorruptPage`.
     pub(crate) fn checkpoint(&self, changes: &[Change], lsn: Lsn) -> Result<Meta> {
         let mut failed = self.checkpointing.lock().expect("checkpoint lock");
-        if *failed {
-            return Err(Error::CheckpointFailed { path: self.path.clone() });
+        if let Some(cause) = &*failed {
+            return Err(Error::CheckpointFailed { path: self.path.clone(), cause: cause.clone() });
         }
         debug_assert!(changes.windows(2).all(|w| w[0].0 < w[1].0), "sorted, unique keys");
         let old = self.meta();
@@ -426,7 +460,7 @@ impl PageFile {
                 Ok(meta)
             }
             Err(e) => {
-                *failed = true;
+                *failed = Some(e.to_string());
                 Err(e)
             }
         }

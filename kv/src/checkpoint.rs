@@ -1,0 +1,193 @@
+//! The checkpointer: folds the memtable into the page file, then drops the
+//! log the page file no longer needs.
+//!
+//! A checkpoint cuts the log at the end of the frames placed so far
+//! ([`wal::Wal::cut`]) and, in the same moment, freezes the active memtable
+//! and starts a new one: frames below the cut belong to the frozen one
+//! (also a `Sync` frame whose leader applies it after the cut), frames at
+//! or past it to the new one. Once every frame below the cut is durable
+//! and applied, the frozen memtable is folded into the page file as the
+//! checkpoint of everything below the cut, and dropped; then the log below
+//! the *older* of the page file's two checkpoints is reclaimed (the older
+//! one is what opening falls back to if the newer meta page is damaged).
+//! Writers go on meanwhile; they wait only if they outrun it (see
+//! [`Inner::pace`]).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use wal::{Lsn, Wal};
+
+use crate::db::Inner;
+use crate::error::{Error, Result};
+use crate::tree::{PageFile, TREE_KEY_BYTES_MAX};
+
+/// The checkpointer's state, under `Inner::control`.
+#[derive(Debug, Default)]
+pub(crate) struct Control {
+    /// A writer asked for a checkpoint.
+    pub(crate) requested: bool,
+    /// A checkpoint runs.
+    pub(crate) running: bool,
+    /// The store is closing.
+    pub(crate) stopping: bool,
+    /// The first failed checkpoint: none is tried after it.
+    pub(crate) failed: Option<String>,
+    /// Checkpoints done since open.
+    pub(crate) completed: u64,
+}
+
+/// Starts the checkpointer thread, which runs a checkpoint whenever a
+/// writer asks for one, until the store closes.
+pub(crate) fn spawn(inner: Arc<Inner>) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("ringkv-checkpointer".into())
+        .spawn(move || {
+            let mut control = inner.control.lock().expect("checkpointer lock");
+            loop {
+                while !control.requested && !control.stopping {
+                    control = inner.changed.wait(control).expect("checkpointer lock");
+                }
+                if control.stopping {
+                    return;
+                }
+                control.requested = false;
+                drop(control);
+                // A failure is logged and recorded by `checkpoint`.
+                let _ = inner.checkpoint();
+                control = inner.control.lock().expect("checkpointer lock");
+            }
+        })
+        .expect("spawn the checkpointer")
+}
+
+impl Inner {
+    /// Runs one checkpoint (after any running one), and records how it
+    /// ended for the writers that wait on it.
+    ///
+    /// # Errors
+    /// As [`crate::Kv::checkpoint`].
+    pub(crate) fn checkpoint(&self) -> Result<()> {
+        let wal = self.wal.as_ref().ok_or_else(|| Error::ReadOnly { path: self.dir.clone() })?;
+        let tree = self.tree.as_ref().expect("a writable store has a page file");
+        let _one = self.checkpointing.lock().expect("checkpoint lock");
+        let earlier = {
+            let mut control = self.control.lock().expect("checkpointer lock");
+            control.running = true;
+            control.failed.clone()
+        };
+        // A failed checkpoint left its frozen memtable in place, and the
+        // page file's state unknown: no other runs.
+        let result = match earlier {
+            Some(cause) => Err(Error::CheckpointFailed { path: tree.path().to_owned(), cause }),
+            None => self.fold(wal, tree),
+        };
+        let mut control = self.control.lock().expect("checkpointer lock");
+        control.running = false;
+        match &result {
+            Ok(()) => control.completed += 1,
+            Err(e) => {
+                if control.failed.is_none() {
+                    tracing::error!(dir = %self.dir.display(), error = %e, "checkpoint failed; the log keeps every write");
+                }
+                control.failed.get_or_insert_with(|| e.to_string());
+            }
+        }
+        drop(control);
+        self.changed.notify_all();
+        result
+    }
+
+    /// Freezes the memtable at a cut, folds it into the page file, drops
+    /// it, and reclaims the log below the older checkpoint.
+    fn fold(&self, wal: &Wal, tree: &PageFile) -> Result<()> {
+        let started = std::time::Instant::now();
+        let previous = Lsn(self.checkpoint_lsn.load(Ordering::SeqCst));
+        let frozen = wal.cut(|cut| {
+            if cut == previous {
+                return None; // nothing written since the last checkpoint
+            }
+            let mut tables = self.tables.write().expect("tables lock");
+            let frozen = std::mem::take(&mut tables.active);
+            tables.frozen = Some((frozen.clone(), cut));
+            Some((frozen, cut))
+        })?;
+        let Some((frozen, cut)) = frozen else { return Ok(()) };
+        // Frames below the cut: durable once this returns (`NoSync` ones
+        // too), and applied once the applied end reaches the cut.
+        wal.sync()?;
+        let applied = wal.applied_lsn();
+        if applied < cut {
+            return Err(Error::CheckpointFailed {
+                path: tree.path().to_owned(),
+                cause: format!("the log was applied up to LSN {applied} only, short of the cut at {cut}"),
+            });
+        }
+        let changes = frozen.changes();
+        if let Some((key, _)) = changes.iter().find(|(k, _)| k.len() > TREE_KEY_BYTES_MAX) {
+            // Only a log written by an older ringkv (16 KiB keys) holds one.
+            return Err(Error::KeyTooLarge { bytes: key.len(), limit: TREE_KEY_BYTES_MAX });
+        }
+        let meta = tree.checkpoint(&changes, cut)?;
+        // The page file now holds everything the frozen memtable did.
+        self.tables.write().expect("tables lock").frozen = None;
+        self.checkpoint_lsn.store(meta.lsn.0, Ordering::SeqCst);
+        let kept = tree.older_meta().map_or(meta.lsn, |older| older.lsn);
+        let reclaimed = wal.reclaim_below(kept)?;
+        self.kept_lsn.store(kept.0, Ordering::SeqCst);
+        tracing::debug!(
+            dir = %self.dir.display(), %cut, generation = meta.generation, changes = changes.len(),
+            reclaimed_segments = reclaimed, elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint"
+        );
+        Ok(())
+    }
+
+    /// Called before each write: asks for a checkpoint once the memtable
+    /// or the log since the last checkpoint passes its threshold, and
+    /// holds the writer back while a checkpoint runs if it holds twice as
+    /// much (the memtable) or half the log budget (the log).
+    ///
+    /// # Errors
+    /// [`Error::CheckpointFailed`] if checkpoints fail and the writer would
+    /// have to wait for one.
+    pub(crate) fn pace(&self) -> Result<()> {
+        let Some(wal) = &self.wal else { return Ok(()) };
+        // (memtable bytes, log bytes since the last checkpoint)
+        let load = || {
+            let active = self.tables.read().expect("tables lock").active.bytes();
+            let since = wal.durable_lsn().0.saturating_sub(self.checkpoint_lsn.load(Ordering::SeqCst));
+            (active, since)
+        };
+        let over = |(active, since): (usize, u64)| active >= self.memtable_bytes || since >= self.wal_bytes / 4;
+        let stalled = |(active, since): (usize, u64)| {
+            active >= self.memtable_bytes.saturating_mul(2) || since >= self.wal_bytes / 2
+        };
+        if !over(load()) {
+            return Ok(());
+        }
+        let mut control = self.control.lock().expect("checkpointer lock");
+        loop {
+            // Measured under the control lock: a checkpoint that ends
+            // after this wakes the wait below.
+            let now = load();
+            if !over(now) {
+                return Ok(());
+            }
+            if let Some(cause) = &control.failed {
+                return match stalled(now) {
+                    true => Err(Error::CheckpointFailed { path: self.dir.clone(), cause: cause.clone() }),
+                    false => Ok(()),
+                };
+            }
+            if !control.running && !control.requested {
+                control.requested = true;
+                self.changed.notify_all();
+            }
+            if !stalled(now) {
+                return Ok(());
+            }
+            control = self.changed.wait(control).expect("checkpointer lock");
+        }
+    }
+}
