@@ -9,8 +9,14 @@
 //! complete in any order, even seeds buffered files synced one at a time;
 //! the strict run leaves torn sectors garbage or unreadable.
 //!
+//! The memtable threshold is a few KiB and one writer asks for checkpoints
+//! too, so the power cut lands inside checkpoints as often as between
+//! them: in page writes, between them and the meta page, in the log's
+//! reclaim.
+//!
 //! After every recovery: every acknowledged `Sync` write of every round is
-//! there with its value (or a later write of the same key), no batch is
+//! there with its value (or a later write of the same key), an
+//! acknowledged delete is not undone by an older value, no batch is
 //! half-applied, and nothing that was never written appears.
 
 mod common;
@@ -29,8 +35,9 @@ const SLOTS: u64 = 6;
 /// What one writer thread did.
 #[derive(Default)]
 struct Log {
-    /// Per overwritten key: versions attempted, and the last acknowledged (durable) one.
-    slots: BTreeMap<Vec<u8>, (Vec<u64>, Option<u64>)>,
+    /// Per overwritten key: versions attempted (`true` for a delete), and
+    /// the last acknowledged (durable) one.
+    slots: BTreeMap<Vec<u8>, (Vec<(u64, bool)>, Option<u64>)>,
     /// Batches: (keys, acknowledged durable).
     batches: Vec<(Vec<Vec<u8>>, bool)>,
 }
@@ -74,9 +81,13 @@ fn writer(db: &Kv, round: u64, t: u64, seed: u64) -> Log {
         } else {
             let key = slot_key(round, t, rng.below(SLOTS));
             let entry = log.slots.entry(key.clone()).or_default();
-            entry.0.push(i);
+            let delete = rng.below(6) == 0;
+            entry.0.push((i, delete));
             let mut batch = WriteBatch::new();
-            batch.put(&key, slot_value(&key, i, seed));
+            match delete {
+                true => batch.delete(&key),
+                false => batch.put(&key, slot_value(&key, i, seed)),
+            };
             let result = db.write_with(batch, durability);
             let failed = result.is_err();
             if acked_durable(result) {
@@ -85,6 +96,10 @@ fn writer(db: &Kv, round: u64, t: u64, seed: u64) -> Log {
             if failed {
                 break;
             }
+        }
+        if t == 0 && i % 8 == 7 {
+            // Fails once the power is cut, like the writes.
+            let _ = db.checkpoint();
         }
     }
     log
@@ -96,17 +111,24 @@ fn check(seed: u64, db: &Kv, logs: &[Log]) {
     for log in logs {
         for (key, (attempted, acked)) in &log.slots {
             known.insert(key.clone());
-            let got = db.get(key).unwrap();
-            let version = got.as_ref().map(|v| {
-                attempted
-                    .iter()
-                    .copied()
-                    .find(|&i| slot_value(key, i, seed) == *v)
-                    .unwrap_or_else(|| panic!("seed={seed}: {key:?} holds a value never written: {v:?}"))
-            });
+            let got = db.get(key).unwrap_or_else(|e| panic!("seed={seed}: get {key:?}: {e}"));
+            // The versions the key's state may be: the put that wrote its
+            // value, or, if it has none, any delete.
+            let versions: Vec<u64> = match &got {
+                Some(v) => vec![
+                    attempted
+                        .iter()
+                        .find(|&&(i, delete)| !delete && slot_value(key, i, seed) == *v)
+                        .unwrap_or_else(|| panic!("seed={seed}: {key:?} holds a value never written: {v:?}"))
+                        .0,
+                ],
+                None => attempted.iter().filter(|(_, delete)| *delete).map(|(i, _)| *i).collect(),
+            };
             if let Some(acked) = acked {
-                let version = version.unwrap_or_else(|| panic!("seed={seed}: acknowledged {key:?}@{acked} lost"));
-                assert!(version >= *acked, "seed={seed}: {key:?} went back from @{acked} to @{version}");
+                assert!(
+                    versions.iter().any(|&v| v >= *acked),
+                    "seed={seed}: acknowledged {key:?}@{acked} lost: it holds {got:?} (attempted {attempted:?})"
+                );
             }
             expected_keys += usize::from(got.is_some());
         }
@@ -131,13 +153,17 @@ fn check(seed: u64, db: &Kv, logs: &[Log]) {
 }
 
 /// Runs one seed's crash sequence; returns whether the log reached past
-/// its first segment.
-fn one_seed(seed: u64, strict: bool) -> bool {
+/// its first segment, and the checkpoints made.
+fn one_seed(seed: u64, strict: bool) -> (bool, u64) {
     let mut disk = SimStorage::new().pipelined(seed % 2 == 1).strict(strict).seeded(seed);
     let dir = Path::new("/db");
-    let options = common::options(common::AUTO);
+    let mut options = common::options(common::AUTO);
+    options.memtable_bytes = 4 << 10;
+    options.wal_bytes = 4 * wal::SEGMENT_BYTES_MIN;
+    options.cache_bytes = 64 << 10;
     let mut logs: Vec<Log> = Vec::new();
     let mut crossed_segments = false;
+    let mut checkpoints = 0;
     for round in 0..ROUNDS {
         let db = Kv::open_on(Arc::new(disk.clone()), dir, options)
             .unwrap_or_else(|e| panic!("seed={seed} round={round}: recovery failed: {e}"));
@@ -158,6 +184,7 @@ fn one_seed(seed: u64, strict: bool) -> bool {
         });
         logs.extend(round_logs);
         crossed_segments |= db.wal_stats().durable_lsn.0 > wal::SEGMENT_BYTES_MIN;
+        checkpoints = db.stats().map_or(checkpoints, |s| s.page_file.generation);
         disk.power_cut();
         drop(db);
         disk = disk.after_power_cut(seed.wrapping_mul(ROUNDS) + round);
@@ -165,17 +192,22 @@ fn one_seed(seed: u64, strict: bool) -> bool {
     let db = Kv::open_on(Arc::new(disk), dir, options)
         .unwrap_or_else(|e| panic!("seed={seed}: recovery after the last round failed: {e}"));
     check(seed, &db, &logs);
-    crossed_segments
+    (crossed_segments, checkpoints)
 }
 
 fn run_seeds(strict: bool) {
     let seeds: u64 = std::env::var("RINGKV_CRASH_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
     let first: u64 = std::env::var("RINGKV_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let mut crossed = 0;
+    let (mut crossed, mut checkpoints) = (0, 0);
     for seed in first..first + seeds {
-        crossed += u64::from(one_seed(seed, strict));
+        let (crossed_segments, made) = one_seed(seed, strict);
+        crossed += u64::from(crossed_segments);
+        checkpoints += made;
     }
-    eprintln!("{crossed} of {seeds} seeds crossed a segment boundary (strict: {strict})");
+    eprintln!(
+        "{crossed} of {seeds} seeds crossed a segment boundary, {checkpoints} checkpoints in all (strict: {strict})"
+    );
+    assert!(checkpoints >= seeds, "only {checkpoints} checkpoints in {seeds} seeds");
     // The padded seeds must really exercise segment roll-over under power cuts.
     assert!(seeds < 100 || crossed >= seeds / 20, "only {crossed} of {seeds} seeds crossed a segment");
 }

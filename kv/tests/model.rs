@@ -1,5 +1,6 @@
 //! The store against a `BTreeMap` model: random puts, deletes, batches,
-//! gets and scans, with reopen in between, on every backend.
+//! gets and scans, with checkpoints (asked for, and on small thresholds)
+//! and reopens in between, on the simulated disk and every real backend.
 
 mod common;
 
@@ -10,13 +11,31 @@ use std::sync::Arc;
 use ringkv::{Kv, WriteBatch};
 use uring::{SimRng, SimStorage};
 
+/// Mostly a few hot keys; some from a wider space, so that the page
+/// file's tree grows branches.
 fn key(rng: &mut SimRng) -> Vec<u8> {
-    format!("key-{:03}", rng.below(60)).into_bytes()
+    match rng.below(4) {
+        0 => format!("key-{:04}", rng.below(3000)).into_bytes(),
+        _ => format!("key-{:04}", rng.below(60)).into_bytes(),
+    }
 }
 
+/// Mostly small values; now and then one too large for a leaf.
 fn value(rng: &mut SimRng) -> Vec<u8> {
-    let len = rng.below(200) as usize;
+    let len = match rng.below(40) {
+        0 => 1500 + rng.below(9000) as usize,
+        _ => rng.below(200) as usize,
+    };
     (0..len).map(|_| rng.below(256) as u8).collect()
+}
+
+/// Options with thresholds small enough that the checkpointer runs often.
+fn checkpointing(backend: common::Backend) -> ringkv::Options {
+    let mut options = common::options(backend);
+    options.memtable_bytes = 16 << 10;
+    options.wal_bytes = 4 * wal::SEGMENT_BYTES_MIN;
+    options.cache_bytes = 64 << 10;
+    options
 }
 
 /// Runs `steps` random operations against `db` and `model`, reopening via
@@ -73,13 +92,14 @@ fn run(seed: u64, steps: usize, mut db: Kv, reopen: &dyn Fn(Kv) -> Kv) {
                 };
                 assert_eq!(got, want, "{ctx}: reverse scan");
             }
-            93..=95 => {
+            93..=94 => {
                 let prefix = format!("key-0{}", rng.below(7)).into_bytes();
                 let got: Vec<_> = db.scan_prefix(&prefix).map(Result::unwrap).collect();
                 let want: Vec<_> =
                     model.iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(k, v)| (k.clone(), v.clone())).collect();
                 assert_eq!(got, want, "{ctx}: prefix scan");
             }
+            95..=96 => db.checkpoint().unwrap_or_else(|e| panic!("{ctx}: checkpoint: {e}")),
             _ => {
                 db = reopen(db);
                 let all: Vec<_> = db.scan::<Vec<u8>>(..).map(Result::unwrap).collect();
@@ -95,13 +115,16 @@ fn model_on_the_simulated_disk() {
     for seed in 0..40 {
         let disk = SimStorage::new();
         let open = |disk: &SimStorage| {
-            Kv::open_on(Arc::new(disk.clone()), Path::new("/db"), common::options(common::AUTO)).unwrap()
+            Kv::open_on(Arc::new(disk.clone()), Path::new("/db"), checkpointing(common::AUTO)).unwrap()
         };
         let reopen = |db: Kv| {
             drop(db);
             open(&disk)
         };
         run(seed, 400, open(&disk), &reopen);
+        let db = open(&disk);
+        let stats = db.stats().unwrap();
+        assert!(stats.page_file.generation > 0, "seed={seed}: no checkpoint ran");
     }
 }
 
@@ -110,11 +133,12 @@ fn model_on_real_backends() {
     for io in common::REAL_BACKENDS {
         for seed in 0..3 {
             let dir = common::temp_dir("model");
+            let open = || Kv::open_with(dir.path(), checkpointing(io)).unwrap();
             let reopen = |db: Kv| {
                 drop(db);
-                common::open(dir.path(), io)
+                open()
             };
-            run(seed, 300, common::open(dir.path(), io), &reopen);
+            run(seed, 300, open(), &reopen);
         }
     }
 }

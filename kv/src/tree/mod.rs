@@ -212,7 +212,16 @@ impl PageFile {
                 slots.push(Err(None));
                 continue;
             }
-            let bytes = pages.read_page(slot)?;
+            let bytes = match pages.read_page(slot) {
+                Ok(bytes) => bytes,
+                // A meta write torn by a power cut may leave its sector
+                // unreadable: that slot is damaged, the other may be fine.
+                Err(Error::Storage(e)) if e.raw_os_error() == Some(libc::EIO) => {
+                    slots.push(Err(Some(format!("unreadable ({e})"))));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             slots.push(match bytes.iter().all(|&b| b == 0) {
                 true => Err(None),
                 false => read_meta(bytes, slot).map_err(|bad| Some(bad.to_string())),
@@ -226,6 +235,15 @@ impl PageFile {
             .filter_map(|(slot, s)| s.as_ref().err().and_then(|e| e.as_ref().map(|e| format!("meta page {slot}: {e}"))))
             .collect();
         let opened = match valid.len() {
+            // Slot 0 was never written, so slot 1 held the first
+            // checkpoint: its meta write was torn, and the checkpoint
+            // before it is the empty tree (the log is kept from LSN 0
+            // until a second checkpoint).
+            0 if matches!(slots[..], [Err(None), Err(Some(_))]) => {
+                let why = damaged.join("; ");
+                tracing::warn!(path = %path.display(), "{why}; using the empty tree before the first checkpoint");
+                Opened { older: None, fell_back: Some(why) }
+            }
             0 if !damaged.is_empty() => {
                 return Err(Error::CorruptPage { path: path.to_owned(), page: 0, reason: damaged.join("; ") });
             }
