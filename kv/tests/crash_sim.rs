@@ -32,12 +32,15 @@ const THREADS: u64 = 4;
 const OPS_PER_THREAD: u64 = 40;
 const SLOTS: u64 = 6;
 
+/// A slot's versions attempted (`true` for a delete), and the last
+/// acknowledged (durable) one.
+type Slot = (Vec<(u64, bool)>, Option<u64>);
+
 /// What one writer thread did.
 #[derive(Default)]
 struct Log {
-    /// Per overwritten key: versions attempted (`true` for a delete), and
-    /// the last acknowledged (durable) one.
-    slots: BTreeMap<Vec<u8>, (Vec<(u64, bool)>, Option<u64>)>,
+    /// Per overwritten key.
+    slots: BTreeMap<Vec<u8>, Slot>,
     /// Batches: (keys, acknowledged durable).
     batches: Vec<(Vec<Vec<u8>>, bool)>,
 }
