@@ -135,6 +135,7 @@ impl Error {
         matches!(
             self,
             Error::BadBatch { .. }
+                | Error::CorruptPage { .. }
                 | Error::Wal(
                     wal::Error::Corrupt { .. } | wal::Error::SegmentGap { .. } | wal::Error::BadSegment { .. }
                 )

@@ -49,7 +49,9 @@ mod tree;
 
 pub use batch::WriteBatch;
 pub use constants::{BATCH_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
-pub use db::{check_batch, inspect_log, Durability, Kv, Options, PageFileStats, Scan, Stats};
+pub use db::{
+    check_batch, check_page_file, inspect_log, Durability, Kv, Options, PageFileCheck, PageFileStats, Scan, Stats,
+};
 pub use error::{Error, Result};
 pub use uring::{Backend, Io, SyncMode};
 pub use wal::{BadFrame, Dropped, Recovered, RecoveryMode};

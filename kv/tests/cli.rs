@@ -153,3 +153,42 @@ fn binary_keys_through_hex_json_and_escaped_scan_lines() {
     assert_eq!(bad.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not hex"));
 }
+
+/// The page file through the CLI: `kv checkpoint` folds the log into it,
+/// `kv stats` and `kv check` describe it; a flipped bit in a tree page is
+/// an error naming the page, from `kv get` and from `kv check`.
+#[test]
+fn checkpoint_stats_and_a_damaged_tree_page() {
+    let dir = common::temp_dir("cli-tree");
+    let db = common::open(dir.path(), common::AUTO);
+    for chunk in (0..3000u32).collect::<Vec<_>>().chunks(500) {
+        let mut batch = ringkv::WriteBatch::new();
+        for i in chunk {
+            batch.put(format!("key-{i:05}"), format!("value-{i}"));
+        }
+        db.write(batch).unwrap();
+    }
+    drop(db);
+    let out = stdout(&ok(dir.path(), &["checkpoint"]));
+    assert!(out.starts_with("checkpoint 1 at LSN "), "{out}");
+    let stats = stdout(&ok(dir.path(), &["stats"]));
+    for line in ["live_keys\t3000", "memtable_entries\t0", "checkpoint_generation\t1", "tree_height\t2"] {
+        assert!(stats.lines().any(|l| l == line), "{line:?} in {stats}");
+    }
+    let report = stdout(&ok(dir.path(), &["check"]));
+    assert!(report.contains("tree_keys\t3000") && report.ends_with("sound\n"), "{report}");
+
+    // Page 2 is the first the checkpoint wrote: a leaf, in the tree.
+    let path = dir.path().join("data.db");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[2 * 4096 + 100] ^= 0x04;
+    std::fs::write(&path, &bytes).unwrap();
+    let out = kv(dir.path(), &["get", "key-00000"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("corrupt page 2 in") && stderr.contains("data.db"), "{stderr}");
+    let out = kv(dir.path(), &["check"]);
+    let report = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("damage: corrupt page 2 in") && report.contains("UNSOUND"), "{report}");
+}

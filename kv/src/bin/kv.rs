@@ -31,6 +31,15 @@ struct Cli {
     /// Size of new WAL segment files, in bytes (a multiple of 4096, at least 262144).
     #[arg(long, global = true, default_value_t = wal::SEGMENT_BYTES_DEFAULT, value_parser = parse_segment_bytes)]
     segment_bytes: u64,
+    /// Checkpoint the memtable into the page file once it holds this many bytes.
+    #[arg(long, global = true)]
+    memtable_bytes: Option<usize>,
+    /// Keep about this many bytes of WAL on disk (checkpointing to stay under it).
+    #[arg(long, global = true)]
+    wal_bytes: Option<u64>,
+    /// Bytes of page-file nodes cached in memory.
+    #[arg(long, global = true)]
+    cache_bytes: Option<usize>,
     /// Keys and values given as hex (`--hex get 00ff`), and printed as hex.
     #[arg(long, global = true)]
     hex: bool,
@@ -161,6 +170,9 @@ fn options(cli: &Cli) -> Options {
     options.sync_mode = cli.sync_mode;
     options.recovery = recovery;
     options.segment_bytes = cli.segment_bytes;
+    options.memtable_bytes = cli.memtable_bytes.unwrap_or(options.memtable_bytes);
+    options.wal_bytes = cli.wal_bytes.unwrap_or(options.wal_bytes);
+    options.cache_bytes = cli.cache_bytes.unwrap_or(options.cache_bytes);
     options
 }
 
@@ -397,9 +409,10 @@ fn json_entry(key: &[u8], value: &[u8], hex: bool) -> serde_json::Value {
 }
 
 fn check(cli: &Cli, options: Options, out: &mut impl Write) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let (mut frames, mut ops, mut bad_batch) = (0u64, 0usize, None);
+    let (mut frames, mut ops, mut bad_batch, mut first) = (0u64, 0usize, None, None);
     let inspection = ringkv::inspect_log(&cli.db, options, &mut |header, payload| {
         if header.kind == wal::FrameKind::Batch {
+            first.get_or_insert(header.lsn);
             frames += 1;
             match ringkv::check_batch(header.lsn, payload) {
                 Ok(n) => ops += n,
@@ -413,6 +426,39 @@ fn check(cli: &Cli, options: Options, out: &mut impl Write) -> Result<ExitCode, 
     if let Some(e) = bad_batch {
         writeln!(out, "UNSOUND: {e}")?;
         return Ok(ExitCode::from(EXIT_NOT_FOUND_OR_UNSOUND));
+    }
+    match ringkv::check_page_file(&cli.db, options) {
+        Ok(None) => writeln!(out, "page_file\tnone")?,
+        Ok(Some(tree)) => {
+            writeln!(
+                out,
+                "tree_keys\t{}\ntree_height\t{}\npages\t{}\nfree_pages\t{}\ncheckpoint_generation\t{}\ncheckpoint_lsn\t{}",
+                tree.keys, tree.height, tree.pages, tree.free_pages, tree.generation, tree.checkpoint_lsn
+            )?;
+            if let Some(why) = &tree.fell_back {
+                writeln!(out, "warning: {why}; the older checkpoint was checked")?;
+            }
+            if let Some(problem) = tree.problems.first() {
+                for problem in &tree.problems {
+                    writeln!(out, "damage: {problem}")?;
+                }
+                writeln!(out, "UNSOUND: the page file is damaged ({problem})")?;
+                return Ok(ExitCode::from(EXIT_NOT_FOUND_OR_UNSOUND));
+            }
+            if let Some(first) = first.filter(|&first| first > tree.checkpoint_lsn) {
+                writeln!(
+                    out,
+                    "UNSOUND: the log starts at LSN {first}, after the checkpoint's cut at {}",
+                    tree.checkpoint_lsn
+                )?;
+                return Ok(ExitCode::from(EXIT_NOT_FOUND_OR_UNSOUND));
+            }
+        }
+        Err(e) if e.is_corruption() => {
+            writeln!(out, "UNSOUND: {e}")?;
+            return Ok(ExitCode::from(EXIT_NOT_FOUND_OR_UNSOUND));
+        }
+        Err(e) => return Err(e.into()),
     }
     match (&inspection.bad, inspection.corrupt) {
         (Some(bad), true) => {

@@ -67,6 +67,100 @@ pub(crate) struct TreeStats {
     pub(crate) meta: Meta,
 }
 
+/// What [`PageFile::check`] found.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TreeCheck {
+    pub(crate) keys: u64,
+    pub(crate) pages: u64,
+    pub(crate) free_pages: u64,
+    pub(crate) height: usize,
+    /// Each problem, naming its page.
+    pub(crate) problems: Vec<String>,
+}
+
+/// The walk of [`PageFile::check`].
+struct Checker<'a> {
+    pages: &'a PageFile,
+    /// Pages reached so far.
+    seen: Vec<bool>,
+    report: TreeCheck,
+}
+
+impl Checker<'_> {
+    /// Records a reached page; a page reached twice, or past the
+    /// high-water mark, is a problem.
+    fn mark(&mut self, at: PageRef) {
+        match self.seen.get_mut(at.page as usize) {
+            Some(seen) if *seen => self.report.problems.push(format!("page {} is reached twice", at.page)),
+            Some(seen) => *seen = true,
+            None => self.report.problems.push(format!("page {} lies past the high-water mark", at.page)),
+        }
+    }
+
+    /// Lists damage; other errors end the check.
+    fn damage(&mut self, e: Error) -> Result<()> {
+        match e {
+            Error::CorruptPage { .. } => {
+                self.report.problems.push(e.to_string());
+                Ok(())
+            }
+            e => Err(e),
+        }
+    }
+
+    /// Checks the subtree at `at`, whose keys lie in [low, high).
+    fn visit(&mut self, at: PageRef, low: Option<&Bytes>, high: Option<&Bytes>, depth: usize) -> Result<()> {
+        self.mark(at);
+        let node = match self.pages.node(at) {
+            Ok(node) => node,
+            Err(e) => return self.damage(e),
+        };
+        let inside = |k: &Bytes| low.is_none_or(|l| k >= l) && high.is_none_or(|h| k < h);
+        let problem = |what: &str| format!("page {}: {what}", at.page);
+        match &*node {
+            Node::Leaf(entries) => {
+                if self.report.height != 0 && self.report.height != depth {
+                    self.report.problems.push(problem("a leaf at another depth than the others"));
+                }
+                self.report.height = depth;
+                if !entries.windows(2).all(|w| w[0].0 < w[1].0) {
+                    self.report.problems.push(problem("keys out of order"));
+                }
+                if !entries.iter().all(|(k, _)| inside(k)) {
+                    self.report.problems.push(problem("a key outside its parent's bounds"));
+                }
+                for (_, stored) in entries {
+                    if let Stored::Overflow { index, .. } = stored {
+                        self.mark(*index);
+                        match self.pages.data_pages(*index) {
+                            Ok(data) => data.into_iter().for_each(|r| self.mark(r)),
+                            Err(e) => self.damage(e)?,
+                        }
+                        if let Err(e) = self.pages.value(stored) {
+                            self.damage(e)?;
+                        }
+                    }
+                }
+                self.report.keys += entries.len() as u64;
+            }
+            Node::Branch { first, rest } => {
+                if !rest.windows(2).all(|w| w[0].0 < w[1].0) || !rest.iter().all(|(k, _)| inside(k)) {
+                    self.report.problems.push(problem("separator keys out of order or outside its bounds"));
+                }
+                let mut lower = low;
+                let mut child = *first;
+                for (key, next) in rest {
+                    self.visit(child, lower, Some(key), depth + 1)?;
+                    lower = Some(key);
+                    child = *next;
+                }
+                self.visit(child, lower, high, depth + 1)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What [`PageFile::open`] found.
 #[derive(Debug)]
 pub(crate) struct Opened {
@@ -307,6 +401,57 @@ impl PageFile {
             height,
             meta: (*meta).clone(),
         })
+    }
+
+    /// Verifies the newest checkpoint's tree: every page's checks (CRC,
+    /// number, generation), keys in order and inside their parent's
+    /// bounds, large values whole, and every page below the high-water
+    /// mark either reachable or free, exactly once. Damage is listed in
+    /// the result, not returned as an error, so that all of it is seen.
+    ///
+    /// # Errors
+    /// Storage errors other than damage.
+    pub(crate) fn check(&self) -> Result<TreeCheck> {
+        let _pin = self.snapshot();
+        let meta = self.meta();
+        let mut c = Checker { pages: self, seen: vec![false; meta.high_water as usize], report: TreeCheck::default() };
+        c.mark(PageRef { page: 0, generation: 0 });
+        c.mark(PageRef { page: 1, generation: 0 });
+        if let Some(root) = meta.root {
+            c.visit(root, None, None, 1)?;
+        }
+        let free = match meta.free_map {
+            Some(map) => {
+                c.mark(map);
+                match self.data_pages(map) {
+                    Ok(pages) => pages.into_iter().for_each(|r| c.mark(r)),
+                    Err(e) => c.damage(e)?,
+                }
+                match self.read_free_map(&meta) {
+                    Ok(free) => free,
+                    Err(e) => {
+                        c.damage(e)?;
+                        BTreeSet::new()
+                    }
+                }
+            }
+            None => BTreeSet::new(),
+        };
+        // Below a damaged page the walk could not go: its pages are not
+        // reported as lost.
+        let walked_all = c.report.problems.is_empty();
+        for page in FIRST_TREE_PAGE..meta.high_water {
+            match (c.seen[page as usize], free.contains(&page)) {
+                (true, true) => c.report.problems.push(format!("page {page} is both in the tree and free")),
+                (false, false) if walked_all => {
+                    c.report.problems.push(format!("page {page} is neither in the tree nor free"))
+                }
+                _ => {}
+            }
+        }
+        c.report.free_pages = free.len() as u64;
+        c.report.pages = u64::from(meta.high_water);
+        Ok(c.report)
     }
 
     /// Pins the newest generation for a reader.

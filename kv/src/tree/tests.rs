@@ -80,6 +80,13 @@ fn assert_matches(pages: &PageFile, model: &BTreeMap<Bytes, Bytes>, rng: &mut Si
     }
 }
 
+/// `check` finds nothing wrong, and as many keys as the model holds.
+fn assert_sound(pages: &PageFile, model: &BTreeMap<Bytes, Bytes>) {
+    let report = pages.check().unwrap();
+    assert_eq!(report.problems, Vec::<String>::new());
+    assert_eq!(report.keys, model.len() as u64);
+}
+
 #[test]
 fn checkpoints_match_a_model_across_reopens_and_the_file_stops_growing() {
     for seed in 0..4u64 {
@@ -96,6 +103,7 @@ fn checkpoints_match_a_model_across_reopens_and_the_file_stops_growing() {
             assert_eq!(meta.lsn, Lsn(round));
             high_water.push(meta.high_water);
             assert_matches(&pages, &model, &mut rng, span);
+            assert_sound(&pages, &model);
             if rng.below(5) == 0 {
                 drop(pages);
                 pages = open(&disk);
@@ -154,6 +162,7 @@ fn a_power_cut_anywhere_in_a_checkpoint_leaves_one_whole_checkpoint() {
             other => panic!("cut {cut}: checkpoint LSN {other}"),
         };
         assert_matches(&pages, model, &mut rng, span);
+        assert_sound(&pages, model);
         // And the next checkpoint works on what is there.
         pages.checkpoint(&second, Lsn(2)).unwrap();
         assert_matches(&pages, &after, &mut rng, span);
@@ -183,6 +192,12 @@ fn corruption_is_named_and_a_bad_newer_meta_falls_back() {
     let err = pages.get(&pages.snapshot(), &key(5)).unwrap_err();
     assert!(matches!(&err, crate::Error::CorruptPage { page, .. } if *page == u64::from(root)), "{err:?}");
     assert!(err.to_string().contains(&format!("corrupt page {root}")), "{err}");
+    let report = pages.check().unwrap();
+    assert!(
+        matches!(&report.problems[..], [one] if one.contains(&format!("corrupt page {root}"))),
+        "check names the page: {:?}",
+        report.problems
+    );
     flip(u64::from(root), 100); // repaired
     flip(meta.generation & 1, 64); // the newer meta
     let (pages, opened) = PageFile::open(&disk, Path::new(FILE), 64).unwrap();
