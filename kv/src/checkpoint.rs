@@ -54,12 +54,22 @@ pub(crate) fn spawn(inner: Arc<Inner>) -> JoinHandle<()> {
                 }
                 control.requested = false;
                 drop(control);
-                // A failure is logged and recorded by `checkpoint`.
+                // A failure (a panic too) is logged and recorded by
+                // `checkpoint`.
                 let _ = inner.checkpoint();
                 control = inner.control.lock().expect("checkpointer lock");
             }
         })
         .expect("spawn the checkpointer")
+}
+
+/// The text of a panic's payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => (*s).to_owned(),
+        (_, Some(s)) => s.clone(),
+        _ => "a panic without a message".to_owned(),
+    }
 }
 
 impl Inner {
@@ -71,7 +81,8 @@ impl Inner {
     pub(crate) fn checkpoint(&self) -> Result<()> {
         let wal = self.wal.as_ref().ok_or_else(|| Error::ReadOnly { path: self.dir.clone() })?;
         let tree = self.tree.as_ref().expect("a writable store has a page file");
-        let _one = self.checkpointing.lock().expect("checkpoint lock");
+        // Poisoned only by a panicked checkpoint, recorded in `failed`.
+        let _one = self.checkpointing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let earlier = {
             let mut control = self.control.lock().expect("checkpointer lock");
             control.running = true;
@@ -79,9 +90,18 @@ impl Inner {
         };
         // A failed checkpoint left its frozen memtable in place, and the
         // page file's state unknown: no other runs.
+        let failed = |cause| Error::CheckpointFailed { path: tree.path().to_owned(), cause };
         let result = match earlier {
-            Some(cause) => Err(Error::CheckpointFailed { path: tree.path().to_owned(), cause }),
-            None => self.fold(wal, tree),
+            Some(cause) => Err(failed(cause)),
+            // A panic (a bug) fails the checkpoint like an error, so that
+            // no writer waits for one that will never end.
+            None => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.fold(wal, tree))).unwrap_or_else(
+                |panic| {
+                    let message = panic_message(panic.as_ref());
+                    std::mem::forget(panic); // its drop might panic too
+                    Err(failed(format!("the checkpoint panicked: {message}")))
+                },
+            ),
         };
         let mut control = self.control.lock().expect("checkpointer lock");
         control.running = false;
