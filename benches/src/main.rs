@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod baseline;
+mod checkpoint;
 #[cfg(feature = "peers")]
 mod peers;
 mod report;
@@ -46,10 +47,13 @@ struct Args {
     /// Only these systems (comma-separated names); all by default.
     #[arg(long, value_delimiter = ',')]
     systems: Vec<String>,
-    /// Only these workloads: commit, bulk, read, mixed.
-    #[arg(long, value_delimiter = ',', default_value = "commit,bulk,read,mixed")]
+    /// Only these workloads: commit, bulk, read, mixed, checkpoint.
+    #[arg(long, value_delimiter = ',', default_value = "commit,bulk,read,mixed,checkpoint")]
     workloads: Vec<String>,
-    /// A smoke run: 0.3 s per run and 50,000 bulk puts.
+    /// Keys loaded before each timed checkpoint (checkpoint workload).
+    #[arg(long, default_value_t = 1_000_000)]
+    checkpoint_keys: u64,
+    /// A smoke run: 0.3 s per run and 50,000 bulk puts (and checkpoint keys).
     #[arg(long)]
     quick: bool,
 }
@@ -65,6 +69,7 @@ fn main() {
     if args.quick {
         args.seconds = 0.3;
         args.bulk = 50_000;
+        args.checkpoint_keys = 50_000;
     }
     let all = systems::names();
     let systems: Vec<&str> =
@@ -94,6 +99,9 @@ fn main() {
     }
     for file in report::write_all(&args.out, &machine, &measurements, &rows, &systems) {
         println!("# wrote {}", file.display());
+    }
+    if args.workloads.iter().any(|w| w == "checkpoint") {
+        checkpoint::run(&systems, &workspace.path, args.checkpoint_keys, if args.quick { 1 } else { 3 });
     }
     workspace.remove();
 }

@@ -131,6 +131,8 @@ pub struct PageFileStats {
     /// The open found the newer meta page damaged and used the older
     /// checkpoint (a warning naming the damage was logged).
     pub fell_back: bool,
+    /// Pages the last checkpoint since open wrote (its meta page included).
+    pub last_checkpoint_pages: u64,
 }
 
 impl From<TreeStats> for PageFileStats {
@@ -143,6 +145,7 @@ impl From<TreeStats> for PageFileStats {
             generation: t.meta.generation,
             checkpoint_lsn: t.meta.lsn,
             fell_back: false,
+            last_checkpoint_pages: t.last_written,
         }
     }
 }

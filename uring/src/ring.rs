@@ -18,6 +18,23 @@ use crate::storage::File;
 
 static NEXT_RING_ID: AtomicU64 = AtomicU64::new(1);
 
+thread_local! {
+    /// This thread's own ring for file reads, writes and syncs (`None` if
+    /// it could not be set up): threads reading pages, the checkpointer
+    /// writing them and a leader committing never wait for each other's
+    /// I/O on one ring's lock.
+    static OWN_RING: Option<Ring> = Ring::new(0, 0).ok();
+}
+
+/// Runs `f` on the calling thread's own ring, or on `shared` if the thread
+/// has none.
+fn on_own_ring<R>(shared: &Ring, f: impl FnOnce(&mut IoUring) -> R) -> R {
+    OWN_RING.with(|own| match own {
+        Some(ring) => f(&mut ring.lock()),
+        None => f(&mut shared.lock()),
+    })
+}
+
 /// The ring, and the registered buffers it refers to by index.
 ///
 /// Field order matters: `ring` drops (and the kernel unregisters the
@@ -186,7 +203,7 @@ impl UringFile {
             let (at, rest) = progress.next();
             let end = rest.end.min(rest.start + OP_BYTES_MAX);
             let entry = write_entry(self.fd(), at, &buf[rest.start..end], None, 0);
-            match submit_and_reap(&mut self.ring.lock(), &[entry])[0] {
+            match on_own_ring(&self.ring, |ring| submit_and_reap(ring, &[entry]))[0] {
                 n if n >= 0 => {
                     progress.advance(n as usize).map_err(|e| self.os.err("write", progress.stopped_at(), e))?
                 }
@@ -199,7 +216,7 @@ impl UringFile {
 
     fn fsync(&self) -> Result<()> {
         loop {
-            let res = submit_and_reap(&mut self.ring.lock(), &[fsync_entry(self.fd())])[0];
+            let res = on_own_ring(&self.ring, |ring| submit_and_reap(ring, &[fsync_entry(self.fd())]))[0];
             match res {
                 0 => return Ok(()),
                 e if e == -libc::EINTR => continue,
@@ -237,7 +254,7 @@ impl File for UringFile {
             let part = &mut buf[done..end];
             let len = u32::try_from(part.len()).expect("bounded by OP_BYTES_MAX");
             let entry = opcode::Read::new(self.fd(), part.as_mut_ptr(), len).offset(at).build();
-            let res = submit_and_reap(&mut self.ring.lock(), &[entry])[0];
+            let res = on_own_ring(&self.ring, |ring| submit_and_reap(ring, &[entry]))[0];
             match res {
                 n if n > 0 => done += n as usize,
                 0 => {
@@ -254,6 +271,30 @@ impl File for UringFile {
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
         self.os.check_aligned(offset, buf.len(), buf.as_ptr());
         self.write_all(offset, buf)
+    }
+
+    fn write_many(&self, writes: &[(u64, &[u8])]) -> Result<()> {
+        for chunk in writes.chunks(RING_ENTRIES as usize) {
+            let entries: Vec<squeue::Entry> = chunk
+                .iter()
+                .map(|&(offset, buf)| {
+                    self.os.check_aligned(offset, buf.len(), buf.as_ptr());
+                    assert!(buf.len() <= OP_BYTES_MAX, "one write of at most OP_BYTES_MAX");
+                    write_entry(self.fd(), offset, buf, None, 0)
+                })
+                .collect();
+            let results = on_own_ring(&self.ring, |ring| submit_and_reap(ring, &entries));
+            for (&(offset, buf), res) in chunk.iter().zip(results) {
+                match res {
+                    n if n >= 0 && n as usize == buf.len() => {}
+                    // Short, interrupted or refused for now: write it again
+                    // whole, one piece at a time.
+                    n if n >= 0 || n == -libc::EINTR || n == -libc::EAGAIN => self.write_all(offset, buf)?,
+                    e => return Err(self.os.err("write", offset, io::Error::from_raw_os_error(-e))),
+                }
+            }
+        }
+        Ok(())
     }
 
     fn sync_data(&self) -> Result<()> {

@@ -248,6 +248,21 @@ pub trait File: Send + Sync {
     /// `Io` naming the file and offset (`ENOSPC`, `EIO`, ...).
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()>;
 
+    /// Writes each `(offset, buf)` as [`File::write_at`] would, many in
+    /// flight at once where the backend can (io_uring: a ring's worth per
+    /// submission, on the calling thread's own ring); returns once every
+    /// write is done, or with the first error (then any of them may or may
+    /// not be written). Not durable until a later sync.
+    ///
+    /// # Errors
+    /// As [`File::write_at`].
+    fn write_many(&self, writes: &[(u64, &[u8])]) -> Result<()> {
+        for (offset, buf) in writes {
+            self.write_at(*offset, buf)?;
+        }
+        Ok(())
+    }
+
     /// Makes every completed write of this file durable (`fdatasync`).
     ///
     /// # Errors

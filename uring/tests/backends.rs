@@ -91,6 +91,36 @@ fn contract(name: &str, storage: &dyn Storage, dir: &Path) {
     file.read_at(4 * BLOCK_BYTES as u64, &mut back[..BLOCK_BYTES]).unwrap();
     assert_eq!(&back[..BLOCK_BYTES], &buf[..BLOCK_BYTES], "{name}: what was synced reads back after eviction");
 
+    // Many writes at once (more than a ring's worth), scattered and in no
+    // order, of one and of several blocks: each lands where it was aimed,
+    // from several threads at once (each on its own ring).
+    std::thread::scope(|s| {
+        for t in 0..3u64 {
+            let file = &file;
+            s.spawn(move || {
+                let base = 16 + t * 1000;
+                let blocks: Vec<u64> = (0..150u64).map(|i| base + (i * 37) % 150 * 3).collect();
+                let bufs: Vec<AlignedBuf> = blocks
+                    .iter()
+                    .map(|&b| {
+                        let mut buf = AlignedBuf::new(BLOCK_BYTES * (1 + (b % 2) as usize));
+                        buf.fill((b % 251) as u8);
+                        buf
+                    })
+                    .collect();
+                let writes: Vec<(u64, &[u8])> =
+                    blocks.iter().zip(&bufs).map(|(&b, buf)| (b * BLOCK_BYTES as u64, &buf[..])).collect();
+                file.write_many(&writes).unwrap();
+                file.sync_data().unwrap();
+                for (&b, buf) in blocks.iter().zip(&bufs) {
+                    let mut back = AlignedBuf::new(buf.len());
+                    file.read_at(b * BLOCK_BYTES as u64, &mut back).unwrap();
+                    assert_eq!(&back[..], &buf[..], "{name}: thread {t}, block {b}");
+                }
+            });
+        }
+    });
+
     storage.rename(&path, &dir.join("g")).unwrap();
     storage.sync_dir(dir).unwrap();
     assert_eq!(storage.list_dir(dir).unwrap(), vec!["g".to_string()], "{name}");

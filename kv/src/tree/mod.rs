@@ -31,6 +31,10 @@ const FORMAT: u32 = 1;
 const FIRST_TREE_PAGE: PageNo = 2;
 /// Consecutive pages written with one call.
 const RUN_PAGES_MAX: usize = 64;
+/// Writes (runs) a checkpoint submits at once: the queue depth that makes
+/// the disk fast (fio here: 4 KiB random writes 9.2k/s at depth 1, 62k/s
+/// at 32).
+const WRITES_IN_FLIGHT: usize = 32;
 /// Longest key the tree takes: a leaf or branch then holds at least three.
 pub(crate) const TREE_KEY_BYTES_MAX: usize = crate::KEY_BYTES_MAX;
 const _: () = assert!(page::INLINE_ENTRY_MAX >= TREE_KEY_BYTES_MAX + 19);
@@ -64,6 +68,8 @@ pub(crate) struct TreeStats {
     pub(crate) free_pages: usize,
     /// Levels from the root to a leaf (0 for an empty tree).
     pub(crate) height: usize,
+    /// Pages the last checkpoint since open wrote.
+    pub(crate) last_written: u64,
     pub(crate) meta: Meta,
 }
 
@@ -180,6 +186,8 @@ pub(crate) struct PageFile {
     /// once no reader reads a generation below g.
     pins: Arc<Mutex<BTreeMap<u64, usize>>>,
     cache: Cache,
+    /// Pages (meta page included) the last checkpoint wrote.
+    last_written: std::sync::atomic::AtomicU64,
     /// One checkpoint at a time; the first failure once one failed (the
     /// file's state is then unknown: no retry).
     checkpointing: Mutex<Option<String>>,
@@ -298,6 +306,7 @@ impl PageFile {
             alloc: Mutex::new(Alloc { high_water: FIRST_TREE_PAGE, ..Alloc::default() }),
             pins: Arc::default(),
             cache: Cache::new(cache_pages),
+            last_written: Default::default(),
             checkpointing: Mutex::new(None),
         };
         let mut slots = Vec::new();
@@ -399,6 +408,7 @@ impl PageFile {
             pages: meta.high_water,
             free_pages,
             height,
+            last_written: self.last_written.load(std::sync::atomic::Ordering::Relaxed),
             meta: (*meta).clone(),
         })
     }
@@ -630,20 +640,31 @@ impl PageFile {
     }
 
     /// Writes the checkpoint's pages (runs of consecutive pages as one
-    /// write), syncs, writes the meta page, syncs.
+    /// write, many runs in flight at once), syncs, writes the meta page,
+    /// syncs.
     fn write(&self, mut out: Vec<(PageNo, PageBuf)>, meta: &Meta) -> Result<()> {
+        self.last_written.store(out.len() as u64 + 1, std::sync::atomic::Ordering::Relaxed);
         out.sort_by_key(|(no, _)| *no);
         let mut pages = out.into_iter().peekable();
-        while let Some((start, first)) = pages.next() {
-            let mut run = vec![first];
-            while run.len() < RUN_PAGES_MAX && pages.peek().is_some_and(|(no, _)| *no == start + run.len() as PageNo) {
-                run.push(pages.next().expect("peeked").1);
+        while pages.peek().is_some() {
+            // Up to WRITES_IN_FLIGHT runs per submission, built as they go.
+            let mut runs: Vec<(u64, AlignedBuf)> = Vec::new();
+            while runs.len() < WRITES_IN_FLIGHT {
+                let Some((start, first)) = pages.next() else { break };
+                let mut run = vec![first];
+                while run.len() < RUN_PAGES_MAX
+                    && pages.peek().is_some_and(|(no, _)| *no == start + run.len() as PageNo)
+                {
+                    run.push(pages.next().expect("peeked").1);
+                }
+                let mut buf = AlignedBuf::new(run.len() * PAGE_BYTES);
+                for (k, page) in run.into_iter().enumerate() {
+                    page.seal(start + k as PageNo, meta.generation, &mut buf[k * PAGE_BYTES..(k + 1) * PAGE_BYTES]);
+                }
+                runs.push((u64::from(start) * PAGE_BYTES as u64, buf));
             }
-            let mut buf = AlignedBuf::new(run.len() * PAGE_BYTES);
-            for (k, page) in run.into_iter().enumerate() {
-                page.seal(start + k as PageNo, meta.generation, &mut buf[k * PAGE_BYTES..(k + 1) * PAGE_BYTES]);
-            }
-            self.file.write_at(u64::from(start) * PAGE_BYTES as u64, &buf)?;
+            let writes: Vec<(u64, &[u8])> = runs.iter().map(|(at, buf)| (*at, &buf[..])).collect();
+            self.file.write_many(&writes)?;
         }
         self.file.sync_data()?;
         let mut buf = AlignedBuf::new(PAGE_BYTES);

@@ -1,0 +1,121 @@
+//! `checkpoint`: how fast a checkpoint writes the page file, per backend.
+//!
+//! Each repetition loads `keys` keys (16-byte keys, 100-byte values) into a
+//! fresh store with thresholds too high for the checkpointer to run on its
+//! own, then times `Kv::checkpoint()` twice: the first writes the whole
+//! tree (consecutive pages: long runs), the second folds in updates of a
+//! scattered tenth of the keys (copy-on-write into free pages spread over
+//! the file: short runs, the case batched submission is for). Systems
+//! alternate within each repetition, so drift hits all alike; the report
+//! gives the median over repetitions.
+
+use std::path::Path;
+use std::time::Instant;
+
+use kv::{Io, Kv, Options, SyncMode, WriteBatch};
+
+use crate::workloads::key;
+
+/// What one checkpoint took.
+#[derive(Clone, Copy)]
+struct Timed {
+    pages: u64,
+    seconds: f64,
+}
+
+impl Timed {
+    fn pages_per_second(&self) -> f64 {
+        self.pages as f64 / self.seconds
+    }
+}
+
+fn options(io: Io) -> Options {
+    let mut options = Options::default();
+    options.io = io;
+    options.sync_mode = SyncMode::RwfDsync;
+    options.memtable_bytes = usize::MAX / 4;
+    options.wal_bytes = u64::MAX / 4;
+    options
+}
+
+fn timed_checkpoint(db: &Kv) -> Timed {
+    let began = Instant::now();
+    db.checkpoint().expect("checkpoint");
+    let seconds = began.elapsed().as_secs_f64();
+    Timed { pages: db.stats().expect("stats").page_file.last_checkpoint_pages, seconds }
+}
+
+/// Loads, checkpoints, updates a scattered tenth, checkpoints again.
+fn one(dir: &Path, io: Io, keys: u64) -> (Timed, Timed) {
+    let db = Kv::open_with(dir, options(io)).expect("open ringkv");
+    let value = [b'v'; 100];
+    for start in (0..keys).step_by(1000) {
+        let mut batch = WriteBatch::new();
+        for n in start..(start + 1000).min(keys) {
+            batch.put(key(b'k', n), value);
+        }
+        db.write(batch).expect("load");
+    }
+    let first = timed_checkpoint(&db);
+    let mut batch = WriteBatch::new();
+    for n in (0..keys).step_by(10) {
+        batch.put(key(b'k', (n * 7919) % keys), [b'u'; 100]);
+        if batch.len() == 1000 {
+            db.write(std::mem::take(&mut batch)).expect("update");
+        }
+    }
+    db.write(batch).expect("update");
+    let scattered = timed_checkpoint(&db);
+    (first, scattered)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Runs the checkpoint workload for the ringkv systems among `systems`
+/// and prints its lines.
+pub fn run(systems: &[&str], dir: &Path, keys: u64, repetitions: usize) {
+    let backends: Vec<(&str, Io)> = [("ringkv-io_uring", Io::Uring), ("ringkv-syscall", Io::Syscall)]
+        .into_iter()
+        .filter(|(name, _)| systems.contains(name))
+        .collect();
+    if backends.is_empty() {
+        return;
+    }
+    println!(
+        "# checkpoint: {keys} keys (16 B keys, 100 B values) loaded, checkpointed (whole tree), a scattered \
+         tenth updated, checkpointed again; {repetitions} repetitions, systems alternating; medians"
+    );
+    let mut results: Vec<Vec<(Timed, Timed)>> = vec![Vec::new(); backends.len()];
+    for rep in 0..repetitions {
+        let order: Vec<usize> =
+            if rep % 2 == 0 { (0..backends.len()).collect() } else { (0..backends.len()).rev().collect() };
+        for i in order {
+            let (name, io) = backends[i];
+            crate::progress(&format!("checkpoint: {name}, repetition {}", rep + 1));
+            let path = dir.join(format!("checkpoint-{name}-{rep}"));
+            results[i].push(one(&path, io, keys));
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+    println!("checkpoint system              whole_pages  whole_s  whole_pages/s  scattered_pages  scattered_s  scattered_pages/s");
+    let mut rates = Vec::new();
+    for ((name, _), runs) in backends.iter().zip(&results) {
+        let whole = median(runs.iter().map(|r| r.0.pages_per_second()).collect());
+        let scattered = median(runs.iter().map(|r| r.1.pages_per_second()).collect());
+        let (w, s) = runs[runs.len() / 2];
+        println!(
+            "checkpoint {name:<22} {:>11} {:>8.3} {whole:>14.0} {:>16} {:>12.3} {scattered:>18.0}",
+            w.pages,
+            median(runs.iter().map(|r| r.0.seconds).collect()),
+            s.pages,
+            median(runs.iter().map(|r| r.1.seconds).collect())
+        );
+        rates.push((whole, scattered));
+    }
+    if let [(uw, us), (sw, ss)] = rates[..] {
+        println!("# checkpoint io_uring / syscall: whole tree {:.2}x, scattered {:.2}x", uw / sw, us / ss);
+    }
+}
