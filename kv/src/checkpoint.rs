@@ -134,6 +134,10 @@ impl Inner {
             Some((frozen, cut))
         })?;
         let Some((frozen, cut)) = frozen else { return Ok(()) };
+        // Writers held back for the memtable may go on (taking the control
+        // lock first: a writer that measured before the freeze is waiting).
+        drop(self.control.lock().expect("checkpointer lock"));
+        self.changed.notify_all();
         // Frames below the cut: durable once this returns (`NoSync` ones
         // too), and applied once the applied end reaches the cut.
         wal.sync()?;
@@ -163,10 +167,13 @@ impl Inner {
         Ok(())
     }
 
-    /// Called before each write: asks for a checkpoint once the memtable
-    /// or the log since the last checkpoint passes its threshold, and
-    /// holds the writer back while a checkpoint runs if it holds twice as
-    /// much (the memtable) or half the log budget (the log).
+    /// Called before each write: asks for a checkpoint once the active
+    /// memtable holds half the memtable budget or the log since the last
+    /// checkpoint a quarter of its budget, and holds the writer back until
+    /// the checkpoint has frozen the memtable (for the memtable), or until
+    /// it ends if meanwhile the new memtable fills half the budget too, or
+    /// the log half its budget. So the active and frozen memtables stay
+    /// within the budget together.
     ///
     /// # Errors
     /// [`Error::CheckpointFailed`] if checkpoints fail and the writer would
@@ -179,10 +186,9 @@ impl Inner {
             let since = wal.durable_lsn().0.saturating_sub(self.checkpoint_lsn.load(Ordering::SeqCst));
             (active, since)
         };
-        let over = |(active, since): (usize, u64)| active >= self.memtable_bytes || since >= self.wal_bytes / 4;
-        let stalled = |(active, since): (usize, u64)| {
-            active >= self.memtable_bytes.saturating_mul(2) || since >= self.wal_bytes / 2
-        };
+        let half = self.memtable_bytes / 2;
+        let over = |(active, since): (usize, u64)| active >= half || since >= self.wal_bytes / 4;
+        let stalled = |(active, since): (usize, u64)| active >= half || since >= self.wal_bytes / 2;
         if !over(load()) {
             return Ok(());
         }

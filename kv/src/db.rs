@@ -64,11 +64,10 @@ pub struct Options {
     pub recovery: RecoveryMode,
     /// Size of new WAL segment files.
     pub segment_bytes: u64,
-    /// The memtable is checkpointed into the page file once it holds this
-    /// many bytes (keys, values and per-entry overhead). Writers that
-    /// outrun the checkpoint wait once it holds twice as many. Memory used
-    /// is about twice this (the memtable being checkpointed and the next)
-    /// plus `cache_bytes`.
+    /// Memory for memtables: the one taking writes and the one a
+    /// checkpoint is folding into the page file. A checkpoint starts once
+    /// the active memtable holds half of it (keys, values and per-entry
+    /// overhead); writers that outrun the checkpoint wait for it.
     pub memtable_bytes: usize,
     /// Bytes of page-file nodes kept in memory for reads.
     pub cache_bytes: usize,
@@ -421,7 +420,7 @@ impl Kv {
     /// [`Error::KeyTooLarge`], [`Error::ValueTooLarge`]; [`Error::Wal`] if
     /// the log failed (then the write may or may not be durable, and the
     /// store refuses further writes); [`Error::CheckpointFailed`] once
-    /// checkpoints fail and memory or log reach twice their thresholds.
+    /// checkpoints fail and a writer would have to wait for one.
     pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
         self.write(WriteBatch::one(key.as_ref(), Some(value.as_ref())))
     }

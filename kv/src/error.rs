@@ -90,8 +90,9 @@ pub enum Error {
     },
     /// A checkpoint failed; the page file takes no more until the store is
     /// reopened (its state on disk is unknown, and a failed sync is never
-    /// retried). Writes go on until the memtable or the WAL reaches twice
-    /// its threshold, then fail with this error too.
+    /// retried). Writes go on until they would have to wait for a
+    /// checkpoint (a full memtable budget, or half the WAL budget), then
+    /// fail with this error too.
     #[error("a checkpoint of {} failed ({cause}); reopen the store", path.display())]
     CheckpointFailed {
         /// The page file.
