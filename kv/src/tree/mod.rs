@@ -31,6 +31,9 @@ const FORMAT: u32 = 1;
 const FIRST_TREE_PAGE: PageNo = 2;
 /// Consecutive pages written with one call.
 const RUN_PAGES_MAX: usize = 64;
+/// New pages a checkpoint holds before it writes them (8 MiB; a few in
+/// the unit tests, so that their checkpoints write in several batches).
+const FLUSH_PAGES: usize = if cfg!(test) { 7 } else { 2048 };
 /// Writes (runs) a checkpoint submits at once: the queue depth that makes
 /// the disk fast (fio here: 4 KiB random writes 9.2k/s at depth 1, 62k/s
 /// at 32).
@@ -610,6 +613,7 @@ impl PageFile {
         let mut alloc = self.alloc.lock().expect("alloc lock");
         let oldest_read = self.pins.lock().expect("pins lock").keys().next().copied();
         alloc.release(oldest_read);
+        self.last_written.store(1, std::sync::atomic::Ordering::Relaxed); // the meta page
         let mut w = Writer {
             pages: self,
             generation: old.generation + 1,
@@ -617,10 +621,15 @@ impl PageFile {
             out: Vec::new(),
             freed: Vec::new(),
             only_child: HashMap::new(),
+            failed: None,
         };
         let result = w.fold(&old, changes, lsn).and_then(|meta| {
-            let Writer { out, freed, .. } = w;
-            self.write(out, &meta)?;
+            let Writer { out, freed, failed, .. } = w;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            self.write_pages(out, meta.generation)?;
+            self.commit(&meta)?;
             Ok((meta, freed))
         });
         match result {
@@ -639,11 +648,10 @@ impl PageFile {
         }
     }
 
-    /// Writes the checkpoint's pages (runs of consecutive pages as one
-    /// write, many runs in flight at once), syncs, writes the meta page,
-    /// syncs.
-    fn write(&self, mut out: Vec<(PageNo, PageBuf)>, meta: &Meta) -> Result<()> {
-        self.last_written.store(out.len() as u64 + 1, std::sync::atomic::Ordering::Relaxed);
+    /// Writes pages of a checkpoint (runs of consecutive pages as one
+    /// write, many runs in flight at once). No meta page reaches them yet.
+    fn write_pages(&self, mut out: Vec<(PageNo, PageBuf)>, generation: u64) -> Result<()> {
+        self.last_written.fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
         out.sort_by_key(|(no, _)| *no);
         let mut pages = out.into_iter().peekable();
         while pages.peek().is_some() {
@@ -659,13 +667,19 @@ impl PageFile {
                 }
                 let mut buf = AlignedBuf::new(run.len() * PAGE_BYTES);
                 for (k, page) in run.into_iter().enumerate() {
-                    page.seal(start + k as PageNo, meta.generation, &mut buf[k * PAGE_BYTES..(k + 1) * PAGE_BYTES]);
+                    page.seal(start + k as PageNo, generation, &mut buf[k * PAGE_BYTES..(k + 1) * PAGE_BYTES]);
                 }
                 runs.push((u64::from(start) * PAGE_BYTES as u64, buf));
             }
             let writes: Vec<(u64, &[u8])> = runs.iter().map(|(at, buf)| (*at, &buf[..])).collect();
             self.file.write_many(&writes)?;
         }
+        Ok(())
+    }
+
+    /// Makes a checkpoint's pages durable, then its meta page: fdatasync,
+    /// the meta page into its slot, fdatasync.
+    fn commit(&self, meta: &Meta) -> Result<()> {
         self.file.sync_data()?;
         let mut buf = AlignedBuf::new(PAGE_BYTES);
         let slot = (meta.generation & 1) as PageNo;
@@ -803,6 +817,8 @@ struct Writer<'a> {
     freed: Vec<PageNo>,
     /// New branches with a single child, and that child.
     only_child: HashMap<PageNo, PageRef>,
+    /// A write of pages already made failed.
+    failed: Option<Error>,
 }
 
 impl Writer<'_> {
@@ -826,8 +842,10 @@ impl Writer<'_> {
         // branches can have one child: a root is never left so).
         while let Some(child) = root.and_then(|at| self.only_child.get(&at.page).copied()) {
             let at = root.expect("checked");
+            // Not reachable from any meta page: free at once (written
+            // already, if a batch of pages went out with it).
             self.out.retain(|(no, _)| *no != at.page);
-            self.alloc.free.insert(at.page); // never written: free at once
+            self.alloc.free.insert(at.page);
             root = Some(child);
         }
         if let Some(map) = old.free_map {
@@ -838,9 +856,17 @@ impl Writer<'_> {
         Ok(Meta { generation: self.generation, root, free_map: Some(free_map), high_water: self.alloc.high_water, lsn })
     }
 
+    /// Allocates a page for `page`. Pages are written as they pile up, a
+    /// batch at a time, so that a large checkpoint does not hold them all
+    /// in memory (they are unreachable until the meta page is written).
     fn page(&mut self, page: PageBuf) -> PageRef {
         let no = self.alloc.take();
         self.out.push((no, page));
+        if self.out.len() >= FLUSH_PAGES && self.failed.is_none() {
+            if let Err(e) = self.pages.write_pages(std::mem::take(&mut self.out), self.generation) {
+                self.failed = Some(e);
+            }
+        }
         PageRef { page: no, generation: self.generation }
     }
 
