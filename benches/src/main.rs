@@ -50,6 +50,10 @@ struct Args {
     /// Only these workloads: commit, bulk, read, mixed, checkpoint.
     #[arg(long, value_delimiter = ',', default_value = "commit,bulk,read,mixed,checkpoint")]
     workloads: Vec<String>,
+    /// Read cache for every system (ringkv's page cache, RocksDB's block
+    /// cache, redb's and fjall's caches); each keeps its default if unset.
+    #[arg(long)]
+    cache_bytes: Option<u64>,
     /// Keys loaded before each timed checkpoint (checkpoint workload).
     #[arg(long, default_value_t = 1_000_000)]
     checkpoint_keys: u64,
@@ -70,6 +74,9 @@ fn main() {
         args.seconds = 0.3;
         args.bulk = 50_000;
         args.checkpoint_keys = 50_000;
+    }
+    if let Some(bytes) = args.cache_bytes {
+        systems::set_cache_bytes(bytes);
     }
     let all = systems::names();
     let systems: Vec<&str> =

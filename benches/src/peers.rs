@@ -25,6 +25,11 @@ impl Rocks {
     fn open(dir: &Path) -> Rocks {
         let mut options = rocksdb::Options::default();
         options.create_if_missing(true);
+        if let Some(bytes) = crate::systems::cache_bytes() {
+            let mut table = rocksdb::BlockBasedOptions::default();
+            table.set_block_cache(&rocksdb::Cache::new_lru_cache(bytes as usize));
+            options.set_block_based_table_factory(&table);
+        }
         let db = rocksdb::DB::open(&options, dir).expect("open rocksdb");
         let mut sync = rocksdb::WriteOptions::default();
         sync.set_sync(true);
@@ -113,7 +118,11 @@ struct Redb {
 
 impl Redb {
     fn open(dir: &Path) -> Redb {
-        let db = redb::Database::create(dir.join("kv.redb")).expect("open redb");
+        let mut builder = redb::Builder::new();
+        if let Some(bytes) = crate::systems::cache_bytes() {
+            builder.set_cache_size(bytes as usize);
+        }
+        let db = builder.create(dir.join("kv.redb")).expect("open redb");
         let txn = db.begin_write().expect("begin");
         txn.open_table(REDB_TABLE).expect("create table");
         txn.commit().expect("commit");
@@ -151,7 +160,11 @@ struct Fjall {
 
 impl Fjall {
     fn open(dir: &Path) -> Fjall {
-        let keyspace = fjall::Config::new(dir).open().expect("open fjall");
+        let mut config = fjall::Config::new(dir);
+        if let Some(bytes) = crate::systems::cache_bytes() {
+            config = config.cache_size(bytes);
+        }
+        let keyspace = config.open().expect("open fjall");
         let partition = keyspace.open_partition("kv", fjall::PartitionCreateOptions::default()).expect("partition");
         Fjall { keyspace, partition }
     }

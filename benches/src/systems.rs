@@ -9,6 +9,20 @@ use kv::{Io, Kv, Options, SyncMode, WriteBatch};
 
 use crate::baseline::{GroupLoop, Inline};
 
+/// Bytes of read cache each system is given, when `--cache-bytes` is set
+/// (else each keeps its default).
+static CACHE_BYTES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Sets the read cache of every system opened from now on.
+pub fn set_cache_bytes(bytes: u64) {
+    CACHE_BYTES.set(bytes).expect("set once");
+}
+
+/// The read cache asked for, if any.
+pub fn cache_bytes() -> Option<u64> {
+    CACHE_BYTES.get().copied()
+}
+
 /// A store under test: every write returns once durable.
 pub trait Store: Send + Sync {
     /// One durable put.
@@ -73,6 +87,9 @@ fn ringkv(dir: &Path, io: Io, sync_mode: SyncMode) -> Kv {
     let mut options = Options::default();
     options.io = io;
     options.sync_mode = sync_mode;
+    if let Some(bytes) = cache_bytes() {
+        options.cache_bytes = bytes as usize;
+    }
     Kv::open_with(dir, options).unwrap_or_else(|e| panic!("open ringkv in {}: {e}", dir.display()))
 }
 
