@@ -321,7 +321,7 @@ impl Kv {
         uring::sync_parent(storage.as_ref(), dir)?;
         storage.sync_dir(dir)?;
         let lock = storage.lock(&dir.join(LOCK_FILE))?;
-        let (tree, opened) = PageFile::open(storage.as_ref(), &dir.join(PAGE_FILE), cache_pages(&options))?;
+        let (tree, opened) = PageFile::open(storage.as_ref(), &dir.join(PAGE_FILE), cache_bytes(&options))?;
         let meta = tree.meta();
         // The log must reach back to the older checkpoint's cut: if the
         // newer meta page is ever damaged, the older one is used.
@@ -380,7 +380,7 @@ impl Kv {
         let page_file = dir.join(PAGE_FILE);
         let (tree, fell_back) = match storage.exists(&page_file)? {
             true => {
-                let (tree, opened) = PageFile::open(storage.as_ref(), &page_file, cache_pages(&options))?;
+                let (tree, opened) = PageFile::open(storage.as_ref(), &page_file, cache_bytes(&options))?;
                 (Some(tree), opened.fell_back.is_some())
             }
             false => (None, false),
@@ -611,9 +611,9 @@ impl Kv {
     }
 }
 
-/// Node-cache entries for `options.cache_bytes`.
-fn cache_pages(options: &Options) -> usize {
-    (options.cache_bytes / PAGE_BYTES).max(16)
+/// The page cache's budget: at least a few pages per shard.
+fn cache_bytes(options: &Options) -> usize {
+    options.cache_bytes.max(64 * PAGE_BYTES)
 }
 
 impl Inner {
@@ -699,7 +699,7 @@ pub fn check_page_file(dir: &Path, options: Options) -> Result<Option<PageFileCh
     if !storage.exists(&path)? {
         return Ok(None);
     }
-    let (tree, opened) = PageFile::open(storage.as_ref(), &path, cache_pages(&options))?;
+    let (tree, opened) = PageFile::open(storage.as_ref(), &path, cache_bytes(&options))?;
     let report = tree.check()?;
     let meta = tree.meta();
     Ok(Some(PageFileCheck {

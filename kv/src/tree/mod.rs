@@ -245,40 +245,83 @@ impl Drop for Snapshot {
     }
 }
 
-/// Cached nodes by page number, with the generation that wrote each.
-type Shard = Mutex<HashMap<PageNo, (u64, Arc<Node>)>>;
+/// One cached node.
+struct Slot {
+    /// The generation that wrote the page.
+    generation: u64,
+    node: Arc<Node>,
+    /// What it is charged against the cache's bytes.
+    bytes: usize,
+    /// Read since the clock hand last passed it.
+    referenced: bool,
+}
 
-/// Decoded nodes by page number (with the generation that wrote them).
+/// A shard of the cache: the nodes, and the clock (pages in the order
+/// they came in; the hand is the front).
+#[derive(Default)]
+struct Shard {
+    slots: HashMap<PageNo, Slot>,
+    clock: std::collections::VecDeque<PageNo>,
+    bytes: usize,
+}
+
+/// Decoded nodes by page number (with the generation that wrote them),
+/// within a budget of bytes, evicted by CLOCK (second chance: a node read
+/// since the hand last passed it is kept for another round).
 struct Cache {
-    shards: Vec<Shard>,
-    per_shard: usize,
+    shards: Vec<Mutex<Shard>>,
+    bytes_per_shard: usize,
+}
+
+/// Bytes a decoded node costs: its page (which its keys and values are
+/// slices of) and its entries.
+fn node_bytes(node: &Node) -> usize {
+    let entries = match node {
+        Node::Leaf(entries) => entries.len(),
+        Node::Branch { rest, .. } => rest.len() + 1,
+    };
+    PAGE_BYTES + 128 + entries * 64
 }
 
 impl Cache {
-    fn new(pages: usize) -> Cache {
+    fn new(bytes: usize) -> Cache {
         let shards = 16;
-        Cache { shards: (0..shards).map(|_| Mutex::default()).collect(), per_shard: (pages / shards).max(1) }
+        Cache { shards: (0..shards).map(|_| Mutex::default()).collect(), bytes_per_shard: bytes / shards }
     }
 
-    fn shard(&self, page: PageNo) -> &Shard {
+    fn shard(&self, page: PageNo) -> &Mutex<Shard> {
         &self.shards[page as usize % self.shards.len()]
     }
 
     fn get(&self, at: PageRef) -> Option<Arc<Node>> {
-        let shard = self.shard(at.page).lock().expect("cache lock");
-        shard.get(&at.page).filter(|(g, _)| *g == at.generation).map(|(_, n)| n.clone())
+        let mut shard = self.shard(at.page).lock().expect("cache lock");
+        let slot = shard.slots.get_mut(&at.page).filter(|s| s.generation == at.generation)?;
+        slot.referenced = true;
+        Some(slot.node.clone())
     }
 
     fn put(&self, at: PageRef, node: Arc<Node>) {
+        let bytes = node_bytes(&node);
         let mut shard = self.shard(at.page).lock().expect("cache lock");
-        if shard.len() >= self.per_shard && !shard.contains_key(&at.page) {
-            // Evicts whichever entry the map yields first: the hash order
-            // makes it a random choice. (A CLOCK cache comes with sizing.)
-            if let Some(&victim) = shard.keys().next() {
-                shard.remove(&victim);
+        let shard = &mut *shard;
+        if let Some(old) =
+            shard.slots.insert(at.page, Slot { generation: at.generation, node, bytes, referenced: false })
+        {
+            shard.bytes -= old.bytes; // a newer generation of the page: same place on the clock
+        } else {
+            shard.clock.push_back(at.page);
+        }
+        shard.bytes += bytes;
+        while shard.bytes > self.bytes_per_shard {
+            let Some(page) = shard.clock.pop_front() else { break };
+            let slot = shard.slots.get_mut(&page).expect("every page on the clock is cached");
+            if std::mem::take(&mut slot.referenced) && page != at.page {
+                shard.clock.push_back(page);
+            } else {
+                shard.bytes -= slot.bytes;
+                shard.slots.remove(&page);
             }
         }
-        shard.insert(at.page, (at.generation, node));
     }
 }
 
@@ -292,7 +335,7 @@ impl PageFile {
     /// # Errors
     /// `CorruptPage` if neither meta page is valid in a non-empty file, or
     /// the free map is damaged; `Storage` for I/O.
-    pub(crate) fn open(storage: &dyn Storage, path: &Path, cache_pages: usize) -> Result<(PageFile, Opened)> {
+    pub(crate) fn open(storage: &dyn Storage, path: &Path, cache_bytes: usize) -> Result<(PageFile, Opened)> {
         let existed = storage.exists(path)?;
         let file = storage.open(path, OpenMode::Create)?;
         if !existed {
@@ -308,7 +351,7 @@ impl PageFile {
             older: Mutex::new(None),
             alloc: Mutex::new(Alloc { high_water: FIRST_TREE_PAGE, ..Alloc::default() }),
             pins: Arc::default(),
-            cache: Cache::new(cache_pages),
+            cache: Cache::new(cache_bytes),
             last_written: Default::default(),
             checkpointing: Mutex::new(None),
         };

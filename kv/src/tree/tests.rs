@@ -11,13 +11,14 @@ use bytes::Bytes;
 use uring::{SimRng, SimStorage, Storage};
 use wal::Lsn;
 
-use super::{Change, PageFile};
+use super::page::{Node, PageNo, PageRef, Stored};
+use super::{Change, PageFile, PAGE_BYTES};
 
 const FILE: &str = "/db/data.db";
 
 fn open(storage: &dyn Storage) -> PageFile {
     uring::create_dirs(storage, Path::new("/db")).unwrap();
-    PageFile::open(storage, Path::new(FILE), 64).unwrap().0
+    PageFile::open(storage, Path::new(FILE), 64 * PAGE_BYTES).unwrap().0
 }
 
 /// Puts of keys `keys`, each of `len` bytes of `byte`.
@@ -188,7 +189,7 @@ fn corruption_is_named_and_a_bad_newer_meta_falls_back() {
         file.sync_data().unwrap();
     };
     flip(u64::from(root), 100);
-    let pages = PageFile::open(&disk, Path::new(FILE), 64).unwrap().0;
+    let pages = PageFile::open(&disk, Path::new(FILE), 64 * PAGE_BYTES).unwrap().0;
     let err = pages.get(&pages.snapshot(), &key(5)).unwrap_err();
     assert!(matches!(&err, crate::Error::CorruptPage { page, .. } if *page == u64::from(root)), "{err:?}");
     assert!(err.to_string().contains(&format!("corrupt page {root}")), "{err}");
@@ -200,7 +201,7 @@ fn corruption_is_named_and_a_bad_newer_meta_falls_back() {
     );
     flip(u64::from(root), 100); // repaired
     flip(meta.generation & 1, 64); // the newer meta
-    let (pages, opened) = PageFile::open(&disk, Path::new(FILE), 64).unwrap();
+    let (pages, opened) = PageFile::open(&disk, Path::new(FILE), 64 * PAGE_BYTES).unwrap();
     assert_eq!(pages.meta().lsn, Lsn(1), "fell back to the older checkpoint");
     assert!(opened.fell_back.is_some());
     let snap = pages.snapshot();
@@ -240,5 +241,29 @@ fn a_failed_sync_fails_the_checkpoint_and_keeps_the_previous_one() {
             }
             other => panic!("skip={skip}: checkpoint LSN {other}"),
         }
+    }
+}
+
+/// The node cache stays within its bytes, and a node read since the clock
+/// hand last passed it outlives one that was not.
+#[test]
+fn the_cache_keeps_to_its_bytes_and_gives_read_nodes_a_second_chance() {
+    let node = |i: u64| Arc::new(Node::Leaf(vec![(key(i), Stored::Inline(Bytes::from_static(b"v")))]));
+    let at = |page: PageNo| PageRef { page: page * 16, generation: 1 }; // all in shard 0
+    let per_node = super::node_bytes(&node(0));
+    let cache = super::Cache::new(16 * 4 * per_node); // four nodes per shard
+    for p in 0..4 {
+        cache.put(at(p), node(u64::from(p)));
+    }
+    assert!(cache.get(at(0)).is_some()); // read: a second chance
+    for p in 4..6 {
+        cache.put(at(p), node(u64::from(p)));
+    }
+    assert!(cache.get(at(0)).is_some(), "a node read since the hand passed is kept");
+    assert!(cache.get(at(1)).is_none() && cache.get(at(2)).is_none(), "unread nodes go first");
+    assert!(cache.get(PageRef { page: at(3).page, generation: 2 }).is_none(), "another generation is a miss");
+    for p in 6..100 {
+        cache.put(at(p), node(u64::from(p)));
+        assert!(cache.shards[0].lock().unwrap().bytes <= 4 * per_node);
     }
 }
