@@ -12,7 +12,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use wal::{FrameBuf, Lsn};
 
-use crate::constants::{BATCH_BYTES_MAX, BATCH_HEADER_BYTES, KEY_BYTES_MAX, OP_HEADER_BYTES, VALUE_BYTES_MAX};
+use crate::constants::{
+    BATCH_BYTES_MAX, BATCH_HEADER_BYTES, KEY_BYTES_MAX, LOG_KEY_BYTES_MAX, OP_HEADER_BYTES, VALUE_BYTES_MAX,
+};
 use crate::error::{Error, Result};
 
 /// One change, its bytes sharing the batch's payload.
@@ -173,7 +175,7 @@ pub(crate) fn decode(lsn: Lsn, payload: &Bytes) -> Result<Vec<Op>> {
         let kind = take(1)?[0];
         let key_len = u32_of(take(4)?);
         let value_len = u32_of(take(4)?);
-        if key_len > KEY_BYTES_MAX || value_len > VALUE_BYTES_MAX {
+        if key_len > LOG_KEY_BYTES_MAX || value_len > VALUE_BYTES_MAX {
             return Err(bad("key or value length over the limit"));
         }
         let key = take(key_len)?;

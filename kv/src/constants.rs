@@ -4,6 +4,11 @@
 /// three keys of this size.
 pub const KEY_BYTES_MAX: usize = 1 << 10;
 
+/// Largest key a log batch may hold: format 1 stores took keys up to 16
+/// KiB, and their logs must still open (such a key is read, but a
+/// checkpoint refuses it with `KeyTooLarge`).
+pub(crate) const LOG_KEY_BYTES_MAX: usize = 16 << 10;
+
 /// Largest value accepted.
 pub const VALUE_BYTES_MAX: usize = 1 << 20;
 
