@@ -54,6 +54,10 @@ struct Args {
     /// cache, redb's and fjall's caches); each keeps its default if unset.
     #[arg(long)]
     cache_bytes: Option<u64>,
+    /// ringkv reads its page file with O_DIRECT only, bypassing the
+    /// kernel's page cache (`Options::os_page_cache = false`).
+    #[arg(long)]
+    ringkv_direct_reads: bool,
     /// Keys loaded before each timed checkpoint (checkpoint workload).
     #[arg(long, default_value_t = 1_000_000)]
     checkpoint_keys: u64,
@@ -77,6 +81,9 @@ fn main() {
     }
     if let Some(bytes) = args.cache_bytes {
         systems::set_cache_bytes(bytes);
+    }
+    if args.ringkv_direct_reads {
+        systems::set_ringkv_direct_reads();
     }
     let all = systems::names();
     let systems: Vec<&str> =

@@ -13,6 +13,14 @@ use crate::baseline::{GroupLoop, Inline};
 /// (else each keeps its default).
 static CACHE_BYTES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 
+/// ringkv reads its page file with O_DIRECT only (no kernel page cache).
+static RINGKV_DIRECT_READS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes ringkv read its page file with O_DIRECT only.
+pub fn set_ringkv_direct_reads() {
+    RINGKV_DIRECT_READS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Sets the read cache of every system opened from now on.
 pub fn set_cache_bytes(bytes: u64) {
     CACHE_BYTES.set(bytes).expect("set once");
@@ -90,6 +98,7 @@ fn ringkv(dir: &Path, io: Io, sync_mode: SyncMode) -> Kv {
     if let Some(bytes) = cache_bytes() {
         options.cache_bytes = bytes as usize;
     }
+    options.os_page_cache = !RINGKV_DIRECT_READS.load(std::sync::atomic::Ordering::Relaxed);
     Kv::open_with(dir, options).unwrap_or_else(|e| panic!("open ringkv in {}: {e}", dir.display()))
 }
 

@@ -71,6 +71,12 @@ pub struct Options {
     pub memtable_bytes: usize,
     /// Bytes of page-file nodes kept in memory for reads.
     pub cache_bytes: usize,
+    /// Read the page file through the kernel's page cache as well (a
+    /// buffered handle; pages are still written with O_DIRECT, which drops
+    /// the cached copies they cover), so that memory the kernel can spare
+    /// serves reads the node cache misses. Off, every miss reads the disk
+    /// and `cache_bytes` bounds all caching.
+    pub os_page_cache: bool,
     /// The WAL kept on disk stays about under this: a checkpoint starts
     /// once a quarter of it was written since the last one, and writers
     /// wait while a checkpoint runs if the log holds all of it. (The log
@@ -90,6 +96,7 @@ impl Default for Options {
             segment_bytes: wal::SEGMENT_BYTES_DEFAULT,
             memtable_bytes: 64 << 20,
             cache_bytes: 64 << 20,
+            os_page_cache: true,
             wal_bytes: 4 * wal::SEGMENT_BYTES_DEFAULT,
         }
     }
@@ -321,7 +328,8 @@ impl Kv {
         uring::sync_parent(storage.as_ref(), dir)?;
         storage.sync_dir(dir)?;
         let lock = storage.lock(&dir.join(LOCK_FILE))?;
-        let (tree, opened) = PageFile::open(storage.as_ref(), &dir.join(PAGE_FILE), cache_bytes(&options))?;
+        let (tree, opened) =
+            PageFile::open(storage.as_ref(), &dir.join(PAGE_FILE), cache_bytes(&options), options.os_page_cache)?;
         let meta = tree.meta();
         // The log must reach back to the older checkpoint's cut: if the
         // newer meta page is ever damaged, the older one is used.
@@ -380,7 +388,8 @@ impl Kv {
         let page_file = dir.join(PAGE_FILE);
         let (tree, fell_back) = match storage.exists(&page_file)? {
             true => {
-                let (tree, opened) = PageFile::open(storage.as_ref(), &page_file, cache_bytes(&options))?;
+                let (tree, opened) =
+                    PageFile::open(storage.as_ref(), &page_file, cache_bytes(&options), options.os_page_cache)?;
                 (Some(tree), opened.fell_back.is_some())
             }
             false => (None, false),
@@ -699,7 +708,7 @@ pub fn check_page_file(dir: &Path, options: Options) -> Result<Option<PageFileCh
     if !storage.exists(&path)? {
         return Ok(None);
     }
-    let (tree, opened) = PageFile::open(storage.as_ref(), &path, cache_bytes(&options))?;
+    let (tree, opened) = PageFile::open(storage.as_ref(), &path, cache_bytes(&options), options.os_page_cache)?;
     let report = tree.check()?;
     let meta = tree.meta();
     Ok(Some(PageFileCheck {

@@ -27,6 +27,10 @@ impl OsFile {
     pub(crate) fn open(path: &Path, mode: OpenMode) -> Result<OsFile> {
         let mut options = OpenOptions::new();
         options.read(true).write(true).create(mode == OpenMode::Create);
+        if mode == OpenMode::ExistingBuffered {
+            let file = options.open(path).map_err(|e| Error::io("open", path, None, e))?;
+            return Ok(OsFile { file, path: path.to_owned(), direct: false });
+        }
         let direct = options.clone().custom_flags(libc::O_DIRECT).open(path);
         match direct {
             Ok(file) => Ok(OsFile { file, path: path.to_owned(), direct: true }),

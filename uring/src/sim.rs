@@ -405,7 +405,7 @@ impl Storage for SimStorage {
             (Some(Node::Dir), _) => {
                 return Err(Error::io("open", path, None, io::Error::from_raw_os_error(libc::EISDIR)))
             }
-            (None, OpenMode::Existing) => return Err(not_found("open", path)),
+            (None, OpenMode::Existing | OpenMode::ExistingBuffered) => return Err(not_found("open", path)),
             (None, OpenMode::Create) => {
                 let inode = state.new_inode();
                 state.log(parent_of(path), DirOp::Link(path.to_owned(), Node::File(inode)));

@@ -96,6 +96,11 @@ pub enum OpenMode {
     Existing,
     /// Create it empty if it does not exist.
     Create,
+    /// The file must exist; opened without O_DIRECT, so that its reads go
+    /// through (and fill) the kernel's page cache. For reading a file that
+    /// another handle writes with O_DIRECT (the kernel drops cached pages
+    /// a direct write covers). The simulated disk treats it as `Existing`.
+    ExistingBuffered,
 }
 
 /// A held directory lock; dropping it releases the lock.

@@ -180,7 +180,11 @@ pub(crate) struct Opened {
 }
 
 pub(crate) struct PageFile {
+    /// Written with O_DIRECT (where the file system allows it).
     file: Arc<dyn File>,
+    /// Read through: `file`, or a buffered handle on it (the kernel's page
+    /// cache then holds pages the node cache does not).
+    reader: Arc<dyn File>,
     path: PathBuf,
     current: RwLock<Arc<Meta>>,
     older: Mutex<Option<Meta>>,
@@ -335,7 +339,12 @@ impl PageFile {
     /// # Errors
     /// `CorruptPage` if neither meta page is valid in a non-empty file, or
     /// the free map is damaged; `Storage` for I/O.
-    pub(crate) fn open(storage: &dyn Storage, path: &Path, cache_bytes: usize) -> Result<(PageFile, Opened)> {
+    pub(crate) fn open(
+        storage: &dyn Storage,
+        path: &Path,
+        cache_bytes: usize,
+        os_cache: bool,
+    ) -> Result<(PageFile, Opened)> {
         let existed = storage.exists(path)?;
         let file = storage.open(path, OpenMode::Create)?;
         if !existed {
@@ -343,9 +352,17 @@ impl PageFile {
             // it can be.
             uring::sync_parent(storage, path)?;
         }
+        // Whatever a process that died left written but unsynced is made
+        // durable before a meta page is trusted (as the log does).
+        file.sync_data()?;
+        let reader = match os_cache {
+            true => storage.open(path, OpenMode::ExistingBuffered)?,
+            false => file.clone(),
+        };
         let size = file.size_bytes()?;
         let pages = PageFile {
             file,
+            reader,
             path: path.to_owned(),
             current: RwLock::new(Arc::new(Meta::empty())),
             older: Mutex::new(None),
@@ -734,7 +751,7 @@ impl PageFile {
 
     fn read_page(&self, page: PageNo) -> Result<Bytes> {
         let mut buf = AlignedBuf::new(PAGE_BYTES);
-        self.file.read_at(u64::from(page) * PAGE_BYTES as u64, &mut buf)?;
+        self.reader.read_at(u64::from(page) * PAGE_BYTES as u64, &mut buf)?;
         Ok(Bytes::from_owner(Aligned(buf)))
     }
 

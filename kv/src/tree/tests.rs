@@ -18,7 +18,7 @@ const FILE: &str = "/db/data.db";
 
 fn open(storage: &dyn Storage) -> PageFile {
     uring::create_dirs(storage, Path::new("/db")).unwrap();
-    PageFile::open(storage, Path::new(FILE), 64 * PAGE_BYTES).unwrap().0
+    PageFile::open(storage, Path::new(FILE), 64 * PAGE_BYTES, false).unwrap().0
 }
 
 /// Puts of keys `keys`, each of `len` bytes of `byte`.
@@ -189,7 +189,7 @@ fn corruption_is_named_and_a_bad_newer_meta_falls_back() {
         file.sync_data().unwrap();
     };
     flip(u64::from(root), 100);
-    let pages = PageFile::open(&disk, Path::new(FILE), 64 * PAGE_BYTES).unwrap().0;
+    let pages = PageFile::open(&disk, Path::new(FILE), 64 * PAGE_BYTES, false).unwrap().0;
     let err = pages.get(&pages.snapshot(), &key(5)).unwrap_err();
     assert!(matches!(&err, crate::Error::CorruptPage { page, .. } if *page == u64::from(root)), "{err:?}");
     assert!(err.to_string().contains(&format!("corrupt page {root}")), "{err}");
@@ -201,7 +201,7 @@ fn corruption_is_named_and_a_bad_newer_meta_falls_back() {
     );
     flip(u64::from(root), 100); // repaired
     flip(meta.generation & 1, 64); // the newer meta
-    let (pages, opened) = PageFile::open(&disk, Path::new(FILE), 64 * PAGE_BYTES).unwrap();
+    let (pages, opened) = PageFile::open(&disk, Path::new(FILE), 64 * PAGE_BYTES, false).unwrap();
     assert_eq!(pages.meta().lsn, Lsn(1), "fell back to the older checkpoint");
     assert!(opened.fell_back.is_some());
     let snap = pages.snapshot();
