@@ -353,8 +353,10 @@ impl PageFile {
             uring::sync_parent(storage, path)?;
         }
         // Whatever a process that died left written but unsynced is made
-        // durable before a meta page is trusted (as the log does).
-        file.sync_data()?;
+        // durable, and cached pages dropped, before a meta page is trusted
+        // (as the log does): after a failed sync the cache may hold a meta
+        // page the device does not (review 12, finding 1).
+        file.sync_and_evict()?;
         let reader = match os_cache {
             true => storage.open(path, OpenMode::ExistingBuffered)?,
             false => file.clone(),
