@@ -148,7 +148,9 @@ impl Inner {
                 cause: format!("the log was applied up to LSN {applied} only, short of the cut at {cut}"),
             });
         }
-        let changes = frozen.changes();
+        let mut changes = frozen.changes();
+        // The tree never held a key over its limit: deleting one is nothing.
+        changes.retain(|(key, value)| value.is_some() || key.len() <= TREE_KEY_BYTES_MAX);
         if let Some((key, _)) = changes.iter().find(|(k, _)| k.len() > TREE_KEY_BYTES_MAX) {
             // Only a log written by an older ringkv (16 KiB keys) holds one.
             return Err(Error::KeyTooLarge { bytes: key.len(), limit: TREE_KEY_BYTES_MAX });
@@ -186,9 +188,12 @@ impl Inner {
             let since = wal.durable_lsn().0.saturating_sub(self.checkpoint_lsn.load(Ordering::SeqCst));
             (active, since)
         };
+        // Strictly past each limit: right after a checkpoint the memtable
+        // is empty and the log holds nothing since, so even a budget of 0
+        // (a checkpoint after every write) lets the writer go.
         let half = self.memtable_bytes / 2;
-        let over = |(active, since): (usize, u64)| active >= half || since >= self.wal_bytes / 4;
-        let stalled = |(active, since): (usize, u64)| active >= half || since >= self.wal_bytes / 2;
+        let over = |(active, since): (usize, u64)| active > half || since > self.wal_bytes / 4;
+        let stalled = |(active, since): (usize, u64)| active > half || since > self.wal_bytes / 2;
         if !over(load()) {
             return Ok(());
         }

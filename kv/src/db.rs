@@ -396,7 +396,7 @@ impl Kv {
         };
         let from = tree.as_ref().map_or(Lsn(0), |t| t.meta().lsn);
         let mut replay = Replay::from(from);
-        let end = wal::read_only(storage.clone(), &wal_dir, options.recovery, &mut |h, p| replay.frame(h, p))?;
+        let end = wal::read_only(storage.clone(), &wal_dir, from, options.recovery, &mut |h, p| replay.frame(h, p))?;
         if let Some(first) = replay.first.filter(|&first| first > from) {
             return Err(wal::Error::LogStartsLater { dir: wal_dir, start: first, wanted: from }.into());
         }

@@ -7,7 +7,10 @@
 //! rerun may take another path.) The disk loses unsynced directory entries
 //! always; odd seeds have O_DIRECT-like files whose syncs overlap and
 //! complete in any order, even seeds buffered files synced one at a time;
-//! the strict run leaves torn sectors garbage or unreadable.
+//! the strict run leaves torn sectors garbage or unreadable. A third run
+//! alternates I/O errors followed by clean reopens on the same disk (the
+//! page cache still holding what a failed sync did not write back) with
+//! power cuts.
 //!
 //! The memtable threshold is a few KiB and one writer asks for checkpoints
 //! too, so the power cut lands inside checkpoints as often as between
@@ -155,9 +158,38 @@ fn check(seed: u64, db: &Kv, logs: &[Log]) {
     assert_eq!(db.scan::<Vec<u8>>(..).count(), expected_keys, "seed={seed}");
 }
 
-/// Runs one seed's crash sequence; returns whether the log reached past
-/// its first segment, and the checkpoints made.
-fn one_seed(seed: u64, strict: bool) -> (bool, u64) {
+/// What ends a round.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    /// A power cut at a random call (strict: torn sectors garbage or
+    /// unreadable).
+    PowerCut { strict: bool },
+    /// Even rounds: one random data call fails with EIO (a log write or
+    /// sync, a page-file write or sync, a directory sync...), the store is
+    /// closed and reopened on the same disk, no power cut (the page cache
+    /// keeps what a failed sync did not write back); if a directory sync
+    /// failed, the file system needs a remount first, as ext4 after a
+    /// journal abort does (the power cut stands in for it). Odd rounds end
+    /// with a power cut.
+    IoErrorThenReopen,
+}
+
+/// What one seed's sequence went through.
+#[derive(Default)]
+struct Seen {
+    /// The log reached past its first segment.
+    crossed_segments: bool,
+    /// Checkpoints made.
+    checkpoints: u64,
+    /// I/O errors the workload ran into.
+    io_errors: u64,
+    /// Reopens that needed a remount first.
+    remounts: u64,
+}
+
+/// Runs one seed's crash sequence.
+fn one_seed(seed: u64, fault: Fault) -> Seen {
+    let strict = fault == Fault::PowerCut { strict: true };
     let mut disk = SimStorage::new().pipelined(seed % 2 == 1).strict(strict).seeded(seed);
     let dir = Path::new("/db");
     let mut options = common::options(common::AUTO);
@@ -165,15 +197,29 @@ fn one_seed(seed: u64, strict: bool) -> (bool, u64) {
     options.wal_bytes = 4 * wal::SEGMENT_BYTES_MIN;
     options.cache_bytes = 64 << 10;
     let mut logs: Vec<Log> = Vec::new();
-    let mut crossed_segments = false;
-    let mut checkpoints = 0;
-    for round in 0..ROUNDS {
-        let db = Kv::open_on(Arc::new(disk.clone()), dir, options)
-            .unwrap_or_else(|e| panic!("seed={seed} round={round}: recovery failed: {e}"));
+    let mut seen = Seen::default();
+    let rounds = if fault == Fault::IoErrorThenReopen { 2 * ROUNDS } else { ROUNDS };
+    for round in 0..rounds {
+        let db = match Kv::open_on(Arc::new(disk.clone()), dir, options) {
+            Err(e) if disk.needs_remount() => {
+                assert!(e.to_string().contains("fsync"), "seed={seed} round={round}: {e}");
+                seen.remounts += 1;
+                disk.power_cut();
+                disk = disk.after_power_cut(seed.wrapping_mul(rounds) + round + 0x5eed);
+                Kv::open_on(Arc::new(disk.clone()), dir, options)
+            }
+            other => other,
+        }
+        .unwrap_or_else(|e| panic!("seed={seed} round={round}: recovery failed: {e}"));
         check(seed, &db, &logs);
-        let mut rng = SimRng::new(seed.wrapping_mul(ROUNDS) + round);
-        // Each write costs a few calls; some seeds cut past the end of the workload.
-        disk.power_cut_at(disk.calls() + 1 + rng.below(THREADS * OPS_PER_THREAD * 2));
+        let mut rng = SimRng::new(seed.wrapping_mul(rounds) + round);
+        // Each write costs a few calls; some seeds fault past the end of the workload.
+        let at = disk.calls() + 1 + rng.below(THREADS * OPS_PER_THREAD * 2);
+        let power_cut = fault != Fault::IoErrorThenReopen || round % 2 == 1;
+        match power_cut {
+            true => disk.power_cut_at(at),
+            false => disk.fail_call(at, libc::EIO),
+        }
         let round_logs: Vec<Log> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..THREADS)
                 .map(|t| {
@@ -186,41 +232,59 @@ fn one_seed(seed: u64, strict: bool) -> (bool, u64) {
             handles.into_iter().map(|h| h.join().expect("writer thread")).collect()
         });
         logs.extend(round_logs);
-        crossed_segments |= db.wal_stats().durable_lsn.0 > wal::SEGMENT_BYTES_MIN;
-        checkpoints = db.stats().map_or(checkpoints, |s| s.page_file.generation);
-        disk.power_cut();
-        drop(db);
-        disk = disk.after_power_cut(seed.wrapping_mul(ROUNDS) + round);
+        seen.crossed_segments |= db.wal_stats().durable_lsn.0 > wal::SEGMENT_BYTES_MIN;
+        seen.checkpoints = db.stats().map_or(seen.checkpoints, |s| s.page_file.generation);
+        seen.io_errors += u64::from(!power_cut && disk.calls() >= at);
+        if power_cut {
+            disk.power_cut();
+            drop(db);
+            disk = disk.after_power_cut(seed.wrapping_mul(rounds) + round);
+        } else {
+            drop(db);
+            disk.clear_faults(); // one not reached must not hit the reopen
+        }
     }
     let db = Kv::open_on(Arc::new(disk), dir, options)
         .unwrap_or_else(|e| panic!("seed={seed}: recovery after the last round failed: {e}"));
     check(seed, &db, &logs);
-    (crossed_segments, checkpoints)
+    seen
 }
 
-fn run_seeds(strict: bool) {
+fn run_seeds(fault: Fault) {
     let seeds: u64 = std::env::var("RINGKV_CRASH_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
     let first: u64 = std::env::var("RINGKV_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let (mut crossed, mut checkpoints) = (0, 0);
+    let (mut crossed, mut checkpoints, mut io_errors, mut remounts) = (0, 0, 0, 0);
     for seed in first..first + seeds {
-        let (crossed_segments, made) = one_seed(seed, strict);
-        crossed += u64::from(crossed_segments);
-        checkpoints += made;
+        let seen = one_seed(seed, fault);
+        crossed += u64::from(seen.crossed_segments);
+        checkpoints += seen.checkpoints;
+        io_errors += seen.io_errors;
+        remounts += seen.remounts;
     }
     eprintln!(
-        "{crossed} of {seeds} seeds crossed a segment boundary, {checkpoints} checkpoints in all (strict: {strict})"
+        "{crossed} of {seeds} seeds crossed a segment boundary, {checkpoints} checkpoints in all, {io_errors} I/O \
+         errors hit, {remounts} remounts ({fault:?})"
     );
     assert!(checkpoints >= seeds, "only {checkpoints} checkpoints in {seeds} seeds");
+    if fault == Fault::IoErrorThenReopen {
+        // Most rounds' errors must land inside the workload.
+        assert!(io_errors >= seeds, "only {io_errors} I/O errors hit in {seeds} seeds");
+    }
     // The padded seeds must really exercise segment roll-over under power cuts.
     assert!(seeds < 100 || crossed >= seeds / 20, "only {crossed} of {seeds} seeds crossed a segment");
 }
 
 #[test]
 fn acknowledged_writes_survive_sequences_of_power_cuts() {
-    run_seeds(false);
+    run_seeds(Fault::PowerCut { strict: false });
 }
 
 #[test]
 fn acknowledged_writes_survive_power_cuts_that_leave_torn_sectors_garbage_or_unreadable() {
-    run_seeds(true);
+    run_seeds(Fault::PowerCut { strict: true });
+}
+
+#[test]
+fn acknowledged_writes_survive_io_errors_followed_by_clean_reopens() {
+    run_seeds(Fault::IoErrorThenReopen);
 }

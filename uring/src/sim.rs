@@ -23,7 +23,12 @@
 //!   failed does, until [`File::sync_and_evict`] drops the cache. A failed
 //!   directory sync likewise keeps a prefix of the directory's operations
 //!   on the disk and loses the rest for good, while the namespace still
-//!   shows them.
+//!   shows them; and every later sync of that directory fails too, until
+//!   the power cut (a remount). That is what file systems do: ext4 aborts
+//!   its journal on a failed metadata write, XFS shuts down, btrfs turns
+//!   read-only; none goes on to persist later operations on top of lost
+//!   ones (a rename whose source the disk never saw would leave one file
+//!   under two names).
 //! - **Concurrent syncs** on the commit queue complete in any order (by
 //!   the seed). On a buffered file a writeback error hits every overlapping
 //!   sync's data but is reported to only one of them, at random: the others
@@ -133,6 +138,9 @@ struct SimState {
     durable_names: BTreeMap<PathBuf, Node>,
     /// Per directory, its operations since it was last synced.
     dir_ops: BTreeMap<PathBuf, Vec<DirOp>>,
+    /// Directories whose sync failed: every later sync of one fails too,
+    /// until the power cut (a remount).
+    broken_dirs: BTreeSet<PathBuf>,
     locks: BTreeSet<PathBuf>,
     /// Shared (reader) locks held, by lock file.
     shared_locks: BTreeMap<PathBuf, usize>,
@@ -155,6 +163,7 @@ impl SimState {
             names: root.clone(),
             durable_names: root,
             dir_ops: BTreeMap::new(),
+            broken_dirs: BTreeSet::new(),
             locks: BTreeSet::new(),
             shared_locks: BTreeMap::new(),
             next_inode: 0,
@@ -178,6 +187,21 @@ impl SimState {
         }
         if let Some(errno) = self.faults.remove(&self.calls) {
             return Err(io::Error::from_raw_os_error(errno));
+        }
+        Ok(())
+    }
+
+    /// [`SimState::tick`] for a call on the file or directory at `path`:
+    /// a fault set for it with [`SimStorage::fail_file_call`] counts too.
+    fn tick_on(&mut self, path: &Path) -> std::result::Result<(), io::Error> {
+        self.tick()?;
+        if let Some((skip, errno)) = self.file_faults.get_mut(path) {
+            if *skip == 0 {
+                let errno = *errno;
+                self.file_faults.remove(path);
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+            *skip -= 1;
         }
         Ok(())
     }
@@ -275,9 +299,25 @@ impl SimStorage {
         self.lock_state().faults.insert(call, errno);
     }
 
-    /// Lets `skip` more data calls on the file at `path` pass, then fails
-    /// the next one with `errno`. Unlike [`SimStorage::fail_call`], calls on
-    /// other files (a background thread's) do not move it.
+    /// Drops every fault set with [`SimStorage::fail_call`] or
+    /// [`SimStorage::fail_file_call`] that has not been hit yet.
+    pub fn clear_faults(&self) {
+        let mut state = self.lock_state();
+        state.faults.clear();
+        state.file_faults.clear();
+    }
+
+    /// Whether a directory sync failed: its file system then refuses to
+    /// persist that directory until a remount ([`SimStorage::power_cut`]
+    /// and [`SimStorage::after_power_cut`]).
+    pub fn needs_remount(&self) -> bool {
+        !self.lock_state().broken_dirs.is_empty()
+    }
+
+    /// Lets `skip` more data calls on the file at `path` (or syncs of the
+    /// directory at `path`) pass, then fails the next one with `errno`.
+    /// Unlike [`SimStorage::fail_call`], calls on other files (a background
+    /// thread's) do not move it.
     pub fn fail_file_call(&self, path: &Path, skip: u64, errno: i32) {
         self.lock_state().file_faults.insert(path.to_owned(), (skip, errno));
     }
@@ -291,7 +331,10 @@ impl SimStorage {
         let state = self.lock_state();
         let mut rng = SimRng::new(seed);
         let mut names = state.durable_names.clone();
-        for ops in state.dir_ops.values() {
+        for (dir, ops) in &state.dir_ops {
+            if state.broken_dirs.contains(dir) {
+                continue; // its file system stopped persisting it
+            }
             let keep = rng.below(ops.len() as u64 + 1) as usize;
             for op in &ops[..keep] {
                 apply(&mut names, op);
@@ -467,21 +510,27 @@ impl Storage for SimStorage {
     fn sync_dir(&self, path: &Path) -> Result<()> {
         let mut guard = self.lock_state();
         let state = &mut *guard;
-        if let Err(e) = state.tick() {
+        if let Err(e) = state.tick_on(path) {
             if !state.powered_off {
                 // The directory's writeback failed: a prefix of its operations
                 // reached the disk, the rest are lost to it (the namespace
                 // still shows them), and no later sync brings them back.
+                // The file system stays broken there: no later operation
+                // of the directory reaches the disk, and its syncs say so.
                 let ops = state.dir_ops.remove(path).unwrap_or_default();
                 let keep = state.rng.below(ops.len() as u64 + 1) as usize;
                 for op in &ops[..keep] {
                     apply(&mut state.durable_names, op);
                 }
+                state.broken_dirs.insert(path.to_owned());
             }
             return Err(Error::io("fsync", path, None, e));
         }
         if !state.is_dir(path) {
             return Err(not_found("fsync", path));
+        }
+        if state.broken_dirs.contains(path) {
+            return Err(Error::io("fsync", path, None, io::Error::from_raw_os_error(libc::EIO)));
         }
         for op in state.dir_ops.remove(path).unwrap_or_default() {
             apply(&mut state.durable_names, &op);
@@ -561,15 +610,7 @@ impl SimFile {
         let strict = self.storage.config.strict;
         let mut guard = self.storage.lock_state();
         let state = &mut *guard;
-        let mut failure = state.tick().err();
-        if let (None, Some((skip, errno))) = (&failure, state.file_faults.get_mut(&self.path)) {
-            if *skip == 0 {
-                failure = Some(io::Error::from_raw_os_error(*errno));
-                state.file_faults.remove(&self.path);
-            } else {
-                *skip -= 1;
-            }
-        }
+        let failure = state.tick_on(&self.path).err();
         let data = state.inodes.get_mut(&self.inode).ok_or_else(|| not_found(op, &self.path))?;
         if let Some(e) = failure {
             if op == "fdatasync" && !state.powered_off {

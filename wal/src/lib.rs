@@ -389,7 +389,8 @@ impl Wal {
     /// durable end). Returns how many were reclaimed.
     ///
     /// # Errors
-    /// Storage errors naming the segment.
+    /// Storage errors naming the segment. A failed sync of the directory
+    /// also poisons the log (the disk may name the files either way).
     pub fn reclaim_below(&self, lsn: Lsn) -> Result<usize> {
         let limit = lsn.min(self.durable_lsn());
         let mut segments = self.shared.lock_segments();
@@ -400,7 +401,14 @@ impl Wal {
             reclaimed += 1;
         }
         if reclaimed > 0 {
-            self.shared.storage.sync_dir(&self.shared.dir)?;
+            if let Err(e) = self.shared.storage.sync_dir(&self.shared.dir) {
+                // The disk may name the reclaimed files either way: no new
+                // segment may be made of them, so the log takes no more
+                // writes (a reopen after a remount sorts the names out).
+                let e = Error::from(e);
+                self.shared.poison(Arc::new(e.clone()), None);
+                return Err(e);
+            }
         }
         Ok(reclaimed)
     }
@@ -499,18 +507,25 @@ pub struct Inspection {
 /// byte of it: every batch frame's payload up to the end goes to
 /// `on_frame`; a torn tail is left in place (it is simply past the end);
 /// under [`RecoveryMode::PointInTime`] damage ends the replay there, under
-/// `Strict` it is an error. Returns where the log ends. Holds a shared lock
-/// (no writer) for the duration.
+/// `Strict` it is an error. Reading starts at the segment holding `from`
+/// (as [`Wal::open`]'s does), so damage in earlier segments does not
+/// matter; that segment's frames before `from` are passed on too. Returns where the log
+/// ends. Holds a shared lock (no writer) for the duration.
 ///
 /// # Errors
-/// As [`inspect`], and [`Error::Corrupt`] in `Strict` mode.
+/// As [`inspect`]; [`Error::Corrupt`] in `Strict` mode;
+/// [`Error::LogStartsLater`] if `from` was reclaimed;
+/// [`Error::NotAFrameStart`] if the log ends before `from` or no frame
+/// starts there (also in `PointInTime` mode: what the caller holds up to
+/// `from` would then be newer than the log).
 pub fn read_only(
     storage: Arc<dyn Storage>,
     dir: &Path,
+    from: Lsn,
     recovery: RecoveryMode,
     on_frame: &mut dyn FnMut(&FrameHeader, &[u8]),
 ) -> Result<Lsn> {
-    let inspection = inspect(storage, dir, &mut |header, payload| {
+    let (inspection, from_is_a_frame_start) = inspect_from(storage, dir, Some(from), &mut |header, payload| {
         if header.kind == FrameKind::Batch {
             on_frame(header, payload);
         }
@@ -522,6 +537,9 @@ pub fn read_only(
             lsn: bad.lsn,
             reason: bad.fault.reason(),
         });
+    }
+    if !from_is_a_frame_start || from > inspection.end {
+        return Err(Error::NotAFrameStart { dir: dir.to_owned(), end: inspection.end, wanted: from });
     }
     Ok(inspection.end)
 }
@@ -540,21 +558,37 @@ pub fn inspect(
     dir: &Path,
     on_frame: &mut dyn FnMut(&FrameHeader, &[u8]),
 ) -> Result<Inspection> {
+    Ok(inspect_from(storage, dir, None, on_frame)?.0)
+}
+
+/// [`inspect`] from the segment holding `from` (`None`: the first), and
+/// whether a frame starts at `from`.
+fn inspect_from(
+    storage: Arc<dyn Storage>,
+    dir: &Path,
+    from: Option<Lsn>,
+    on_frame: &mut dyn FnMut(&FrameHeader, &[u8]),
+) -> Result<(Inspection, bool)> {
     if !storage.exists(dir)? {
         return Err(Error::NoLog { dir: dir.to_owned() });
     }
     let _lock = storage.lock_shared(&dir.join(LOCK_FILE))?;
     let segments = segment::list(storage.as_ref(), dir)?;
     make_durable(storage.as_ref(), &segments)?;
-    let from = segments.first().map_or(Lsn(0), |s| s.start);
+    let start = segments.first().map_or(Lsn(0), |s| s.start);
+    let from = from.unwrap_or(start);
+    if from < start {
+        return Err(Error::LogStartsLater { dir: dir.to_owned(), start, wanted: from });
+    }
     let clean_end = clean::read(storage.as_ref(), dir)?;
     let scanned = recovery::scan(&storage, &segments, from, clean_end, &mut |h, frame| {
         on_frame(h, &frame[FRAME_HEADER_BYTES..])
     })?;
-    Ok(Inspection {
+    let inspection = Inspection {
         end: scanned.end,
         corrupt: scanned.durable_past.is_some(),
         bad: scanned.bad,
         junk_end: scanned.junk_end,
-    })
+    };
+    Ok((inspection, scanned.from_is_a_frame_start))
 }

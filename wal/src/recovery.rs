@@ -60,12 +60,19 @@ pub(crate) struct Scanned {
     pub(crate) from_is_a_frame_start: bool,
 }
 
-/// Reads every frame of the log (from the first segment's start), calling
-/// `on_frame` with each frame (padding included, header and payload) of
-/// each whole batch at or after `from`, and says where the valid log ends.
+/// Reads every frame of the log from the start of the segment holding
+/// `from` (every segment starts with a batch), calling `on_frame` with each
+/// frame (padding included, header and payload) of each whole batch at or
+/// after `from`, and says where the valid log ends.
 /// `from_is_a_frame_start` in the result says whether `from` is the log's
 /// start or the end of a frame (a checkpoint's cut may fall inside a
 /// batch: the batch's frames from `from` on are replayed if it is whole).
+///
+/// Damage *before* `from` does not end the log: what lies there is in the
+/// page file. The read then starts again at `from` itself, which the
+/// caller vouches is a frame's end (a checkpoint's cut), and `from` counts
+/// as a frame start if a frame is there, or zeros up to the next block (a
+/// batch's end) and a frame or nothing after them.
 ///
 /// `clean_end` is where a clean close said the log ended (durably): if the
 /// log ends there in zeros, nothing was written after it, and the search
@@ -78,7 +85,55 @@ pub(crate) fn scan(
     clean_end: Option<Lsn>,
     on_frame: &mut dyn FnMut(&FrameHeader, &[u8]),
 ) -> Result<Scanned> {
+    let first = segments.iter().rposition(|s| s.start <= from).unwrap_or(0);
+    let segments = &segments[first..];
     let start = segments.first().map_or(Lsn(0), |s| s.start);
+    let mut walked = walk(storage, segments, start, from, on_frame)?;
+    if walked.bad.as_ref().is_some_and(|bad| bad.lsn < from) {
+        walked = walk(storage, segments, from, from, on_frame)?;
+        let aligned = Lsn(from.0.next_multiple_of(BLOCK_BYTES as u64));
+        let zeros_at_from = walked.bad.as_ref().is_some_and(|bad| bad.lsn == from && bad.fault == FrameFault::Zero);
+        if zeros_at_from && aligned != from && segments.iter().any(|s| s.contains(aligned)) {
+            walked = walk(storage, segments, aligned, from, on_frame)?;
+        }
+        let garbage_at_start = walked
+            .bad
+            .as_ref()
+            .is_some_and(|bad| bad.lsn <= aligned && bad.lsn == walked.end && bad.fault != FrameFault::Zero);
+        walked.from_is_a_frame_start = !garbage_at_start;
+    }
+    let Walked { end, held_end, bad, from_is_a_frame_start } = walked;
+    let Some(bad) = bad else {
+        return Ok(Scanned { end, junk_end: held_end, bad: None, durable_past: None, from_is_a_frame_start });
+    };
+    let clean_here = clean_end == Some(end) && bad.lsn == end && bad.fault == FrameFault::Zero;
+    let beyond = if clean_here { Beyond::default() } else { look_beyond(storage, segments, bad.lsn, end)? };
+    let durable_past = clean_end.filter(|&c| c > end).or(beyond.durable_witness.map(|w| w.durable_lsn));
+    let junk_end = held_end.max(beyond.furthest_end);
+    Ok(Scanned { end, junk_end, bad: Some(bad), durable_past, from_is_a_frame_start })
+}
+
+/// What one pass of [`walk`] found.
+struct Walked {
+    /// End of the last whole batch (`start` if none).
+    end: Lsn,
+    /// End of the frames of an unfinished batch after `end`.
+    held_end: Option<Lsn>,
+    /// The bad frame that stopped the pass.
+    bad: Option<BadFrame>,
+    /// `from` is `start` or a frame's end.
+    from_is_a_frame_start: bool,
+}
+
+/// Reads frames from `start` (a frame start) until the log ends, passing
+/// those of whole batches at or after `from` to `on_frame`.
+fn walk(
+    storage: &Arc<dyn Storage>,
+    segments: &[Segment],
+    start: Lsn,
+    from: Lsn,
+    on_frame: &mut dyn FnMut(&FrameHeader, &[u8]),
+) -> Result<Walked> {
     let mut cursor = Cursor::new(storage.clone(), segments.to_vec(), start);
     // Frames of the batch being read, held until its last frame is seen.
     let mut held: Vec<(FrameHeader, Vec<u8>)> = Vec::new();
@@ -121,14 +176,7 @@ pub(crate) fn scan(
         }
     };
     let held_end = held.last().map(|(h, _)| h.end());
-    let Some(bad) = bad else {
-        return Ok(Scanned { end, junk_end: held_end, bad: None, durable_past: None, from_is_a_frame_start });
-    };
-    let clean_here = clean_end == Some(end) && bad.lsn == end && bad.fault == FrameFault::Zero;
-    let beyond = if clean_here { Beyond::default() } else { look_beyond(storage, segments, bad.lsn, end)? };
-    let durable_past = clean_end.filter(|&c| c > end).or(beyond.durable_witness.map(|w| w.durable_lsn));
-    let junk_end = held_end.max(beyond.furthest_end);
-    Ok(Scanned { end, junk_end, bad: Some(bad), durable_past, from_is_a_frame_start })
+    Ok(Walked { end, held_end, bad, from_is_a_frame_start })
 }
 
 /// What recovery changed in the log.
