@@ -16,8 +16,8 @@ use crate::checkpoint::{self, Control};
 use crate::constants::{BATCH_BYTES_MAX, SCAN_CHUNK_ENTRIES};
 use crate::error::{Error, Result};
 use crate::marker::{self, Found, PAGE_FILE};
-use crate::memtable::{Memtable, Tables};
-use crate::tree::{PageFile, TreeStats, PAGE_BYTES};
+use crate::memtable::{MemSnapshot, Memtable, Tables, Versions};
+use crate::tree::{PageFile, Snapshot, TreeStats, PAGE_BYTES};
 
 /// When a write returns.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -231,6 +231,8 @@ struct Replay {
     first: Option<Lsn>,
     /// The first frame that did not decode as a batch.
     error: Option<Error>,
+    /// The apply clock the memtable's entries were stamped by.
+    versions: Versions,
 }
 
 impl Replay {
@@ -244,7 +246,7 @@ impl Replay {
             return;
         }
         match batch::decode(header.lsn, &Bytes::copy_from_slice(payload)) {
-            Ok(ops) => self.memtable.apply(header.lsn, ops),
+            Ok(ops) => self.memtable.apply(&self.versions, header.lsn, ops),
             Err(e) => {
                 self.error.get_or_insert(e);
             }
@@ -253,10 +255,10 @@ impl Replay {
 
     /// # Errors
     /// [`Error::BadBatch`] for the first frame that did not decode.
-    fn finish(self) -> Result<Memtable> {
+    fn finish(self) -> Result<Tables> {
         match self.error {
             Some(e) => Err(e),
-            None => Ok(self.memtable),
+            None => Ok(Tables { active: Arc::new(self.memtable), frozen: None, versions: Arc::new(self.versions) }),
         }
     }
 }
@@ -337,7 +339,7 @@ impl Kv {
         let wal_options = WalOptions { segment_bytes: options.segment_bytes, recovery: options.recovery, term: 0 };
         let mut replay = Replay::from(meta.lsn);
         let wal = Wal::open(storage.clone(), &wal_dir, wal_options, meta.lsn, &mut |h, p| replay.frame(h, p))?;
-        let memtable = replay.finish()?;
+        let tables = replay.finish()?;
         let batch_bytes_max = BATCH_BYTES_MAX.min(wal.payload_bytes_max());
         tracing::debug!(
             dir = %dir.display(), backend = %storage.backend(), durable_lsn = %wal.durable_lsn(),
@@ -346,7 +348,7 @@ impl Kv {
         let inner = Arc::new(Inner {
             wal: Some(wal),
             read_only_end: Lsn(0),
-            tables: Arc::new(RwLock::new(Tables { active: Arc::new(memtable), frozen: None })),
+            tables: Arc::new(RwLock::new(tables)),
             tree: Some(tree),
             checkpoint_lsn: AtomicU64::new(meta.lsn.0),
             kept_lsn: AtomicU64::new(kept.0),
@@ -400,11 +402,11 @@ impl Kv {
         if let Some(first) = replay.first.filter(|&first| first > from) {
             return Err(wal::Error::LogStartsLater { dir: wal_dir, start: first, wanted: from }.into());
         }
-        let memtable = replay.finish()?;
+        let tables = replay.finish()?;
         let inner = Arc::new(Inner {
             wal: None,
             read_only_end: end,
-            tables: Arc::new(RwLock::new(Tables { active: Arc::new(memtable), frozen: None })),
+            tables: Arc::new(RwLock::new(tables)),
             tree,
             checkpoint_lsn: AtomicU64::new(from.0),
             kept_lsn: AtomicU64::new(from.0),
@@ -533,10 +535,14 @@ impl Kv {
 
     /// Keys and values in `range`, in key order (`.rev()` for reverse
     /// order); nothing for a range that ends before it starts. Items are
-    /// `Result`s: a page-file read can fail (and ends the scan). Not a
-    /// snapshot: a write that commits during the scan may or may not be
-    /// seen, but every item is a committed value, each key comes once and
-    /// in order, also across checkpoints.
+    /// `Result`s: a page-file read can fail (and ends the scan).
+    ///
+    /// A snapshot: the scan sees the store as it was when `scan` was
+    /// called (every write that had returned, none that began after), also
+    /// while checkpoints run. While it is alive, entries it may still read
+    /// are kept: overwritten memtable entries, and the page-file pages of
+    /// its checkpoint (which are not reused), so a scan held open for long
+    /// under heavy writes costs memory and file space; drop it when done.
     pub fn scan<K: AsRef<[u8]>>(&self, range: impl RangeBounds<K>) -> Scan<'_> {
         let owned = |b: Bound<&K>| match b {
             Bound::Included(k) => Bound::Included(k.as_ref().to_vec()),
@@ -544,6 +550,7 @@ impl Kv {
             Bound::Unbounded => Bound::Unbounded,
         };
         Scan {
+            view: self.inner.view(),
             kv: self,
             low: owned(range.start_bound()),
             high: owned(range.end_bound()),
@@ -641,6 +648,19 @@ impl Inner {
             Some(tree) => tree.get(&tree.snapshot(), key),
             None => Ok(None),
         }
+    }
+
+    /// A snapshot of the store for a scan: the memtables and the page
+    /// file's checkpoint as they are now.
+    fn view(&self) -> View {
+        // Under the tables' lock no checkpoint freezes a memtable or drops
+        // the frozen one; so the checkpoint taken here is the one below
+        // the frozen memtable (or the one folded from it, which holds
+        // what it does), and holds only writes the memtables' snapshot
+        // sees (a checkpoint folds only applied writes).
+        let tables = self.tables.read().expect("tables lock");
+        let tree = self.tree.as_ref().map(PageFile::snapshot);
+        View { memtables: tables.snapshot(), tree }
     }
 
     /// The active memtable and the frozen one, newest first.
@@ -754,11 +774,20 @@ pub fn check_batch(lsn: Lsn, payload: &[u8]) -> Result<usize> {
     Ok(batch::decode(lsn, &Bytes::copy_from_slice(payload))?.len())
 }
 
+/// What a scan reads: the memtables and a checkpoint of the page file,
+/// as they were when it began.
+struct View {
+    memtables: MemSnapshot,
+    tree: Option<Snapshot>,
+}
+
 /// An ordered scan; see [`Kv::scan`]. Iterates forwards with `next` and
 /// backwards with `next_back` (`.rev()`); the two ends meet without
 /// repeating an item.
 pub struct Scan<'a> {
     kv: &'a Kv,
+    /// What the scan reads.
+    view: View,
     /// Keys not yet fetched lie between `low` and `high`.
     low: Bound<Vec<u8>>,
     high: Bound<Vec<u8>>,
@@ -789,13 +818,14 @@ impl Scan<'_> {
             let low = self.low.as_ref().map(Vec::as_slice);
             let high = self.high.as_ref().map(Vec::as_slice);
             // Newest first.
-            let (active, frozen) = inner.memtables();
-            let mut layers = vec![active.range(low, high, from_back, SCAN_CHUNK_ENTRIES)];
-            if let Some(frozen) = frozen {
-                layers.push(frozen.range(low, high, from_back, SCAN_CHUNK_ENTRIES));
+            let View { memtables, tree: snapshot } = &self.view;
+            let at = Some(memtables.epoch);
+            let mut layers = vec![memtables.active.range(low, high, from_back, SCAN_CHUNK_ENTRIES, at)];
+            if let Some(frozen) = &memtables.frozen {
+                layers.push(frozen.range(low, high, from_back, SCAN_CHUNK_ENTRIES, at));
             }
-            if let Some(tree) = &inner.tree {
-                let entries = tree.range(&tree.snapshot(), low, high, from_back, SCAN_CHUNK_ENTRIES)?;
+            if let (Some(tree), Some(snapshot)) = (&inner.tree, snapshot) {
+                let entries = tree.range(snapshot, low, high, from_back, SCAN_CHUNK_ENTRIES)?;
                 layers.push(entries.into_iter().map(|(k, v)| (k.into(), Some(v.into()))).collect());
             }
             // The settled end: the nearest last key of a full layer.

@@ -5,11 +5,19 @@
 //! applied in any order (leaders apply acknowledged groups in LSN order,
 //! `NoSync` writers their own at once) and the map still ends as the log
 //! orders them, which is the state recovery rebuilds.
+//!
+//! Snapshots: every apply also takes the next number of the store's apply
+//! clock ([`Versions`]), its *epoch*, for all its entries. A snapshot is
+//! the clock's value when it was opened (with no apply under way in any
+//! memtable): it sees, of each key, the newest entry of an epoch at or
+//! below it. While snapshots are open, an entry that is replaced keeps the
+//! one it replaced (a chain, newest first), down to the first one that
+//! every open snapshot can see; with none open, nothing is kept.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use wal::Lsn;
@@ -24,11 +32,89 @@ const ENTRY_OVERHEAD_BYTES: usize = 96;
 /// (LSN of the batch, index of the op in it).
 type Version = (u64, u32);
 
+/// No snapshot is open.
+const NO_SNAPSHOT: u64 = u64::MAX;
+
 #[derive(Clone, Debug)]
 struct Entry {
     version: Version,
+    /// The apply that wrote it.
+    epoch: u64,
     /// None for a delete (a tombstone: it must outlive older puts).
     value: Option<Bytes>,
+    /// The entry this one replaced, kept for open snapshots.
+    older: Option<Box<Entry>>,
+}
+
+impl Entry {
+    /// This entry, or the newest older one, that a snapshot at `epoch`
+    /// sees (`None`: the newest).
+    fn at(&self, epoch: Option<u64>) -> Option<&Entry> {
+        let Some(epoch) = epoch else { return Some(self) };
+        let mut entry = self;
+        while entry.epoch > epoch {
+            entry = entry.older.as_deref()?;
+        }
+        Some(entry)
+    }
+
+    /// Drops the older entries no open snapshot can see: those past the
+    /// first one the oldest snapshot sees.
+    fn prune(&mut self, oldest: u64) {
+        let mut entry = self;
+        while entry.epoch > oldest {
+            match entry.older.as_deref_mut() {
+                Some(older) => entry = older,
+                None => return,
+            }
+        }
+        entry.older = None;
+    }
+}
+
+/// The store's apply clock and its open snapshots, shared by its
+/// memtables.
+#[derive(Debug)]
+pub(crate) struct Versions {
+    /// Applies so far: each apply's epoch is the next number.
+    clock: AtomicU64,
+    /// Open snapshots: epoch → how many.
+    open: Mutex<BTreeMap<u64, usize>>,
+    /// The oldest open snapshot's epoch ([`NO_SNAPSHOT`] if none). Read
+    /// by an apply under its memtable's write lock; changed when one opens
+    /// under every memtable's read lock, so an apply that began before an
+    /// open has ended before it, and one after sees it.
+    oldest: AtomicU64,
+}
+
+impl Default for Versions {
+    fn default() -> Versions {
+        Versions { clock: AtomicU64::new(0), open: Mutex::default(), oldest: AtomicU64::new(NO_SNAPSHOT) }
+    }
+}
+
+impl Versions {
+    /// Opens a snapshot at the clock's value. The caller holds every
+    /// memtable's read lock (no apply is under way).
+    fn open(&self) -> u64 {
+        let mut open = self.open.lock().expect("snapshots lock");
+        let epoch = self.clock.load(Ordering::SeqCst);
+        *open.entry(epoch).or_default() += 1;
+        self.oldest.store(*open.keys().next().expect("just added"), Ordering::SeqCst);
+        epoch
+    }
+
+    /// Closes a snapshot [`Versions::open`] returned. (An apply that still
+    /// sees it keeps an entry more than it needs to: harmless.)
+    fn close(&self, epoch: u64) {
+        let mut open = self.open.lock().expect("snapshots lock");
+        let count = open.get_mut(&epoch).expect("an open snapshot");
+        *count -= 1;
+        if *count == 0 {
+            open.remove(&epoch);
+        }
+        self.oldest.store(open.keys().next().copied().unwrap_or(NO_SNAPSHOT), Ordering::SeqCst);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -41,9 +127,12 @@ pub(crate) struct Memtable {
 }
 
 impl Memtable {
-    /// Applies a batch's ops as of `lsn`, atomically for readers.
-    pub(crate) fn apply(&self, lsn: Lsn, ops: Vec<Op>) {
+    /// Applies a batch's ops as of `lsn`, atomically for readers and
+    /// snapshots, as the next epoch of `versions`' clock.
+    pub(crate) fn apply(&self, versions: &Versions, lsn: Lsn, ops: Vec<Op>) {
         let mut map = self.map.write().expect("memtable lock");
+        let epoch = versions.clock.fetch_add(1, Ordering::SeqCst) + 1;
+        let oldest = versions.oldest.load(Ordering::SeqCst);
         let mut bytes = 0;
         for (index, op) in ops.into_iter().enumerate() {
             let version = (lsn.0, index as u32);
@@ -52,11 +141,18 @@ impl Memtable {
                 Op::Delete(k) => (k, None),
             };
             bytes += key.len() + value.as_ref().map_or(0, Bytes::len) + ENTRY_OVERHEAD_BYTES;
+            let new = Entry { version, epoch, value, older: None };
             match map.get_mut(&key) {
                 Some(entry) if entry.version >= version => {}
-                Some(entry) => *entry = Entry { version, value },
+                Some(entry) => {
+                    let mut replaced = std::mem::replace(entry, new);
+                    if oldest != NO_SNAPSHOT {
+                        replaced.prune(oldest);
+                        entry.older = Some(Box::new(replaced));
+                    }
+                }
                 None => {
-                    map.insert(key, Entry { version, value });
+                    map.insert(key, new);
                 }
             }
         }
@@ -73,23 +169,26 @@ impl Memtable {
     /// `None`): the first ones in key order, or with `from_back` the last
     /// ones in reverse key order. None for a range that ends before it
     /// starts.
+    ///
+    /// `at`: as a snapshot at that epoch sees them (`None`: the newest).
     pub(crate) fn range(
         &self,
         start: Bound<&[u8]>,
         end: Bound<&[u8]>,
         from_back: bool,
         limit: usize,
+        at: Option<u64>,
     ) -> Vec<(Bytes, Option<Bytes>)> {
         if is_empty_range(start, end) {
             return Vec::new(); // BTreeMap::range would panic
         }
         let map = self.map.read().expect("memtable lock");
-        let entry = |(k, e): (&Bytes, &Entry)| (k.clone(), e.value.clone());
+        let entry = |(k, e): (&Bytes, &Entry)| e.at(at).map(|e| (k.clone(), e.value.clone()));
         let range = map.range::<[u8], _>((start, end));
         if from_back {
-            range.rev().take(limit).map(entry).collect()
+            range.rev().filter_map(entry).take(limit).collect()
         } else {
-            range.take(limit).map(entry).collect()
+            range.filter_map(entry).take(limit).collect()
         }
     }
 
@@ -117,6 +216,7 @@ impl Memtable {
 pub(crate) struct Tables {
     pub(crate) active: Arc<Memtable>,
     pub(crate) frozen: Option<(Arc<Memtable>, Lsn)>,
+    pub(crate) versions: Arc<Versions>,
 }
 
 impl Tables {
@@ -126,9 +226,38 @@ impl Tables {
     /// than every frame in `frozen`.
     pub(crate) fn apply(&self, lsn: Lsn, ops: Vec<Op>) {
         match &self.frozen {
-            Some((frozen, cut)) if lsn < *cut => frozen.apply(lsn, ops),
-            _ => self.active.apply(lsn, ops),
+            Some((frozen, cut)) if lsn < *cut => frozen.apply(&self.versions, lsn, ops),
+            _ => self.active.apply(&self.versions, lsn, ops),
         }
+    }
+
+    /// Opens a snapshot of both memtables as they are now: what every
+    /// apply that has ended wrote, nothing of one that has not.
+    pub(crate) fn snapshot(&self) -> MemSnapshot {
+        let active = self.active.clone();
+        let frozen = self.frozen.as_ref().map(|(f, _)| f.clone());
+        let epoch = {
+            let _active = active.map.read().expect("memtable lock");
+            let _frozen = frozen.as_ref().map(|f| f.map.read().expect("memtable lock"));
+            self.versions.open()
+        };
+        MemSnapshot { active, frozen, epoch, versions: self.versions.clone() }
+    }
+}
+
+/// The memtables as they were when it was opened (see [`Tables::snapshot`]);
+/// closed on drop.
+#[derive(Debug)]
+pub(crate) struct MemSnapshot {
+    pub(crate) active: Arc<Memtable>,
+    pub(crate) frozen: Option<Arc<Memtable>>,
+    pub(crate) epoch: u64,
+    versions: Arc<Versions>,
+}
+
+impl Drop for MemSnapshot {
+    fn drop(&mut self) {
+        self.versions.close(self.epoch);
     }
 }
 

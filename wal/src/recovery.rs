@@ -89,20 +89,24 @@ pub(crate) fn scan(
     let segments = &segments[first..];
     let start = segments.first().map_or(Lsn(0), |s| s.start);
     let mut walked = walk(storage, segments, start, from, on_frame)?;
-    if walked.bad.as_ref().is_some_and(|bad| bad.lsn < from) {
-        walked = walk(storage, segments, from, from, on_frame)?;
+    let below = walked.bad.as_ref().filter(|bad| bad.lsn < from).map(|bad| bad.fault);
+    if let Some(fault) = below {
+        let mut again = walk(storage, segments, from, from, on_frame)?;
         let aligned = Lsn(from.0.next_multiple_of(BLOCK_BYTES as u64));
-        let zeros_at_from = walked.bad.as_ref().is_some_and(|bad| bad.lsn == from && bad.fault == FrameFault::Zero);
+        let zeros_at_from = again.bad.as_ref().is_some_and(|bad| bad.lsn == from && bad.fault == FrameFault::Zero);
         if zeros_at_from && aligned != from && segments.iter().any(|s| s.contains(aligned)) {
-            walked = walk(storage, segments, aligned, from, on_frame)?;
+            again = walk(storage, segments, aligned, from, on_frame)?;
         }
-        let garbage_at_start = walked
-            .bad
-            .as_ref()
-            .is_some_and(|bad| bad.lsn <= aligned && bad.lsn == walked.end && bad.fault != FrameFault::Zero);
-        walked.from_is_a_frame_start = !garbage_at_start;
+        let found = again.read_a_frame;
+        let garbage = again.bad.as_ref().is_some_and(|bad| bad.lsn == again.end && bad.fault != FrameFault::Zero);
+        // Zeros below `from` with nothing after are the log's plain end
+        // (`from` lies past it); damage, or frames after zeros, are not.
+        if fault != FrameFault::Zero || found {
+            again.from_is_a_frame_start = !garbage;
+            walked = again;
+        }
     }
-    let Walked { end, held_end, bad, from_is_a_frame_start } = walked;
+    let Walked { end, held_end, bad, from_is_a_frame_start, .. } = walked;
     let Some(bad) = bad else {
         return Ok(Scanned { end, junk_end: held_end, bad: None, durable_past: None, from_is_a_frame_start });
     };
@@ -123,6 +127,8 @@ struct Walked {
     bad: Option<BadFrame>,
     /// `from` is `start` or a frame's end.
     from_is_a_frame_start: bool,
+    /// At least one valid frame was read.
+    read_a_frame: bool,
 }
 
 /// Reads frames from `start` (a frame start) until the log ends, passing
@@ -139,8 +145,11 @@ fn walk(
     let mut held: Vec<(FrameHeader, Vec<u8>)> = Vec::new();
     let mut end = start;
     let mut from_is_a_frame_start = from == start;
+    let mut read_a_frame = false;
     let bad = loop {
-        match cursor.step()? {
+        let step = cursor.step()?;
+        read_a_frame |= matches!(step, Step::Frame(..));
+        match step {
             Step::Frame(header, bytes) if header.ends_batch => {
                 for (h, b) in held.drain(..).filter(|(h, _)| h.lsn >= from) {
                     on_frame(&h, &b);
@@ -176,7 +185,7 @@ fn walk(
         }
     };
     let held_end = held.last().map(|(h, _)| h.end());
-    Ok(Walked { end, held_end, bad, from_is_a_frame_start })
+    Ok(Walked { end, held_end, bad, from_is_a_frame_start, read_a_frame })
 }
 
 /// What recovery changed in the log.
