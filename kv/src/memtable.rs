@@ -14,7 +14,7 @@
 //! one it replaced (a chain, newest first), down to the first one that
 //! every open snapshot can see; with none open, nothing is kept.
 
-use std::collections::BTreeMap;
+use std::collections::{btree_map, BTreeMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -142,17 +142,18 @@ impl Memtable {
             };
             bytes += key.len() + value.as_ref().map_or(0, Bytes::len) + ENTRY_OVERHEAD_BYTES;
             let new = Entry { version, epoch, value, older: None };
-            match map.get_mut(&key) {
-                Some(entry) if entry.version >= version => {}
-                Some(entry) => {
-                    let mut replaced = std::mem::replace(entry, new);
+            // One search of the map per key.
+            match map.entry(key) {
+                btree_map::Entry::Occupied(entry) if entry.get().version >= version => {}
+                btree_map::Entry::Occupied(mut entry) => {
+                    let mut replaced = std::mem::replace(entry.get_mut(), new);
                     if oldest != NO_SNAPSHOT {
                         replaced.prune(oldest);
-                        entry.older = Some(Box::new(replaced));
+                        entry.get_mut().older = Some(Box::new(replaced));
                     }
                 }
-                None => {
-                    map.insert(key, new);
+                btree_map::Entry::Vacant(entry) => {
+                    entry.insert(new);
                 }
             }
         }
