@@ -311,7 +311,10 @@ impl Wal {
     /// Runs `f` with the end of the frames placed so far while no frame can
     /// be placed: every frame below that end was placed (and a `NoSync`
     /// frame's `apply` has run) before `f` runs; every later one lies at or
-    /// past it. A checkpoint cuts the log there. `f` must not call back
+    /// past it. The end is that of the batch the frames are gathered in (a
+    /// block boundary), which is closed: later frames start the next batch
+    /// there. So a cut is always a batch's start, and recovery past damage
+    /// below it can begin reading at it. A checkpoint cuts the log there. `f` must not call back
     /// into the log. Once [`Wal::sync`] has returned after it, every frame
     /// below the cut is durable, and applied if [`Wal::applied_lsn`] has
     /// reached the cut.

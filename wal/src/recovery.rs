@@ -68,11 +68,10 @@ pub(crate) struct Scanned {
 /// start or the end of a frame (a checkpoint's cut may fall inside a
 /// batch: the batch's frames from `from` on are replayed if it is whole).
 ///
-/// Damage *before* `from` does not end the log: what lies there is in the
-/// page file. The read then starts again at `from` itself, which the
-/// caller vouches is a frame's end (a checkpoint's cut), and `from` counts
-/// as a frame start if a frame is there, or zeros up to the next block (a
-/// batch's end) and a frame or nothing after them.
+/// Damage *before* a block-aligned `from` does not end the log: what lies
+/// there is in the page file, and `from` (a checkpoint's cut) is a batch's
+/// start. The read then starts again at `from`, and what follows is judged
+/// as at any batch start (the end of the log, a torn tail, or damage).
 ///
 /// `clean_end` is where a clean close said the log ended (durably): if the
 /// log ends there in zeros, nothing was written after it, and the search
@@ -89,20 +88,16 @@ pub(crate) fn scan(
     let segments = &segments[first..];
     let start = segments.first().map_or(Lsn(0), |s| s.start);
     let mut walked = walk(storage, segments, start, from, on_frame)?;
+    // Damage before `from`: a cut at a block boundary is a batch's start
+    // (`Wal::cut` closes the batch there), so the log can be read from it.
+    // Zeros before it count only if a frame follows (else the log just
+    // ends before `from`). An older store's cut inside a batch gets no
+    // second pass: its damage is reported as before.
     let below = walked.bad.as_ref().filter(|bad| bad.lsn < from).map(|bad| bad.fault);
-    if let Some(fault) = below {
+    if let Some(fault) = below.filter(|_| from.0 % BLOCK_BYTES as u64 == 0) {
         let mut again = walk(storage, segments, from, from, on_frame)?;
-        let aligned = Lsn(from.0.next_multiple_of(BLOCK_BYTES as u64));
-        let zeros_at_from = again.bad.as_ref().is_some_and(|bad| bad.lsn == from && bad.fault == FrameFault::Zero);
-        if zeros_at_from && aligned != from && segments.iter().any(|s| s.contains(aligned)) {
-            again = walk(storage, segments, aligned, from, on_frame)?;
-        }
-        let found = again.read_a_frame;
-        let garbage = again.bad.as_ref().is_some_and(|bad| bad.lsn == again.end && bad.fault != FrameFault::Zero);
-        // Zeros below `from` with nothing after are the log's plain end
-        // (`from` lies past it); damage, or frames after zeros, are not.
-        if fault != FrameFault::Zero || found {
-            again.from_is_a_frame_start = !garbage;
+        if fault != FrameFault::Zero || again.read_a_frame {
+            again.from_is_a_frame_start = true;
             walked = again;
         }
     }

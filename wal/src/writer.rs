@@ -64,12 +64,15 @@ pub(crate) struct Batch {
     /// No more frames fit in its segment: the next one goes into the next
     /// batch, at the next segment's start.
     ends_segment: bool,
+    /// A checkpoint cut the log at its end: the next frame goes into the
+    /// next batch.
+    closed: bool,
 }
 
 impl Batch {
     pub(crate) fn new(buf: IoBuf, start: Lsn, seq: u64) -> Batch {
         assert_eq!(start.0 % BLOCK_BYTES as u64, 0, "a batch starts at a block boundary");
-        Batch { buf, start, fill: 0, slots: Vec::new(), seq, waiters: Vec::new(), ends_segment: false }
+        Batch { buf, start, fill: 0, slots: Vec::new(), seq, waiters: Vec::new(), ends_segment: false, closed: false }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -98,7 +101,7 @@ impl Batch {
     /// padding frame to the segment's end (or, with less than a header's
     /// room left, by nothing) and waits for the next batch.
     fn place(&mut self, frame: &FrameBuf, payload_crc: u32, segment_end: Lsn) -> Option<Lsn> {
-        if self.ends_segment {
+        if self.ends_segment || self.closed {
             return None;
         }
         let at = Lsn(self.start.0 + self.fill as u64);
@@ -448,11 +451,16 @@ impl Shared {
         self.outcome(ticket).expect("a leader commits up to its target or the log is poisoned")
     }
 
-    /// Runs `f` with the end of the placed frames, holding the tail.
+    /// Runs `f` with the end of the batch being gathered, holding the
+    /// tail, and closes that batch: a cut is always where a batch starts (a
+    /// block boundary), so that recovery can begin reading at a cut.
     pub(crate) fn cut<R>(&self, f: impl FnOnce(Lsn) -> R) -> Result<R> {
         refuse_within_apply()?;
-        let tail = self.lock_tail();
-        Ok(f(tail.gathering.fill_end()))
+        let mut tail = self.lock_tail();
+        if !tail.gathering.is_empty() {
+            tail.gathering.closed = true;
+        }
+        Ok(f(tail.gathering.end()))
     }
 
     /// Takes the leadership if no one has it.
