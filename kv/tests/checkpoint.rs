@@ -20,6 +20,24 @@ fn small(backend: common::Backend) -> Options {
     options
 }
 
+/// A store with [`small`] options on the simulated disk (pipelined,
+/// seeded) and one on each real backend in fresh directories (kept
+/// until the returned dirs drop), by name.
+fn stores(seed: u64, name: &str) -> (Vec<tempfile::TempDir>, Vec<(String, Kv)>) {
+    let sim = SimStorage::new().pipelined(true).seeded(seed);
+    let dirs: Vec<_> = common::REAL_BACKENDS.iter().map(|_| common::temp_dir(name)).collect();
+    let stores =
+        std::iter::once(("sim".to_owned(), Kv::open_on(Arc::new(sim), Path::new("/db"), small(common::AUTO)).unwrap()))
+            .chain(
+                common::REAL_BACKENDS
+                    .iter()
+                    .zip(&dirs)
+                    .map(|(&b, dir)| (format!("{b:?}"), Kv::open_with(dir.path(), small(b)).unwrap())),
+            )
+            .collect();
+    (dirs, stores)
+}
+
 fn value(key: u64, version: u64) -> Vec<u8> {
     format!("{key:05}@{version:08}").into_bytes()
 }
@@ -38,17 +56,7 @@ fn version_of(key: &[u8], value: &[u8]) -> u64 {
 /// 16 KiB memtable); on the simulated disk and on the real backends.
 #[test]
 fn readers_see_every_acknowledged_write_while_checkpoints_run() {
-    let sim = SimStorage::new().pipelined(true).seeded(7);
-    let dirs: Vec<_> = common::REAL_BACKENDS.iter().map(|_| common::temp_dir("ckpt-load")).collect();
-    let stores: Vec<(String, Kv)> =
-        std::iter::once(("sim".to_owned(), Kv::open_on(Arc::new(sim), Path::new("/db"), small(common::AUTO)).unwrap()))
-            .chain(
-                common::REAL_BACKENDS
-                    .iter()
-                    .zip(&dirs)
-                    .map(|(&b, dir)| (format!("{b:?}"), Kv::open_with(dir.path(), small(b)).unwrap())),
-            )
-            .collect();
+    let (_dirs, stores) = stores(7, "ckpt-load");
     for (name, db) in &stores {
         const WRITERS: u64 = 3;
         const KEYS: u64 = 40;
@@ -345,17 +353,7 @@ fn one_generation(name: &str, items: Vec<(Vec<u8>, Vec<u8>)>, reverse: bool) -> 
 /// backends.
 #[test]
 fn a_scan_is_a_snapshot_while_writes_and_checkpoints_run() {
-    let sim = SimStorage::new().pipelined(true).seeded(11);
-    let dirs: Vec<_> = common::REAL_BACKENDS.iter().map(|_| common::temp_dir("ckpt-snapshot")).collect();
-    let stores: Vec<(String, Kv)> =
-        std::iter::once(("sim".to_owned(), Kv::open_on(Arc::new(sim), Path::new("/db"), small(common::AUTO)).unwrap()))
-            .chain(
-                common::REAL_BACKENDS
-                    .iter()
-                    .zip(&dirs)
-                    .map(|(&b, dir)| (format!("{b:?}"), Kv::open_with(dir.path(), small(b)).unwrap())),
-            )
-            .collect();
+    let (_dirs, stores) = stores(11, "ckpt-snapshot");
     for (name, db) in &stores {
         db.write(generation(1)).unwrap();
         let acked = AtomicU64::new(1);
