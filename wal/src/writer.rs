@@ -345,9 +345,15 @@ impl Shared {
                         // any leader can take this batch and publish an
                         // applied end past it.
                         if let Err(message) = run_apply(apply, lsn) {
+                            // Stopped and poisoned in one critical section:
+                            // a writer whose Apply a leader skips must see
+                            // the poison when it is woken (else it parks
+                            // again and nobody wakes it).
+                            let error = Arc::new(Error::ApplyPanicked { lsn, message });
+                            tail.apply_panics.push((lsn, error.clone()));
                             self.applies_stopped.store(true, Ordering::SeqCst);
-                            drop(tail);
-                            return Err(self.apply_panicked(lsn, message));
+                            self.poison_locked(&mut tail, error.clone(), None);
+                            return Err(Error::clone(&error));
                         }
                     }
                     // Nobody waits for it: the flusher commits it.
@@ -569,6 +575,10 @@ impl Shared {
     /// those of the batches it held).
     pub(crate) fn poison(&self, cause: Arc<Error>, failure: Option<Failure>) {
         let mut tail = self.lock_tail();
+        self.poison_locked(&mut tail, cause, failure);
+    }
+
+    fn poison_locked(&self, tail: &mut Tail, cause: Arc<Error>, failure: Option<Failure>) {
         if tail.poisoned.is_none() {
             tracing::error!(error = %cause, "WAL write failed; refusing further writes");
             tail.poisoned = Some(cause);
