@@ -314,8 +314,8 @@ impl Wal {
     /// past it. The end is that of the batch the frames are gathered in (a
     /// block boundary), which is closed: later frames start the next batch
     /// there. So a cut is always a batch's start, and recovery past damage
-    /// below it can begin reading at it. A checkpoint cuts the log there. `f` must not call back
-    /// into the log. Once [`Wal::sync`] has returned after it, every frame
+    /// below it can begin reading at it. A checkpoint cuts the log there.
+    /// `f` must not call back into the log. Once [`Wal::sync`] has returned after it, every frame
     /// below the cut is durable, and applied if [`Wal::applied_lsn`] has
     /// reached the cut.
     ///
@@ -512,8 +512,8 @@ pub struct Inspection {
 /// under [`RecoveryMode::PointInTime`] damage ends the replay there, under
 /// `Strict` it is an error. Reading starts at the segment holding `from`
 /// (as [`Wal::open`]'s does), so damage in earlier segments does not
-/// matter; that segment's frames before `from` are passed on too. Returns where the log
-/// ends. Holds a shared lock (no writer) for the duration.
+/// matter; that segment's frames before `from` are passed on too. Returns
+/// where the log ends. Holds a shared lock (no writer) for the duration.
 ///
 /// # Errors
 /// As [`inspect`]; [`Error::Corrupt`] in `Strict` mode;

@@ -349,11 +349,8 @@ impl Shared {
                             // a writer whose Apply a leader skips must see
                             // the poison when it is woken (else it parks
                             // again and nobody wakes it).
-                            let error = Arc::new(Error::ApplyPanicked { lsn, message });
-                            tail.apply_panics.push((lsn, error.clone()));
                             self.applies_stopped.store(true, Ordering::SeqCst);
-                            self.poison_locked(&mut tail, error.clone(), None);
-                            return Err(Error::clone(&error));
+                            return Err(self.apply_panicked_locked(&mut tail, lsn, message));
                         }
                     }
                     // Nobody waits for it: the flusher commits it.
@@ -563,9 +560,14 @@ impl Shared {
     /// gets [`Error::ApplyPanicked`], and the log refuses further writes
     /// (the store no longer matches it).
     fn apply_panicked(&self, lsn: Lsn, message: String) -> Error {
+        self.apply_panicked_locked(&mut self.lock_tail(), lsn, message)
+    }
+
+    /// [`Shared::apply_panicked`], holding the tail.
+    fn apply_panicked_locked(&self, tail: &mut Tail, lsn: Lsn, message: String) -> Error {
         let error = Arc::new(Error::ApplyPanicked { lsn, message });
-        self.lock_tail().apply_panics.push((lsn, error.clone()));
-        self.poison(error.clone(), None);
+        tail.apply_panics.push((lsn, error.clone()));
+        self.poison_locked(tail, error.clone(), None);
         Error::clone(&error)
     }
 
