@@ -175,7 +175,10 @@ impl Committer {
     /// Moves the writers of a failed batch to be woken, without their
     /// `Apply`s (nothing of a failed batch is applied).
     fn failed(&mut self, waiters: Vec<Waiter>) {
-        self.acknowledged.extend(waiters.into_iter().map(|w| Waiter { thread: w.thread, apply: None }));
+        self.acknowledged.extend(waiters.into_iter().map(|mut w| {
+            w.apply = None;
+            w
+        }));
     }
 
     /// One step: submit the gathered batch if there is room, else handle
@@ -192,6 +195,17 @@ impl Committer {
         }
         self.wait(shared);
         true
+    }
+
+    /// Takes every writer it holds (acknowledged, failed or in flight),
+    /// for a leader that panicked. The batches in flight stay: their
+    /// buffers may still be in the kernel's hands.
+    pub(crate) fn abandon(&mut self) -> Vec<Waiter> {
+        let mut waiters = std::mem::take(&mut self.acknowledged);
+        for batch in &mut self.pipeline.batches {
+            waiters.append(&mut batch.waiters);
+        }
+        waiters
     }
 
     /// Whether nothing is in flight (as a leader leaves it).

@@ -110,6 +110,11 @@ pub enum Error {
         /// The panic's message.
         message: String,
     },
+    /// A thread panicked while it led the log's commits (a bug in the
+    /// commit path or the I/O layer under it). The writers of its batches
+    /// were told so; the log accepts no more writes.
+    #[error("a thread panicked while it wrote and synced the WAL (a bug); the log accepts no more writes")]
+    LeaderPanicked,
     /// An `Apply` called back into the log, which would wait for itself.
     #[error("an Apply called back into the WAL (append or sync from within an Apply would wait for itself)")]
     WithinApply,

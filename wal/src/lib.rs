@@ -424,7 +424,10 @@ impl Drop for Wal {
             let _ = flusher.join();
         }
         // Commits what was gathered, and reaps every operation in flight.
-        self.shared.lead_blocking().drain(&self.shared);
+        // (Not if a leader panicked: the log is poisoned, its state unusable.)
+        if let Ok(mut leader) = self.shared.lead_blocking() {
+            leader.drain(&self.shared);
+        }
         // Everything placed was made durable (or the log is poisoned):
         // record where the log ends, so the next open can skip the search
         // beyond it.

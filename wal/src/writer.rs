@@ -25,9 +25,11 @@
 //! belongs to the next segment, the writer leads to make room, or waits for
 //! the leader to.
 
+use std::cell::RefCell;
+use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::Thread;
 
 use uring::{IoBuf, Storage, BLOCK_BYTES};
@@ -163,6 +165,55 @@ pub type Apply = Box<dyn FnOnce(Lsn) + Send>;
 pub(crate) struct Waiter {
     pub(crate) thread: Thread,
     pub(crate) apply: Option<(Lsn, Apply)>,
+}
+
+thread_local! {
+    /// Writers whose [`Waiter`] was dropped while this thread panicked:
+    /// woken once the log is poisoned (see [`Leadership`]).
+    static ORPHANED: RefCell<Vec<Thread>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A waiter dropped unwoken is a bug's unwinding (a panic in a leader,
+/// wherever its batch was: taken, being submitted, in flight): its writer
+/// is woken after the log is poisoned, not before, else it could find the
+/// log healthy and a leader still marked busy, and park again for good.
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = ORPHANED.try_with(|orphaned| orphaned.borrow_mut().push(self.thread.clone()));
+        }
+    }
+}
+
+/// The leadership: the commit state, held by one thread at a time. If its
+/// thread panics while it leads, its drop poisons the log and wakes every
+/// writer, so that none waits for a leader that is gone. The commit state
+/// is left as the panic left it (its batches in flight too) and never led
+/// again: its mutex stays poisoned.
+pub(crate) struct Leadership<'a> {
+    shared: &'a Shared,
+    committer: MutexGuard<'a, Committer>,
+}
+
+impl Deref for Leadership<'_> {
+    type Target = Committer;
+    fn deref(&self) -> &Committer {
+        &self.committer
+    }
+}
+
+impl DerefMut for Leadership<'_> {
+    fn deref_mut(&mut self) -> &mut Committer {
+        &mut self.committer
+    }
+}
+
+impl Drop for Leadership<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.shared.leader_panicked(&mut self.committer);
+        }
+    }
 }
 
 /// A frame's place in the log.
@@ -443,7 +494,7 @@ impl Shared {
     /// flight) and commits up to the last frame placed.
     pub(crate) fn sync(&self) -> Result<()> {
         refuse_within_apply()?;
-        let mut leader = self.lead_blocking();
+        let mut leader = self.lead_blocking()?;
         let ticket = {
             let tail = self.lock_tail();
             let end = tail.gathering.fill_end();
@@ -467,17 +518,47 @@ impl Shared {
     }
 
     /// Takes the leadership if no one has it.
-    fn try_lead(&self) -> Option<MutexGuard<'_, Committer>> {
-        let leader = self.leader.try_lock().ok()?;
+    /// (A leader that panicked left the mutex poisoned: no one leads again.)
+    fn try_lead(&self) -> Option<Leadership<'_>> {
+        let committer = self.leader.try_lock().ok()?;
         self.leader_busy.store(true, Ordering::SeqCst);
-        Some(leader)
+        Some(Leadership { shared: self, committer })
     }
 
     /// Takes the leadership, waiting for the current leader to step down.
-    pub(crate) fn lead_blocking(&self) -> MutexGuard<'_, Committer> {
-        let leader = self.leader.lock().expect("WAL leader lock");
+    ///
+    /// # Errors
+    /// `Poisoned` if a leader panicked: the commit state is unusable.
+    pub(crate) fn lead_blocking(&self) -> Result<Leadership<'_>> {
+        let Ok(committer) = self.leader.lock() else {
+            let cause = self.tail.lock().unwrap_or_else(PoisonError::into_inner).poisoned.clone();
+            return Err(Error::Poisoned { cause: cause.unwrap_or_else(|| Arc::new(Error::LeaderPanicked)) });
+        };
         self.leader_busy.store(true, Ordering::SeqCst);
-        leader
+        Ok(Leadership { shared: self, committer })
+    }
+
+    /// A leader's thread panicked (`committer` is its commit state): no
+    /// `Apply` runs any more, the log is poisoned, no one is marked as
+    /// leading, and every writer of a batch the leader held is woken, to
+    /// find the log poisoned. Runs during the unwinding, so nothing here
+    /// may panic: locks are taken even if poisoned.
+    fn leader_panicked(&self, committer: &mut Committer) {
+        // Dropped while panicking: into `ORPHANED`, with those the
+        // unwinding dropped already.
+        drop(committer.abandon());
+        self.applies_stopped.store(true, Ordering::SeqCst);
+        {
+            let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+            // Also wakes the gathering batch's writers and those waiting
+            // for room.
+            self.poison_locked(&mut tail, Arc::new(Error::LeaderPanicked), None);
+        }
+        self.leader_busy.store(false, Ordering::SeqCst);
+        let orphaned = ORPHANED.try_with(|orphaned| std::mem::take(&mut *orphaned.borrow_mut())).unwrap_or_default();
+        for thread in orphaned {
+            thread.unpark();
+        }
     }
 
     /// Gives up the leadership (with nothing in flight): wakes a writer of
@@ -485,7 +566,7 @@ impl Shared {
     /// room, then the writers of the batches this leader acknowledged (the
     /// next leader first, so that its write overlaps their wake-ups). Their
     /// `Apply`s run before the leadership is released.
-    pub(crate) fn step_down(&self, mut leader: MutexGuard<'_, Committer>) {
+    pub(crate) fn step_down(&self, mut leader: Leadership<'_>) {
         assert!(leader.is_idle(), "a leader leaves nothing in flight");
         let (mut acknowledged, acknowledged_end) = leader.take_acknowledged();
         // Applied while still leading: the next leader's group must not be
@@ -549,7 +630,7 @@ impl Shared {
                 }
                 tail.nosync_pending = false;
             }
-            let mut leader = self.lead_blocking();
+            let Ok(mut leader) = self.lead_blocking() else { return };
             let target = self.lock_tail().gathering.fill_end();
             leader.lead(self, target);
             self.step_down(leader);
