@@ -162,26 +162,29 @@ impl AsRef<[u8]> for Payload {
 pub(crate) fn decode(lsn: Lsn, payload: &Bytes) -> Result<Vec<Op>> {
     let bad = |reason| Error::BadBatch { lsn, reason };
     let mut at = 0usize;
-    let mut take = |n: usize| -> Result<Bytes> {
+    // The bytes' range; only keys and values become `Bytes` (slices share
+    // the payload through a reference count: one count per key and value).
+    let mut take = |n: usize| -> Result<std::ops::Range<usize>> {
         let end = at.checked_add(n).filter(|&end| end <= payload.len()).ok_or(bad("truncated"))?;
-        let bytes = payload.slice(at..end);
+        let range = at..end;
         at = end;
-        Ok(bytes)
+        Ok(range)
     };
-    let u32_of = |b: Bytes| u32::from_le_bytes(b[..].try_into().expect("4 bytes")) as usize;
-    let count = u32_of(take(4)?);
+    let u32_at =
+        |range: std::ops::Range<usize>| u32::from_le_bytes(payload[range].try_into().expect("4 bytes")) as usize;
+    let count = u32_at(take(4)?);
     let mut ops = Vec::with_capacity(count.min(payload.len() / OP_HEADER_BYTES));
     for _ in 0..count {
-        let kind = take(1)?[0];
-        let key_len = u32_of(take(4)?);
-        let value_len = u32_of(take(4)?);
+        let kind = payload[take(1)?.start];
+        let key_len = u32_at(take(4)?);
+        let value_len = u32_at(take(4)?);
         if key_len > LOG_KEY_BYTES_MAX || value_len > VALUE_BYTES_MAX {
             return Err(bad("key or value length over the limit"));
         }
-        let key = take(key_len)?;
+        let key = payload.slice(take(key_len)?);
         let value = take(value_len)?;
         ops.push(match (kind, value_len) {
-            (1, _) => Op::Put(key, value),
+            (1, _) => Op::Put(key, payload.slice(value)),
             (2, 0) => Op::Delete(key),
             _ => return Err(bad("unknown operation kind")),
         });
