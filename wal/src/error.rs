@@ -115,6 +115,15 @@ pub enum Error {
     /// were told so; the log accepts no more writes.
     #[error("a thread panicked while it wrote and synced the WAL (a bug); the log accepts no more writes")]
     LeaderPanicked,
+    /// The function [`crate::Wal::cut`] runs at the cut panicked; the log
+    /// accepts no more writes.
+    #[error("the function run at a WAL cut (LSN {lsn}) panicked: {message}; the log accepts no more writes")]
+    CutPanicked {
+        /// The cut.
+        lsn: Lsn,
+        /// The panic's message.
+        message: String,
+    },
     /// An `Apply` called back into the log, which would wait for itself.
     #[error("an Apply called back into the WAL (append or sync from within an Apply would wait for itself)")]
     WithinApply,

@@ -193,6 +193,10 @@ impl Drop for Waiter {
 pub(crate) struct Leadership<'a> {
     shared: &'a Shared,
     committer: MutexGuard<'a, Committer>,
+    /// Its thread was already unwinding when it took the leadership (a
+    /// drop that writes): only a panic that began while leading counts,
+    /// the rule `MutexGuard` follows for its own poisoning (review 15).
+    unwinding_before: bool,
 }
 
 impl Deref for Leadership<'_> {
@@ -210,7 +214,7 @@ impl DerefMut for Leadership<'_> {
 
 impl Drop for Leadership<'_> {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() && !self.unwinding_before {
             self.shared.leader_panicked(&mut self.committer);
         }
     }
@@ -514,7 +518,20 @@ impl Shared {
         if !tail.gathering.is_empty() {
             tail.gathering.closed = true;
         }
-        Ok(f(tail.gathering.end()))
+        // A panic in `f` (the caller's code) must not poison the tail
+        // mutex, which a leader stepping down needs before it wakes anyone
+        // (review 15: a writer parked for good): it poisons the log instead.
+        let end = tail.gathering.end();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(end))) {
+            Ok(r) => Ok(r),
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                let error = Error::CutPanicked { lsn: end, message };
+                self.applies_stopped.store(true, Ordering::SeqCst);
+                self.poison_locked(&mut tail, Arc::new(error.clone()), None);
+                Err(error)
+            }
+        }
     }
 
     /// Takes the leadership if no one has it.
@@ -522,7 +539,7 @@ impl Shared {
     fn try_lead(&self) -> Option<Leadership<'_>> {
         let committer = self.leader.try_lock().ok()?;
         self.leader_busy.store(true, Ordering::SeqCst);
-        Some(Leadership { shared: self, committer })
+        Some(Leadership { shared: self, committer, unwinding_before: std::thread::panicking() })
     }
 
     /// Takes the leadership, waiting for the current leader to step down.
@@ -535,7 +552,7 @@ impl Shared {
             return Err(Error::Poisoned { cause: cause.unwrap_or_else(|| Arc::new(Error::LeaderPanicked)) });
         };
         self.leader_busy.store(true, Ordering::SeqCst);
-        Ok(Leadership { shared: self, committer })
+        Ok(Leadership { shared: self, committer, unwinding_before: std::thread::panicking() })
     }
 
     /// A leader's thread panicked (`committer` is its commit state): no
@@ -577,7 +594,9 @@ impl Shared {
         self.leader_busy.store(false, Ordering::SeqCst);
         drop(leader);
         let next = {
-            let tail = self.lock_tail();
+            // Even if a panic elsewhere poisoned the tail mutex: the
+            // writers below must be woken whatever happened.
+            let tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
             if tail.writers_waiting > 0 {
                 self.room.notify_all();
             }
