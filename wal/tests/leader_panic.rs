@@ -21,7 +21,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use ringkv_wal::{Error, Lsn, Wal};
-use uring::{Backend, CommitEvent, CommitQueue, DirLock, File, IoBuf, OpenMode, SimStorage, Storage};
+use uring::{CommitEvent, CommitQueue, File, IoBuf, SimStorage};
 
 use common::{frame, options, DIR};
 
@@ -71,43 +71,12 @@ impl CommitQueue for PanickyQueue {
     }
 }
 
-impl Storage for PanickyDisk {
-    fn backend(&self) -> Backend {
-        self.disk.backend()
-    }
-    fn open(&self, path: &Path, mode: OpenMode) -> uring::Result<Arc<dyn File>> {
-        self.disk.open(path, mode)
-    }
-    fn create_dir(&self, path: &Path) -> uring::Result<()> {
-        self.disk.create_dir(path)
-    }
-    fn exists(&self, path: &Path) -> uring::Result<bool> {
-        self.disk.exists(path)
-    }
-    fn list_dir(&self, path: &Path) -> uring::Result<Vec<String>> {
-        self.disk.list_dir(path)
-    }
-    fn remove_file(&self, path: &Path) -> uring::Result<()> {
-        self.disk.remove_file(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> uring::Result<()> {
-        self.disk.rename(from, to)
-    }
-    fn sync_dir(&self, path: &Path) -> uring::Result<()> {
-        self.disk.sync_dir(path)
-    }
-    fn lock(&self, path: &Path) -> uring::Result<DirLock> {
-        self.disk.lock(path)
-    }
-    fn lock_shared(&self, path: &Path) -> uring::Result<DirLock> {
-        self.disk.lock_shared(path)
-    }
-    fn commit_queue(&self) -> uring::Result<Box<dyn CommitQueue>> {
-        let queue = self.disk.commit_queue()?;
-        let (calls, panic_at, in_submit) = (self.calls.clone(), self.panic_at, self.in_submit);
-        Ok(Box::new(PanickyQueue { queue, calls, panic_at, in_submit }))
-    }
-}
+common::sim_storage_with_queue!(PanickyDisk, |this, queue| PanickyQueue {
+    queue,
+    calls: this.calls.clone(),
+    panic_at: this.panic_at,
+    in_submit: this.in_submit
+});
 
 /// What a writer thread ended with.
 enum Outcome {

@@ -12,7 +12,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ringkv_wal::{Error, Lsn, Wal};
-use uring::{Backend, CommitEvent, CommitQueue, DirLock, File, IoBuf, OpenMode, SimStorage, Storage};
+use uring::{CommitEvent, CommitQueue, File, IoBuf, SimStorage};
 
 use common::{frame, options, DIR};
 
@@ -62,41 +62,7 @@ impl CommitQueue for GatedQueue {
     }
 }
 
-impl Storage for GatedDisk {
-    fn backend(&self) -> Backend {
-        self.disk.backend()
-    }
-    fn open(&self, path: &Path, mode: OpenMode) -> uring::Result<Arc<dyn File>> {
-        self.disk.open(path, mode)
-    }
-    fn create_dir(&self, path: &Path) -> uring::Result<()> {
-        self.disk.create_dir(path)
-    }
-    fn exists(&self, path: &Path) -> uring::Result<bool> {
-        self.disk.exists(path)
-    }
-    fn list_dir(&self, path: &Path) -> uring::Result<Vec<String>> {
-        self.disk.list_dir(path)
-    }
-    fn remove_file(&self, path: &Path) -> uring::Result<()> {
-        self.disk.remove_file(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> uring::Result<()> {
-        self.disk.rename(from, to)
-    }
-    fn sync_dir(&self, path: &Path) -> uring::Result<()> {
-        self.disk.sync_dir(path)
-    }
-    fn lock(&self, path: &Path) -> uring::Result<DirLock> {
-        self.disk.lock(path)
-    }
-    fn lock_shared(&self, path: &Path) -> uring::Result<DirLock> {
-        self.disk.lock_shared(path)
-    }
-    fn commit_queue(&self) -> uring::Result<Box<dyn CommitQueue>> {
-        Ok(Box::new(GatedQueue { queue: self.disk.commit_queue()?, gate: self.gate.clone() }))
-    }
-}
+common::sim_storage_with_queue!(GatedDisk, |this, queue| GatedQueue { queue, gate: this.gate.clone() });
 
 /// Scheduler state of a thread of this process ('S': asleep, 'R': running).
 fn thread_state(task: &str) -> char {
