@@ -18,7 +18,7 @@ use uring::{CommitEvent, CommitQueue, File, IoBuf, OpenMode};
 
 use crate::error::{Error, Result};
 use crate::segment::{self, Segment};
-use crate::writer::{self, Batch, Failure, Shared, Waiter};
+use crate::writer::{self, Batch, Failure, Group, Shared};
 use crate::Lsn;
 
 /// A batch handed to the commit queue and not yet acknowledged.
@@ -29,7 +29,7 @@ struct InFlight {
     end: Lsn,
     frames: u64,
     /// Writers waiting for it.
-    waiters: Vec<Waiter>,
+    group: Group,
     /// Its own sync succeeded.
     synced: bool,
 }
@@ -83,7 +83,7 @@ pub(crate) struct Committer {
     /// Writers of batches acknowledged (or failed) not yet woken: woken
     /// (their `Apply`s run first) before the leader blocks, or after it
     /// hands over.
-    acknowledged: Vec<Waiter>,
+    acknowledged: Vec<Group>,
     /// End of the last batch acknowledged whose `Apply`s have not run.
     acknowledged_end: Option<Lsn>,
 }
@@ -168,17 +168,14 @@ impl Committer {
 
     /// The writers acknowledged (or failed) and not yet woken, and the end
     /// of the last batch acknowledged.
-    pub(crate) fn take_acknowledged(&mut self) -> (Vec<Waiter>, Option<Lsn>) {
+    pub(crate) fn take_acknowledged(&mut self) -> (Vec<Group>, Option<Lsn>) {
         (std::mem::take(&mut self.acknowledged), self.acknowledged_end.take())
     }
 
     /// Moves the writers of a failed batch to be woken, without their
     /// `Apply`s (nothing of a failed batch is applied).
-    fn failed(&mut self, waiters: Vec<Waiter>) {
-        self.acknowledged.extend(waiters.into_iter().map(|mut w| {
-            w.apply = None;
-            w
-        }));
+    fn failed(&mut self, group: Group) {
+        self.acknowledged.push(Group { seq: group.seq, applies: Vec::new() });
     }
 
     /// One step: submit the gathered batch if there is room, else handle
@@ -195,17 +192,6 @@ impl Committer {
         }
         self.wait(shared);
         true
-    }
-
-    /// Takes every writer it holds (acknowledged, failed or in flight),
-    /// for a leader that panicked. The batches in flight stay: their
-    /// buffers may still be in the kernel's hands.
-    pub(crate) fn abandon(&mut self) -> Vec<Waiter> {
-        let mut waiters = std::mem::take(&mut self.acknowledged);
-        for batch in &mut self.pipeline.batches {
-            waiters.append(&mut batch.waiters);
-        }
-        waiters
     }
 
     /// Whether nothing is in flight (as a leader leaves it).
@@ -239,7 +225,7 @@ impl Committer {
     fn commit(&mut self, shared: &Shared, mut batch: Batch) {
         if let Err(e) = self.enter_segment_of(shared, batch.start) {
             let (start, end) = (batch.start, batch.end());
-            self.failed(std::mem::take(&mut batch.waiters));
+            self.failed(Group { seq: batch.seq, applies: std::mem::take(&mut batch.applies) });
             self.pipeline.spare = Some(batch.buf);
             self.poison(shared, e, Some((start, end)));
             return;
@@ -247,11 +233,11 @@ impl Committer {
         let durable = shared.durable_lsn();
         let len = batch.seal(durable, shared.options.term);
         let (start, end, frames) = (batch.start, batch.end(), batch.frames());
-        let waiters = std::mem::take(&mut batch.waiters);
+        let group = Group { seq: batch.seq, applies: std::mem::take(&mut batch.applies) };
         let offset = batch.start.0 - self.segment.start.0;
         assert!(offset + len as u64 <= self.segment.size_bytes, "a batch stays inside its segment");
         let ticket = self.pipeline.queue.submit(&self.file, offset, batch.buf, len);
-        self.pipeline.batches.push_back(InFlight { ticket, start, end, frames, waiters, synced: false });
+        self.pipeline.batches.push_back(InFlight { ticket, start, end, frames, group, synced: false });
         self.submitted_end = end;
         self.prepare_next_segment(shared);
     }
@@ -272,7 +258,7 @@ impl Committer {
                 shared.counters.syncs.fetch_add(1, Ordering::Relaxed);
                 for batch in self.pipeline.synced(ticket) {
                     shared.made_durable(batch.end, batch.frames);
-                    self.acknowledged.extend(batch.waiters);
+                    self.acknowledged.push(batch.group);
                     self.acknowledged_end = Some(batch.end);
                 }
             }
@@ -299,7 +285,7 @@ impl Committer {
         let failure = failed.map(|(start, end)| Failure { start, end, error });
         let in_flight: Vec<InFlight> = self.pipeline.batches.drain(..).collect();
         for batch in in_flight {
-            self.failed(batch.waiters);
+            self.failed(batch.group);
         }
         self.poisoned = true;
         shared.poison(cause, failure);

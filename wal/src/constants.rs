@@ -37,3 +37,12 @@ const _: () = assert!(SEGMENT_BYTES_DEFAULT % BLOCK_BYTES as u64 == 0);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT >= 2 * FRAME_PAYLOAD_BYTES_MAX as u64);
 const _: () = assert!(READ_WINDOW_BYTES % BLOCK_BYTES == 0);
 const _: () = assert!(ZERO_FILL_CHUNK_BYTES % BLOCK_BYTES == 0);
+
+/// Futex words writers wait on, one per batch number modulo this: more
+/// than the batches that can be alive at once (those in flight and the one
+/// gathering), so the writers of two live batches never share a word and
+/// a hand-over's single wake-up always reaches a writer of the batch it
+/// is meant for.
+pub(crate) const BELLS: usize = 8;
+
+const _: () = assert!(BELLS > uring::PIPELINE_DEPTH + 1);

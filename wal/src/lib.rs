@@ -38,6 +38,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bells;
 mod clean;
 mod committer;
 mod constants;

@@ -7,13 +7,13 @@
 //! segment, the batches in flight), swaps the gathered batch out, writes and
 //! syncs it, acknowledges it, and steps down once its own frame is durable.
 //! A lone writer thus commits on its own thread with no hand-off. Writers
-//! arriving meanwhile gather the next batch; each waiting one registers its
-//! thread with the batch and parks, so an acknowledgement unparks exactly
-//! that batch's writers (no herd, no mutex to re-take). A leader steps down
-//! only with nothing in flight (io_uring cancels a thread's requests when
-//! the thread exits, and a leader is a caller's thread), and unparks one
-//! writer of the batch gathered meanwhile to lead it, before the writers
-//! it acknowledged.
+//! arriving meanwhile gather the next batch; each waiting one sleeps on its
+//! batch's bell (`bells.rs`, a futex word per batch), so an
+//! acknowledgement wakes exactly that batch's writers, with one system call
+//! (no herd, no mutex to re-take). A leader steps down only with nothing in
+//! flight (io_uring cancels a thread's requests when the thread exits, and
+//! a leader is a caller's thread), and wakes one writer of the batch
+//! gathered meanwhile to lead it, after the writers it acknowledged.
 //!
 //! Frames placed without a waiter (`NoSync`) wake a flusher thread, which
 //! leads as any writer would, so they are durable as soon as the log can
@@ -25,15 +25,14 @@
 //! belongs to the next segment, the writer leads to make room, or waits for
 //! the leader to.
 
-use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread::Thread;
 
 use uring::{IoBuf, Storage, BLOCK_BYTES};
 
+use crate::bells::Bells;
 use crate::committer::Committer;
 use crate::constants::FRAME_HEADER_BYTES;
 use crate::error::{Error, Result};
@@ -60,9 +59,11 @@ pub(crate) struct Batch {
     slots: Vec<Slot>,
     /// Its number: batches are numbered in log order.
     pub(crate) seq: u64,
-    /// Writers waiting for it to be durable, woken (unparked) by whoever
-    /// acknowledges or fails it.
-    pub(crate) waiters: Vec<Waiter>,
+    /// Writers waiting for it to be durable (asleep on its bell, rung by
+    /// whoever acknowledges or fails it).
+    pub(crate) waiting: usize,
+    /// What its waiting writers run once it is durable, in LSN order.
+    pub(crate) applies: Vec<(Lsn, Apply)>,
     /// No more frames fit in its segment: the next one goes into the next
     /// batch, at the next segment's start.
     ends_segment: bool,
@@ -74,7 +75,17 @@ pub(crate) struct Batch {
 impl Batch {
     pub(crate) fn new(buf: IoBuf, start: Lsn, seq: u64) -> Batch {
         assert_eq!(start.0 % BLOCK_BYTES as u64, 0, "a batch starts at a block boundary");
-        Batch { buf, start, fill: 0, slots: Vec::new(), seq, waiters: Vec::new(), ends_segment: false, closed: false }
+        Batch {
+            buf,
+            start,
+            fill: 0,
+            slots: Vec::new(),
+            seq,
+            waiting: 0,
+            applies: Vec::new(),
+            ends_segment: false,
+            closed: false,
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -161,28 +172,11 @@ impl Batch {
 /// the caller is woken; never run if the frame's batch fails.
 pub type Apply = Box<dyn FnOnce(Lsn) + Send>;
 
-/// A writer waiting for its frame, and what to run for it once durable.
-pub(crate) struct Waiter {
-    pub(crate) thread: Thread,
-    pub(crate) apply: Option<(Lsn, Apply)>,
-}
-
-thread_local! {
-    /// Writers whose [`Waiter`] was dropped while this thread panicked:
-    /// woken once the log is poisoned (see [`Leadership`]).
-    static ORPHANED: RefCell<Vec<Thread>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A waiter dropped unwoken is a bug's unwinding (a panic in a leader,
-/// wherever its batch was: taken, being submitted, in flight): its writer
-/// is woken after the log is poisoned, not before, else it could find the
-/// log healthy and a leader still marked busy, and park again for good.
-impl Drop for Waiter {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let _ = ORPHANED.try_with(|orphaned| orphaned.borrow_mut().push(self.thread.clone()));
-        }
-    }
+/// The writers of one batch, as the leader carries them from its taking
+/// to its acknowledgement: its number (their bell) and their `Apply`s.
+pub(crate) struct Group {
+    pub(crate) seq: u64,
+    pub(crate) applies: Vec<(Lsn, Apply)>,
 }
 
 /// The leadership: the commit state, held by one thread at a time. If its
@@ -215,7 +209,7 @@ impl DerefMut for Leadership<'_> {
 impl Drop for Leadership<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() && !self.unwinding_before {
-            self.shared.leader_panicked(&mut self.committer);
+            self.shared.leader_panicked();
         }
     }
 }
@@ -228,6 +222,8 @@ pub(crate) struct Ticket {
     pub(crate) end: Lsn,
     /// It has an `Apply`: done only once the applied end reaches `end`.
     pub(crate) applies: bool,
+    /// The batch it was placed in: its writer sleeps on that bell.
+    pub(crate) seq: u64,
 }
 
 /// The batch whose write or sync failed.
@@ -286,12 +282,14 @@ pub(crate) struct Shared {
     /// The commit state; whoever holds it leads.
     leader: Mutex<Committer>,
     /// Someone holds `leader` (set and cleared while holding it). A waiter
-    /// reads it before parking; a departing leader clears it and then
-    /// unparks a waiter of the gathering batch (an unpark before the park
-    /// makes the park return), so no wake-up is lost.
+    /// reads it before sleeping; a departing leader clears it and then
+    /// rings the gathering batch's bell (a ring after the waiter read its
+    /// bell makes the sleep return), so no wake-up is lost.
     leader_busy: AtomicBool,
     /// Set (under the tail lock) when the log is poisoned.
     poisoned: AtomicBool,
+    /// Where waiting writers sleep, by batch.
+    pub(crate) bells: Bells,
     /// The end of the log acknowledged durable.
     pub(crate) durable: AtomicU64,
     /// The end of the log whose frames' `Apply`s have all run (behind
@@ -339,6 +337,7 @@ impl Shared {
             leader: Mutex::new(committer),
             leader_busy: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
+            bells: Bells::new(),
             durable: AtomicU64::new(end.0),
             applied: AtomicU64::new(end.0),
             applies_stopped: AtomicBool::new(false),
@@ -391,9 +390,12 @@ impl Shared {
             if let Some(lsn) = tail.gathering.place(frame, crc, segment_end) {
                 let end = Lsn(lsn.0 + frame.as_bytes().len() as u64);
                 let applies = apply.is_some();
+                let seq = tail.gathering.seq;
                 if wait {
-                    let apply = apply.take().map(|f| (lsn, f));
-                    tail.gathering.waiters.push(Waiter { thread: std::thread::current(), apply });
+                    tail.gathering.waiting += 1;
+                    if let Some(apply) = apply.take() {
+                        tail.gathering.applies.push((lsn, apply));
+                    }
                 } else {
                     if let Some(apply) = apply.take() {
                         // Applied before the tail lock is released, so before
@@ -414,7 +416,7 @@ impl Shared {
                         self.flush.notify_one();
                     }
                 }
-                return Ok(Ticket { lsn, end, applies });
+                return Ok(Ticket { lsn, end, applies, seq });
             }
             if self.leader_busy.load(Ordering::SeqCst) {
                 // The leader swaps the batch out, or wakes us when it leaves.
@@ -440,6 +442,7 @@ impl Shared {
     /// first.
     pub(crate) fn await_durable(&self, ticket: Ticket) -> Result<()> {
         loop {
+            let seen = self.bells.seen(ticket.seq);
             if let Some(outcome) = self.outcome(ticket) {
                 return outcome;
             }
@@ -451,7 +454,7 @@ impl Shared {
             if self.leader_busy.load(Ordering::SeqCst) {
                 // Woken when the batch is acknowledged or failed, or to lead
                 // it (spuriously too: every wake-up re-checks).
-                std::thread::park();
+                self.bells.wait(ticket.seq, seen);
             }
         }
     }
@@ -502,7 +505,7 @@ impl Shared {
         let ticket = {
             let tail = self.lock_tail();
             let end = tail.gathering.fill_end();
-            Ticket { lsn: Lsn(end.0.saturating_sub(1)), end, applies: false }
+            Ticket { lsn: Lsn(end.0.saturating_sub(1)), end, applies: false, seq: tail.gathering.seq }
         };
         leader.lead(self, ticket.end);
         self.step_down(leader);
@@ -555,34 +558,29 @@ impl Shared {
         Ok(Leadership { shared: self, committer, unwinding_before: std::thread::panicking() })
     }
 
-    /// A leader's thread panicked (`committer` is its commit state): no
-    /// `Apply` runs any more, the log is poisoned, no one is marked as
-    /// leading, and every writer of a batch the leader held is woken, to
-    /// find the log poisoned. Runs during the unwinding, so nothing here
-    /// may panic: locks are taken even if poisoned.
-    fn leader_panicked(&self, committer: &mut Committer) {
-        // Dropped while panicking: into `ORPHANED`, with those the
-        // unwinding dropped already.
-        drop(committer.abandon());
+    /// A leader's thread panicked: no `Apply` runs any more, the log is
+    /// poisoned, no one is marked as leading, and every waiting writer
+    /// (those of the batches the leader held too, wherever the panic left
+    /// them) is woken, to find the log poisoned: only after the poisoning,
+    /// else one could find the log healthy and a leader busy, and sleep
+    /// again for good. Runs during the unwinding, so nothing here may
+    /// panic: locks are taken even if poisoned.
+    fn leader_panicked(&self) {
         self.applies_stopped.store(true, Ordering::SeqCst);
         {
             let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
-            // Also wakes the gathering batch's writers and those waiting
-            // for room.
+            // Also wakes those waiting for room.
             self.poison_locked(&mut tail, Arc::new(Error::LeaderPanicked), None);
         }
         self.leader_busy.store(false, Ordering::SeqCst);
-        let orphaned = ORPHANED.try_with(|orphaned| std::mem::take(&mut *orphaned.borrow_mut())).unwrap_or_default();
-        for thread in orphaned {
-            thread.unpark();
-        }
+        self.bells.ring_every();
     }
 
-    /// Gives up the leadership (with nothing in flight): wakes a writer of
-    /// the batch gathered meanwhile to lead it, and the writers waiting for
-    /// room, then the writers of the batches this leader acknowledged (the
-    /// next leader first, so that its write overlaps their wake-ups). Their
-    /// `Apply`s run before the leadership is released.
+    /// Gives up the leadership (with nothing in flight): wakes the writers
+    /// waiting for room and those of the batches this leader acknowledged,
+    /// then one writer of the batch gathered meanwhile to lead it (last:
+    /// one of the writers just woken often leads it first, with the frames
+    /// they added). Their `Apply`s run before the leadership is released.
     pub(crate) fn step_down(&self, mut leader: Leadership<'_>) {
         assert!(leader.is_idle(), "a leader leaves nothing in flight");
         let (mut acknowledged, acknowledged_end) = leader.take_acknowledged();
@@ -600,13 +598,15 @@ impl Shared {
             if tail.writers_waiting > 0 {
                 self.room.notify_all();
             }
-            tail.gathering.waiters.first().map(|w| w.thread.clone())
+            (tail.gathering.waiting > 0).then_some(tail.gathering.seq)
         };
-        if let Some(next) = next {
-            next.unpark();
+        for group in &acknowledged {
+            self.bells.ring_all(group.seq);
         }
-        for waiter in acknowledged {
-            waiter.thread.unpark();
+        if let Some(next) = next {
+            // Nothing is in flight, so every writer asleep on this bell is
+            // one of that batch's: the one woken leads it.
+            self.bells.ring_one(next);
         }
     }
 
@@ -688,9 +688,7 @@ impl Shared {
         }
         self.poisoned.store(true, Ordering::SeqCst);
         self.room.notify_all();
-        for waiter in &tail.gathering.waiters {
-            waiter.thread.unpark();
-        }
+        self.bells.ring_every();
     }
 }
 
@@ -705,20 +703,19 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Runs the `Apply`s of acknowledged writers in order, publishes the
 /// applied end (`end`, the last acknowledged batch's), then wakes them.
-/// Writers of failed batches carry no `Apply` and are only woken.
-pub(crate) fn wake(shared: &Shared, mut waiters: Vec<Waiter>, end: Option<Lsn>) {
-    apply(shared, &mut waiters, end);
-    for waiter in waiters {
-        waiter.thread.unpark();
+/// Groups of failed batches carry no `Apply` and are only woken.
+pub(crate) fn wake(shared: &Shared, mut groups: Vec<Group>, end: Option<Lsn>) {
+    apply(shared, &mut groups, end);
+    for group in &groups {
+        shared.bells.ring_all(group.seq);
     }
 }
 
 /// Runs the `Apply`s of acknowledged writers in order and publishes the
 /// applied end. Only while leading: a later leader publishes a further
 /// end, which must not come before these have run.
-pub(crate) fn apply(shared: &Shared, waiters: &mut [Waiter], end: Option<Lsn>) {
-    for waiter in waiters {
-        let Some((lsn, apply)) = waiter.apply.take() else { continue };
+pub(crate) fn apply(shared: &Shared, groups: &mut [Group], end: Option<Lsn>) {
+    for (lsn, apply) in groups.iter_mut().flat_map(|g| g.applies.drain(..)) {
         if shared.applies_stopped.load(Ordering::SeqCst) {
             continue; // its writer gets `Poisoned`
         }
