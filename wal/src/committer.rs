@@ -194,6 +194,16 @@ impl Committer {
         true
     }
 
+    /// Drops the `Apply`s of every batch it holds (after a leader's panic,
+    /// when none will run). The batches in flight stay: their buffers may
+    /// still be in the kernel's hands.
+    pub(crate) fn drop_applies(&mut self) {
+        let in_flight = self.pipeline.batches.iter_mut().map(|b| &mut b.group);
+        for group in self.acknowledged.iter_mut().chain(in_flight) {
+            group.applies.clear();
+        }
+    }
+
     /// Whether nothing is in flight (as a leader leaves it).
     pub(crate) fn is_idle(&self) -> bool {
         self.pipeline.is_empty()

@@ -209,7 +209,7 @@ impl DerefMut for Leadership<'_> {
 impl Drop for Leadership<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() && !self.unwinding_before {
-            self.shared.leader_panicked();
+            self.shared.leader_panicked(&mut self.committer);
         }
     }
 }
@@ -565,8 +565,10 @@ impl Shared {
     /// else one could find the log healthy and a leader busy, and sleep
     /// again for good. Runs during the unwinding, so nothing here may
     /// panic: locks are taken even if poisoned.
-    fn leader_panicked(&self) {
+    fn leader_panicked(&self, committer: &mut Committer) {
         self.applies_stopped.store(true, Ordering::SeqCst);
+        // Never run now: free what they hold rather than keep it to close.
+        committer.drop_applies();
         {
             let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
             // Also wakes those waiting for room.
@@ -604,8 +606,12 @@ impl Shared {
             self.bells.ring_all(group.seq);
         }
         if let Some(next) = next {
-            // Nothing is in flight, so every writer asleep on this bell is
-            // one of that batch's: the one woken leads it.
+            // Nothing is in flight, so a writer asleep on this bell is one
+            // of that batch's, and the one woken leads it; unless an earlier
+            // leader, descheduled before it rang its own groups, still owes
+            // a ring to a batch eight back: then this wake-up may reach one
+            // of those writers, and that leader's ring (of the whole word)
+            // wakes this batch's writers too, later but never lost.
             self.bells.ring_one(next);
         }
     }
