@@ -10,7 +10,10 @@
 //! sleeps on the value it read ([`Bells::wait`]); whoever settles a batch
 //! publishes the outcome first and rings after ([`Bells::ring_all`]): a
 //! ring between the read and the sleep changed the word, so the sleep
-//! returns at once. Wake-ups may be spurious; every one re-checks.
+//! returns at once. Wake-ups may be spurious; every one re-checks. Two
+//! batches eight apart share a word: a ring of either wakes both batches'
+//! writers, so sharing delays a hand-over's single wake-up (until the
+//! other batch is rung) but never loses it.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -174,8 +174,9 @@ impl Committer {
 
     /// Moves the writers of a failed batch to be woken, without their
     /// `Apply`s (nothing of a failed batch is applied).
-    fn failed(&mut self, group: Group) {
-        self.acknowledged.push(Group { seq: group.seq, applies: Vec::new() });
+    fn failed(&mut self, mut group: Group) {
+        group.applies.clear();
+        self.acknowledged.push(group);
     }
 
     /// One step: submit the gathered batch if there is room, else handle

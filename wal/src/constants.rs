@@ -39,10 +39,10 @@ const _: () = assert!(READ_WINDOW_BYTES % BLOCK_BYTES == 0);
 const _: () = assert!(ZERO_FILL_CHUNK_BYTES % BLOCK_BYTES == 0);
 
 /// Futex words writers wait on, one per batch number modulo this: more
-/// than the batches that can be alive at once (those in flight and the one
-/// gathering), so the writers of two live batches never share a word and
-/// a hand-over's single wake-up always reaches a writer of the batch it
-/// is meant for.
+/// than the batches in flight and the one gathering, so that within one
+/// leadership the writers of two live batches never share a word (a
+/// sharing costs spurious wake-ups and, for the hand-over's single
+/// wake-up, a delay until the other batch's ring: `bells.rs`).
 pub(crate) const BELLS: usize = 8;
 
 const _: () = assert!(BELLS > uring::PIPELINE_DEPTH + 1);
