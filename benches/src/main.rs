@@ -58,6 +58,12 @@ struct Args {
     /// kernel's page cache (`Options::os_page_cache = false`).
     #[arg(long)]
     ringkv_direct_reads: bool,
+    /// After each system's load and before its reads, write back and evict
+    /// its files from the kernel's page cache, so stores that wrote through
+    /// it start their reads as cold as ringkv, whose pages are written
+    /// with O_DIRECT.
+    #[arg(long)]
+    cold_reads: bool,
     /// Keys loaded before each timed checkpoint (checkpoint workload).
     #[arg(long, default_value_t = 1_000_000)]
     checkpoint_keys: u64,
@@ -96,6 +102,14 @@ fn main() {
         machine.cores, machine.cpu, machine.kernel, machine.filesystem, machine.device
     );
     println!("# command: {}", machine.command);
+    if let Some(limit) = machine.memory_limit {
+        println!("# memory: this run's cgroup may use {} MiB, the kernel's page cache included", limit >> 20);
+    }
+    if args.cold_reads {
+        println!(
+            "# reads start cold: each system's files are written back and evicted from the kernel's page cache first"
+        );
+    }
     for (system, note) in systems::setup_notes().into_iter().filter(|(s, _)| systems.contains(s)) {
         println!("# {system}: {note}");
     }
@@ -185,6 +199,9 @@ fn run_all(args: &Args, systems: &[&str], dir: &std::path::Path) -> Vec<workload
             let bulk = workloads::bulk(store.as_ref(), system, args.bulk, args.batch);
             if wants("bulk") {
                 out.push(bulk);
+            }
+            if args.cold_reads && (wants("read") || wants("mixed")) {
+                uring::evict_os_cache(&dir.join(system)).expect("evict the page cache");
             }
             if wants("read") {
                 progress(&format!("read: {system}"));

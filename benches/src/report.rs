@@ -18,6 +18,9 @@ pub struct Machine {
     pub device: String,
     pub date_utc: String,
     pub command: String,
+    /// The memory limit of this process's cgroup, where one is set (what
+    /// `scripts/in-memory-limit.sh` sets: the kernel's page cache counts).
+    pub memory_limit: Option<u64>,
 }
 
 impl Machine {
@@ -39,8 +42,27 @@ impl Machine {
             device,
             date_utc: date_utc(),
             command: std::env::args().collect::<Vec<_>>().join(" "),
+            memory_limit: memory_limit(),
         }
     }
+}
+
+/// The memory limit of this process's cgroup (v2 `memory.max`, v1
+/// `memory.limit_in_bytes`), or `None` when unlimited or unknown.
+fn memory_limit() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let limit = cgroups.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let file = match controllers {
+            "" => format!("/sys/fs/cgroup{path}/memory.max"),
+            c if c.split(',').any(|c| c == "memory") => format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"),
+            _ => return None,
+        };
+        std::fs::read_to_string(file).ok()?.trim().parse::<u64>().ok()
+    })?;
+    // v1 says "unlimited" with a page-rounded i64::MAX.
+    (limit < 1 << 60).then_some(limit)
 }
 
 /// The device and file system type of the mount holding `dir`.

@@ -60,6 +60,7 @@ mod storage;
 pub use buf::{AlignedBuf, IoBuf};
 pub use constants::{BLOCK_BYTES, COMMIT_BUFFERS, PIPELINE_DEPTH, SECTOR_BYTES};
 pub use error::{Error, Result};
+pub use os::evict_os_cache;
 pub use queue::{CommitEvent, CommitQueue};
 pub use real::{open_storage, StorageOptions};
 pub use sim::{SimRng, SimStorage};

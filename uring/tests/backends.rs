@@ -448,3 +448,44 @@ fn simulated_locks_let_readers_share_and_exclude_a_writer() {
     assert!(matches!(disk.lock_shared(lock), Err(Error::Locked { .. })), "a writer excludes readers");
     drop(writer);
 }
+
+/// Pages of `path` the kernel holds in its page cache, from mincore(2).
+fn resident_pages(path: &Path) -> usize {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).unwrap();
+    let len = file.metadata().unwrap().len() as usize;
+    // SAFETY: a fresh read-only shared mapping of `len` bytes of an open
+    // file; the kernel picks the address, nothing else refers to it.
+    let map = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };
+    assert_ne!(map, libc::MAP_FAILED, "mmap {}", path.display());
+    let pages = len.div_ceil(4096);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `map` is the mapping of `len` bytes just made, and `vec` holds
+    // one byte per 4 KiB page of it, as mincore writes.
+    let rc = unsafe { libc::mincore(map, len, vec.as_mut_ptr()) };
+    assert_eq!(rc, 0, "mincore {}", path.display());
+    // SAFETY: unmaps exactly the mapping made above, which nothing reads now.
+    unsafe { libc::munmap(map, len) };
+    vec.iter().filter(|&&v| v & 1 != 0).count()
+}
+
+#[test]
+fn evicting_the_os_cache_writes_back_and_drops_every_file_under_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("a/b");
+    std::fs::create_dir_all(&nested).unwrap();
+    let files = [dir.path().join("top"), nested.join("deep")];
+    for file in &files {
+        std::fs::write(file, vec![0x5Au8; 1 << 20]).unwrap(); // dirty, buffered
+        assert!(resident_pages(file) > 0, "{} is cached after a buffered write", file.display());
+    }
+    ringkv_uring::evict_os_cache(dir.path()).unwrap();
+    for file in &files {
+        // Dirty pages are written back first (DONTNEED alone keeps them).
+        assert_eq!(resident_pages(file), 0, "{} is still cached", file.display());
+        assert_eq!(std::fs::read(file).unwrap(), vec![0x5Au8; 1 << 20]);
+    }
+    let missing = dir.path().join("missing");
+    let err = ringkv_uring::evict_os_cache(&missing).unwrap_err().to_string();
+    assert!(err.contains("missing") && err.contains("stat"), "{err}");
+}
