@@ -178,6 +178,17 @@ fn progress(line: &str) {
     }
 }
 
+/// Bytes the file system allocated to the files under `path` (as `du`).
+fn disk_bytes(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
+    if !meta.is_dir() {
+        return meta.blocks() * 512;
+    }
+    let entries = std::fs::read_dir(path).into_iter().flatten().flatten();
+    entries.map(|entry| disk_bytes(&entry.path())).sum()
+}
+
 fn run_all(args: &Args, systems: &[&str], dir: &std::path::Path) -> Vec<workloads::Measurement> {
     let seconds = Duration::from_secs_f64(args.seconds);
     let wants = |w: &str| args.workloads.iter().any(|x| x == w);
@@ -197,6 +208,11 @@ fn run_all(args: &Args, systems: &[&str], dir: &std::path::Path) -> Vec<workload
             let store = systems::open(system, &dir.join(system));
             progress(&format!("bulk: {system}, {} puts in batches of {}", args.bulk, args.batch));
             let bulk = workloads::bulk(store.as_ref(), system, args.bulk, args.batch);
+            println!(
+                "# {system}: {:.0} MiB on disk after loading {} keys",
+                disk_bytes(&dir.join(system)) as f64 / f64::from(1 << 20),
+                args.bulk
+            );
             if wants("bulk") {
                 out.push(bulk);
             }

@@ -84,11 +84,37 @@ pub fn key(prefix: u8, n: u64) -> [u8; KEY_BYTES] {
 struct Rng(u64);
 
 impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
+    fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Values of VALUE_BYTES that do not compress: slices of a pool of
+/// pseudo-random bytes at scattered offsets. (Values of one repeated byte
+/// let RocksDB and fjall, which compress their blocks by default, store a
+/// tenth of what the others store, and cache all of it in a cache sized
+/// to a tenth of the data.)
+pub struct Values(Vec<u8>);
+
+impl Values {
+    const POOL_BYTES: usize = 1 << 20;
+
+    pub fn new() -> Values {
+        let mut rng = Rng(0x0DDB_1A5E_5BAD_5EED);
+        Values((0..Values::POOL_BYTES / 8).flat_map(|_| rng.next().to_le_bytes()).collect())
+    }
+
+    /// The value of the `n`th write.
+    pub fn get(&self, n: u64) -> &[u8] {
+        let at = Rng(n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1).below((Values::POOL_BYTES - VALUE_BYTES) as u64);
+        &self.0[at as usize..at as usize + VALUE_BYTES]
     }
 }
 
@@ -125,14 +151,15 @@ where
 /// `commit`: T threads of durable single puts.
 pub fn commit(store: &dyn Store, system: &str, threads: usize, duration: Duration) -> Measurement {
     let (syncs_before, commits_before) = (store.syncs(), store.commits());
-    let value = [0x5Au8; VALUE_BYTES];
+    let values = Values::new();
     let (latency_us, elapsed) = timed(threads, duration, |t, stop| {
         let mut h = histogram();
         let mut i = 0u64;
         while !stop.load(Ordering::Relaxed) {
             let k = key(b'c', (t as u64) << 40 | i);
+            let value = values.get(i);
             let began = Instant::now();
-            store.put(&k, &value);
+            store.put(&k, value);
             h.record(micros(began)).expect("in range");
             i += 1;
         }
@@ -150,13 +177,14 @@ pub fn commit(store: &dyn Store, system: &str, threads: usize, duration: Duratio
 
 /// `bulk`: `total` puts in durable batches of `batch` from one thread.
 pub fn bulk(store: &dyn Store, system: &str, total: u64, batch: u64) -> Measurement {
-    let value = vec![0xB0u8; VALUE_BYTES];
+    let values = Values::new();
     let mut latency_us = histogram();
     let began = Instant::now();
     let mut next = 0;
     while next < total {
         let end = (next + batch).min(total);
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> = (next..end).map(|i| (key(b'b', i).to_vec(), value.clone())).collect();
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> =
+            (next..end).map(|i| (key(b'b', i).to_vec(), values.get(i).to_vec())).collect();
         let t = Instant::now();
         store.put_batch(&pairs);
         latency_us.record(micros(t)).expect("in range");
@@ -198,7 +226,7 @@ pub fn read(store: &dyn Store, system: &str, keys: u64, threads: usize, duration
 /// `mixed`: 90% gets of bulk keys, 10% durable puts, from `threads` threads.
 pub fn mixed(store: &dyn Store, system: &str, keys: u64, threads: usize, duration: Duration) -> Option<Measurement> {
     store.get(&key(b'b', 0))?;
-    let value = [0x3Cu8; VALUE_BYTES];
+    let values = Values::new();
     let (latency_us, elapsed) = timed(threads, duration, |t, stop| {
         let mut h = histogram();
         let mut rng = Rng(0xD1B5_4A32_D192_ED03 ^ (t as u64 + 1));
@@ -206,7 +234,7 @@ pub fn mixed(store: &dyn Store, system: &str, keys: u64, threads: usize, duratio
             let k = key(b'b', rng.below(keys));
             let began = Instant::now();
             if rng.below(10) == 0 {
-                store.put(&k, &value);
+                store.put(&k, values.get(rng.next()));
             } else {
                 store.get(&k).expect("reads");
             }

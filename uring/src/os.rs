@@ -141,14 +141,30 @@ impl OsFile {
 /// under `path` (a file, or a directory walked recursively), so the next
 /// reads of them go to the device. Benchmarks use it to start stores that
 /// wrote through the page cache as cold as one that wrote with O_DIRECT.
+/// Files that vanish during the walk (a store compacting meanwhile) are
+/// skipped.
 ///
 /// # Errors
 /// `Io` naming the file or directory and the step that failed.
 pub fn evict_os_cache(path: &Path) -> Result<()> {
-    let meta = fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, None, e))?;
+    evict_under(path, false)
+}
+
+fn evict_under(path: &Path, listed: bool) -> Result<()> {
+    let gone = |e: &io::Error| listed && e.kind() == io::ErrorKind::NotFound;
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if gone(&e) => return Ok(()),
+        Err(e) => return Err(Error::io("stat", path, None, e)),
+    };
     if meta.is_dir() {
-        for name in list_dir(path)? {
-            evict_os_cache(&path.join(name))?;
+        let names = match fs::read_dir(path) {
+            Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.file_name())).collect::<Vec<_>>(),
+            Err(e) if gone(&e) => return Ok(()),
+            Err(e) => return Err(Error::io("readdir", path, None, e)),
+        };
+        for name in names {
+            evict_under(&path.join(name), true)?;
         }
         return Ok(());
     }
@@ -157,7 +173,11 @@ pub fn evict_os_cache(path: &Path) -> Result<()> {
     }
     // fdatasync writes back dirty pages of the inode, whoever dirtied them:
     // DONTNEED drops only clean ones. Read-only is enough for both.
-    let file = fs::File::open(path).map_err(|e| Error::io("open", path, None, e))?;
+    let file = match fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if gone(&e) => return Ok(()),
+        Err(e) => return Err(Error::io("open", path, None, e)),
+    };
     file.sync_data().map_err(|e| Error::io("fdatasync", path, None, e))?;
     // SAFETY: posix_fadvise only takes the fd (valid while `file` lives) and
     // integers; it changes no memory of ours.

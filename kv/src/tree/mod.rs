@@ -1029,7 +1029,7 @@ impl Writer<'_> {
             let group: Vec<_> = entries.by_ref().take(count).collect();
             let key = if n == 0 { low.clone() } else { Some(group[0].0.clone()) };
             let at = self.page(page::leaf_page(&group));
-            self.pages.cache.put(at, Arc::new(Node::Leaf(group)));
+            self.pages.cache.put(at, Arc::new(owned_leaf(&group)));
             out.push((key, at));
         }
         out
@@ -1058,6 +1058,8 @@ impl Writer<'_> {
             if rest.is_empty() {
                 self.only_child.insert(at.page, first);
             }
+            let keys: Vec<&[u8]> = rest.iter().map(|(k, _)| &k[..]).collect();
+            let rest = pack(&keys).into_iter().zip(rest.iter()).map(|(k, (_, r))| (k, *r)).collect();
             self.pages.cache.put(at, Arc::new(Node::Branch { first, rest }));
             out.push((key, at));
         }
@@ -1101,6 +1103,54 @@ impl Writer<'_> {
 /// Splits items of `sizes` bytes into the fewest pages of at most
 /// `BODY_BYTES` (each page also spending `base`), filled evenly. Returns
 /// items per page.
+/// Copies `parts` into one buffer of their own and returns each as a
+/// slice of it.
+///
+/// A checkpoint caches the nodes it writes, and their entries come from
+/// the memtable (slices of the log frames that carried them) or from older
+/// nodes: cached as they are, a node would keep each whole frame (up to a
+/// megabyte) alive for one key of it, and a leaf updated over many
+/// checkpoints would keep one frame per update, none of it counted against
+/// the cache's budget.
+fn pack(parts: &[&[u8]]) -> Vec<Bytes> {
+    let arena = Bytes::from(parts.concat());
+    let mut at = 0;
+    parts
+        .iter()
+        .map(|part| {
+            let slice = arena.slice(at..at + part.len());
+            at += part.len();
+            slice
+        })
+        .collect()
+}
+
+/// The leaf of `entries` to cache: its keys and inline values packed (see
+/// [`pack`]).
+fn owned_leaf(entries: &[(Bytes, Stored)]) -> Node {
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * entries.len());
+    for (key, stored) in entries {
+        parts.push(key);
+        if let Stored::Inline(value) = stored {
+            parts.push(value);
+        }
+    }
+    let mut packed = pack(&parts).into_iter();
+    let mut next = || packed.next().expect("one part per key and inline value");
+    let entries = entries
+        .iter()
+        .map(|(_, stored)| {
+            let key = next();
+            let stored = match stored {
+                Stored::Inline(_) => Stored::Inline(next()),
+                overflow => overflow.clone(),
+            };
+            (key, stored)
+        })
+        .collect();
+    Node::Leaf(entries)
+}
+
 fn split_evenly(sizes: &[usize], base: usize) -> Vec<usize> {
     let total: usize = sizes.iter().sum::<usize>();
     if sizes.is_empty() {
