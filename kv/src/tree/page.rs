@@ -261,27 +261,37 @@ impl Reader {
         Reader { body, at: 0 }
     }
 
-    pub(crate) fn take(&mut self, n: usize) -> Result<Bytes, Bad> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|&e| e <= self.body.len())
-            .ok_or(Bad::Layout("an entry runs past the page"))?;
-        let bytes = self.body.slice(self.at..end);
+    /// The next `n` bytes, borrowed.
+    fn next(&mut self, n: usize) -> Result<&[u8], Bad> {
+        let start = self.at;
+        let end =
+            start.checked_add(n).filter(|&e| e <= self.body.len()).ok_or(Bad::Layout("an entry runs past the page"))?;
         self.at = end;
-        Ok(bytes)
+        Ok(&self.body[start..end])
+    }
+
+    /// The next `n` bytes, as a slice sharing the page (a reference count
+    /// taken: fields read as integers use [`Reader::next`] instead).
+    pub(crate) fn take(&mut self, n: usize) -> Result<Bytes, Bad> {
+        let start = self.at;
+        self.next(n)?;
+        Ok(self.body.slice(start..self.at))
+    }
+
+    fn u8(&mut self) -> Result<u8, Bad> {
+        Ok(self.next(1)?[0])
     }
 
     fn u16(&mut self) -> Result<u16, Bad> {
-        Ok(u16::from_le_bytes(self.take(2)?[..].try_into().expect("2 bytes")))
+        Ok(u16::from_le_bytes(self.next(2)?.try_into().expect("2 bytes")))
     }
 
     pub(crate) fn u32(&mut self) -> Result<u32, Bad> {
-        Ok(u32::from_le_bytes(self.take(4)?[..].try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(self.next(4)?.try_into().expect("4 bytes")))
     }
 
     pub(crate) fn u64(&mut self) -> Result<u64, Bad> {
-        Ok(u64::from_le_bytes(self.take(8)?[..].try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(self.next(8)?.try_into().expect("8 bytes")))
     }
 
     pub(crate) fn page_ref(&mut self) -> Result<PageRef, Bad> {
@@ -295,10 +305,9 @@ pub(crate) fn node(page: Checked) -> Result<Node, Bad> {
     match page.kind {
         Kind::Leaf => {
             let mut entries = Vec::with_capacity(page.count);
-            let mut previous: Option<Bytes> = None;
             for _ in 0..page.count {
                 let key_len = usize::from(r.u16()?);
-                let stored = r.take(1)?[0];
+                let stored = r.u8()?;
                 let len = r.u32()?;
                 let key = r.take(key_len)?;
                 let value = match stored {
@@ -306,10 +315,9 @@ pub(crate) fn node(page: Checked) -> Result<Node, Bad> {
                     1 => Stored::Overflow { len, index: r.page_ref()? },
                     _ => return Err(Bad::Layout("unknown value storage")),
                 };
-                if previous.as_ref().is_some_and(|p| *p >= key) {
+                if entries.last().is_some_and(|(p, _): &(Bytes, Stored)| *p >= key) {
                     return Err(Bad::Layout("leaf keys out of order"));
                 }
-                previous = Some(key.clone());
                 entries.push((key, value));
             }
             Ok(Node::Leaf(entries))
