@@ -127,7 +127,7 @@ impl Checker<'_> {
         let inside = |k: &Bytes| low.is_none_or(|l| k >= l) && high.is_none_or(|h| k < h);
         let problem = |what: &str| format!("page {}: {what}", at.page);
         match &*node {
-            Node::Leaf(entries) => {
+            Node::Leaf(entries, _) => {
                 if self.report.height != 0 && self.report.height != depth {
                     self.report.problems.push(problem("a leaf at another depth than the others"));
                 }
@@ -152,7 +152,7 @@ impl Checker<'_> {
                 }
                 self.report.keys += entries.len() as u64;
             }
-            Node::Branch { first, rest } => {
+            Node::Branch { first, rest, .. } => {
                 if !rest.windows(2).all(|w| w[0].0 < w[1].0) || !rest.iter().all(|(k, _)| inside(k)) {
                     self.report.problems.push(problem("separator keys out of order or outside its bounds"));
                 }
@@ -281,10 +281,10 @@ struct Cache {
 /// slices of) and its entries.
 fn node_bytes(node: &Node) -> usize {
     let entries = match node {
-        Node::Leaf(entries) => entries.len(),
+        Node::Leaf(entries, _) => entries.len(),
         Node::Branch { rest, .. } => rest.len() + 1,
     };
-    PAGE_BYTES + 128 + entries * 64
+    PAGE_BYTES + 128 + entries * 72
 }
 
 impl Cache {
@@ -463,7 +463,7 @@ impl PageFile {
             height += 1;
             at = match &*self.node(r)? {
                 Node::Branch { first, .. } => Some(*first),
-                Node::Leaf(_) => None,
+                Node::Leaf(..) => None,
             };
         }
         let alloc = self.alloc.lock().expect("alloc lock");
@@ -545,13 +545,15 @@ impl PageFile {
         let Some(mut at) = snapshot.meta.root else { return Ok(None) };
         loop {
             match &*self.node(at)? {
-                Node::Branch { first, rest } => {
-                    let i = rest.partition_point(|(k, _)| k[..] <= *key);
+                Node::Branch { first, rest, heads } => {
+                    let (lo, hi) = heads.span(rest.first().map(|(k, _)| &k[..]), key);
+                    let i = lo + rest[lo..hi].partition_point(|(k, _)| k[..] <= *key);
                     at = if i == 0 { *first } else { rest[i - 1].1 };
                 }
-                Node::Leaf(entries) => {
-                    return match entries.binary_search_by(|(k, _)| k[..].cmp(key)) {
-                        Ok(i) => Ok(Some(self.value(&entries[i].1)?)),
+                Node::Leaf(entries, heads) => {
+                    let (lo, hi) = heads.span(entries.first().map(|(k, _)| &k[..]), key);
+                    return match entries[lo..hi].binary_search_by(|(k, _)| k[..].cmp(key)) {
+                        Ok(i) => Ok(Some(self.value(&entries[lo + i].1)?)),
                         Err(_) => Ok(None),
                     };
                 }
@@ -589,7 +591,7 @@ impl PageFile {
     ) -> Result<()> {
         let node = self.node(at)?;
         match &*node {
-            Node::Leaf(entries) => {
+            Node::Leaf(entries, _) => {
                 let inside = |k: &[u8]| {
                     let after_start = match range.0 {
                         Bound::Included(s) => k >= s,
@@ -626,7 +628,7 @@ impl PageFile {
                     }
                 }
             }
-            Node::Branch { first, rest } => {
+            Node::Branch { first, rest, .. } => {
                 // Child i holds keys in [low_i, low_{i+1}).
                 let children: Vec<(Option<&[u8]>, PageRef)> =
                     std::iter::once((None, *first)).chain(rest.iter().map(|(k, r)| (Some(&k[..]), *r))).collect();
@@ -967,7 +969,7 @@ impl Writer<'_> {
         let node = self.pages.node(at)?;
         self.freed.push(at.page);
         match &*node {
-            Node::Leaf(entries) => {
+            Node::Leaf(entries, _) => {
                 let mut merged = Vec::with_capacity(entries.len() + changes.len());
                 let (mut e, mut c) = (entries.iter().peekable(), changes.iter().peekable());
                 loop {
@@ -993,7 +995,7 @@ impl Writer<'_> {
                 }
                 Ok(self.leaves(merged, low))
             }
-            Node::Branch { first, rest } => {
+            Node::Branch { first, rest, .. } => {
                 let mut out = Vec::new();
                 let children: Vec<(Option<Bytes>, PageRef)> = std::iter::once((low.clone(), *first))
                     .chain(rest.iter().map(|(k, r)| (Some(k.clone()), *r)))
@@ -1060,7 +1062,7 @@ impl Writer<'_> {
             }
             let keys: Vec<&[u8]> = rest.iter().map(|(k, _)| &k[..]).collect();
             let rest = pack(&keys).into_iter().zip(rest.iter()).map(|(k, (_, r))| (k, *r)).collect();
-            self.pages.cache.put(at, Arc::new(Node::Branch { first, rest }));
+            self.pages.cache.put(at, Arc::new(Node::branch(first, rest)));
             out.push((key, at));
         }
         out
@@ -1148,7 +1150,7 @@ fn owned_leaf(entries: &[(Bytes, Stored)]) -> Node {
             (key, stored)
         })
         .collect();
-    Node::Leaf(entries)
+    Node::leaf(entries)
 }
 
 fn split_evenly(sizes: &[usize], base: usize) -> Vec<usize> {

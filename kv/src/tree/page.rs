@@ -77,14 +77,79 @@ pub(crate) enum Stored {
 }
 
 /// A decoded tree node. Keys and inline values are slices of the page.
+/// Built with [`Node::leaf`] and [`Node::branch`], which index its keys.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Node {
-    Leaf(Vec<(Bytes, Stored)>),
+    Leaf(Vec<(Bytes, Stored)>, Heads),
     /// Children and, for each but the first, the least key it holds.
     Branch {
         first: PageRef,
         rest: Vec<(Bytes, PageRef)>,
+        heads: Heads,
     },
+}
+
+impl Node {
+    pub(crate) fn leaf(entries: Vec<(Bytes, Stored)>) -> Node {
+        let heads = Heads::new(entries.iter().map(|(k, _)| &k[..]));
+        Node::Leaf(entries, heads)
+    }
+
+    pub(crate) fn branch(first: PageRef, rest: Vec<(Bytes, PageRef)>) -> Node {
+        let heads = Heads::new(rest.iter().map(|(k, _)| &k[..]));
+        Node::Branch { first, rest, heads }
+    }
+}
+
+/// A node's keys as a lookup searches them: the prefix all of them share,
+/// and of each the next 8 bytes after it as a big-endian integer (zero
+/// padded), in one array. A binary search over that array touches a few
+/// cache lines where one over the keys touches two per probe (the slice,
+/// then its bytes in the page); only keys whose head equals the sought
+/// key's are compared in full.
+///
+/// Heads never decrease along sorted keys: two keys that differ within the
+/// 8 bytes differ there in the same order, and a key that ends within them
+/// is padded with zeros, below any byte of a longer one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Heads {
+    prefix: usize,
+    heads: Vec<u64>,
+}
+
+impl Heads {
+    fn new<'a>(keys: impl Iterator<Item = &'a [u8]> + Clone) -> Heads {
+        let (Some(first), Some(last)) = (keys.clone().next(), keys.clone().last()) else { return Heads::default() };
+        // Sorted: what the first and last share, all share.
+        let prefix = first.iter().zip(last).take_while(|(a, b)| a == b).count();
+        Heads { prefix, heads: keys.map(|k| head(&k[prefix..])).collect() }
+    }
+
+    /// Indices `(lo, hi)` such that keys below `lo` are less than `key`
+    /// and keys from `hi` on greater; those between share its head.
+    /// `first` is the node's first key (any key would do: all share the
+    /// prefix).
+    pub(crate) fn span(&self, first: Option<&[u8]>, key: &[u8]) -> (usize, usize) {
+        let Some(first) = first else { return (0, 0) };
+        let prefix = &first[..self.prefix];
+        if !key.starts_with(prefix) {
+            // Every key of the node starts with the prefix: the key is on
+            // one side of all of them.
+            return if key < prefix { (0, 0) } else { (self.heads.len(), self.heads.len()) };
+        }
+        let h = head(&key[self.prefix..]);
+        let lo = self.heads.partition_point(|&x| x < h);
+        let hi = lo + self.heads[lo..].partition_point(|&x| x == h);
+        (lo, hi)
+    }
+}
+
+/// The first 8 bytes of `suffix`, zero padded, as a big-endian integer.
+fn head(suffix: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = suffix.len().min(8);
+    bytes[..n].copy_from_slice(&suffix[..n]);
+    u64::from_be_bytes(bytes)
 }
 
 /// Why a page failed its checks.
@@ -320,7 +385,7 @@ pub(crate) fn node(page: Checked) -> Result<Node, Bad> {
                 }
                 entries.push((key, value));
             }
-            Ok(Node::Leaf(entries))
+            Ok(Node::leaf(entries))
         }
         Kind::Branch => {
             if page.count == 0 {
@@ -336,7 +401,7 @@ pub(crate) fn node(page: Checked) -> Result<Node, Bad> {
                 }
                 rest.push((key, r.page_ref()?));
             }
-            Ok(Node::Branch { first, rest })
+            Ok(Node::branch(first, rest))
         }
         other => Err(Bad::Kind(other as u8)),
     }
@@ -360,7 +425,7 @@ mod tests {
         ];
         let at = PageRef { page: 7, generation: 4 };
         let page = sealed(leaf_page(&entries), 7, 4);
-        assert_eq!(node(check(page.clone(), at).unwrap()).unwrap(), Node::Leaf(entries));
+        assert_eq!(node(check(page.clone(), at).unwrap()).unwrap(), Node::leaf(entries));
         for bit in [0, 40, 130, 200, 8 * PAGE_BYTES - 1] {
             let mut bad = page.to_vec();
             bad[bit / 8] ^= 1 << (bit % 8);
@@ -373,6 +438,31 @@ mod tests {
         let rest = vec![(Bytes::from_static(b"m"), PageRef { page: 3, generation: 2 })];
         let page = sealed(branch_page(first, &rest), 11, 2);
         let node = node(check(page, PageRef { page: 11, generation: 2 }).unwrap()).unwrap();
-        assert_eq!(node, Node::Branch { first, rest });
+        assert_eq!(node, Node::branch(first, rest));
+    }
+
+    proptest::proptest! {
+        /// Where a key falls by the heads is where it falls among the keys
+        /// themselves: in a leaf (found or not) and in a branch (which
+        /// child), for keys over a small alphabet with zero bytes, shared
+        /// prefixes, and keys that are prefixes of others.
+        #[test]
+        fn heads_place_every_key_as_a_search_of_the_keys_would(
+            keys in proptest::collection::btree_set(proptest::collection::vec(0u8..3, 0..14), 0..40),
+            probes in proptest::collection::vec(proptest::collection::vec(0u8..4, 0..14), 1..40),
+            common in proptest::collection::vec(0u8..3, 0..10),
+        ) {
+            let keys: Vec<Vec<u8>> = keys.into_iter().map(|k| [&common[..], &k[..]].concat()).collect();
+            let heads = Heads::new(keys.iter().map(|k| &k[..]));
+            let first = keys.first().map(|k| &k[..]);
+            for probe in probes.iter().map(|p| [&common[..], &p[..]].concat()).chain(probes.iter().cloned()) {
+                let (lo, hi) = heads.span(first, &probe);
+                proptest::prop_assert!(lo <= hi && hi <= keys.len());
+                proptest::prop_assert!(keys[..lo].iter().all(|k| *k < probe));
+                proptest::prop_assert!(keys[hi..].iter().all(|k| *k > probe));
+                let by_heads = lo + keys[lo..hi].partition_point(|k| *k <= probe);
+                proptest::prop_assert_eq!(by_heads, keys.partition_point(|k| *k <= probe));
+            }
+        }
     }
 }
