@@ -464,5 +464,41 @@ mod tests {
                 proptest::prop_assert_eq!(by_heads, keys.partition_point(|k| *k <= probe));
             }
         }
+
+        /// As above, over all byte values (0 and 0xff weighted), longer
+        /// keys and shared prefixes, probes derived from the keys
+        /// (truncated, extended with zeros, last byte bumped), and both
+        /// a leaf's search (found or not) and a branch's.
+        #[test]
+        fn heads_agree_with_a_plain_search_over_wide_keys(
+            keys in proptest::collection::btree_set(
+                proptest::collection::vec(proptest::prop_oneof![proptest::strategy::Just(0u8), proptest::strategy::Just(0xffu8), proptest::strategy::Just(1u8), proptest::num::u8::ANY], 0..30), 0..60),
+            extra in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..30), 0..20),
+            common in proptest::collection::vec(proptest::prop_oneof![proptest::strategy::Just(0u8), proptest::strategy::Just(0xffu8), proptest::num::u8::ANY], 0..20),
+            cut in 0usize..40,
+        ) {
+            let keys: Vec<Vec<u8>> = keys.into_iter().map(|k| [&common[..], &k[..]].concat()).collect();
+            let heads = Heads::new(keys.iter().map(|k| &k[..]));
+            let first = keys.first().map(|k| &k[..]);
+            let mut probes: Vec<Vec<u8>> = extra.clone();
+            for k in &keys {
+                probes.push(k.clone());
+                probes.push(k[..cut.min(k.len())].to_vec());
+                probes.push([k.as_slice(), &[0u8; 9]].concat());
+                probes.push([k.as_slice(), &[0u8]].concat());
+                let mut bumped = k.clone();
+                if let Some(b) = bumped.last_mut() { *b = b.wrapping_add(1); }
+                probes.push(bumped);
+                probes.push([common.as_slice(), &k[..cut.min(k.len())]].concat());
+            }
+            for probe in probes {
+                let (lo, hi) = heads.span(first, &probe);
+                proptest::prop_assert!(lo <= hi && hi <= keys.len());
+                let plain = keys.partition_point(|k| *k <= probe);
+                proptest::prop_assert_eq!(lo + keys[lo..hi].partition_point(|k| *k <= probe), plain);
+                let found = keys[lo..hi].binary_search(&probe).map(|i| lo + i).ok();
+                proptest::prop_assert_eq!(found, keys.binary_search(&probe).ok());
+            }
+        }
     }
 }

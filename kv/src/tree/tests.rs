@@ -322,3 +322,143 @@ fn cached_nodes_keep_no_checkpointed_change_alive() {
         assert_eq!(pages.get(&snap, k).unwrap().as_deref(), Some(&v[..]));
     }
 }
+
+/// Adversarial keys for the key heads: a few families sharing long
+/// prefixes, zero and 0xff bytes, keys that are prefixes of others, the
+/// empty key, keys at the size cap.
+fn nasty_key(rng: &mut SimRng) -> Bytes {
+    let alphabet = [0u8, 1, 0xff];
+    let suffix = |rng: &mut SimRng, n: usize| -> Vec<u8> { (0..n).map(|_| alphabet[rng.below(3) as usize]).collect() };
+    let n = rng.below(14) as usize;
+    let k = match rng.below(8) {
+        0 => suffix(rng, n),
+        1 => [vec![0u8; 300], suffix(rng, n)].concat(),
+        2 => [vec![b'x'; 9], suffix(rng, n)].concat(),
+        3 => {
+            let mut k = vec![0xffu8; super::TREE_KEY_BYTES_MAX - n];
+            k.extend(suffix(rng, n));
+            k
+        }
+        4 => {
+            let mut k = vec![0u8; super::TREE_KEY_BYTES_MAX - n];
+            k.extend(suffix(rng, n));
+            k
+        }
+        5 => [vec![7u8; 7], suffix(rng, n)].concat(),
+        6 => [vec![7u8; 8], suffix(rng, n)].concat(),
+        _ => [b"p".to_vec(), suffix(rng, n)].concat(),
+    };
+    Bytes::from(k)
+}
+
+fn nasty_probes(rng: &mut SimRng, model: &BTreeMap<Bytes, Bytes>) -> Vec<Bytes> {
+    let mut probes: Vec<Bytes> = model.keys().cloned().collect();
+    for k in model.keys() {
+        if !k.is_empty() {
+            probes.push(k.slice(..k.len() - 1));
+            probes.push(k.slice(..rng.below(k.len() as u64) as usize));
+        }
+        let mut longer = k.to_vec();
+        longer.push(0);
+        probes.push(Bytes::from(longer.clone()));
+        longer.extend([0u8; 8]);
+        probes.push(Bytes::from(longer));
+    }
+    for _ in 0..200 {
+        probes.push(nasty_key(rng));
+    }
+    probes.push(Bytes::new());
+    probes
+}
+
+fn assert_nasty(pages: &PageFile, model: &BTreeMap<Bytes, Bytes>, rng: &mut SimRng, what: &str) {
+    let snap = pages.snapshot();
+    for p in nasty_probes(rng, model) {
+        assert_eq!(
+            pages.get(&snap, &p).unwrap(),
+            model.get(&p).map(|v| v.to_vec()),
+            "{what}: get {:?}",
+            &p[..p.len().min(40)]
+        );
+    }
+    let all = pages.range(&snap, Bound::Unbounded, Bound::Unbounded, false, usize::MAX).unwrap();
+    let expected: Vec<_> = model.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+    assert!(all == expected, "{what}: full scan differs");
+    assert_sound(pages, model);
+    // Every cached node is the node its page decodes to, heads included.
+    let mut cached = 0;
+    for shard in &pages.cache.shards {
+        let shard = shard.lock().unwrap();
+        for (&page, slot) in &shard.slots {
+            let at = PageRef { page, generation: slot.generation };
+            let Ok(checked) = pages.checked(at) else { continue };
+            if !matches!(checked.kind, super::Kind::Leaf | super::Kind::Branch) {
+                continue;
+            }
+            if let Ok(decoded) = super::page::node(checked) {
+                if decoded != *slot.node {
+                    panic!("{what}: cached node of page {page} differs from its page");
+                }
+                cached += 1;
+            }
+        }
+    }
+    let _ = cached;
+}
+
+#[test]
+fn nasty_keys_match_a_model_warm_and_cold() {
+    for seed in 0..6u64 {
+        let mut rng = SimRng::new(100 + seed);
+        let disk = SimStorage::new().seeded(seed);
+        uring::create_dirs(&disk, Path::new("/db")).unwrap();
+        // Large cache: nodes stay as the checkpoint cached them.
+        let cache = if seed % 2 == 0 { 1 << 26 } else { 4 * PAGE_BYTES };
+        let reopen = |d: &SimStorage| PageFile::open(d, Path::new(FILE), cache, false).unwrap().0;
+        let mut pages = reopen(&disk);
+        let mut model: BTreeMap<Bytes, Bytes> = BTreeMap::new();
+        let mut held: Vec<(super::Snapshot, BTreeMap<Bytes, Bytes>)> = Vec::new();
+        for round in 1..=30u64 {
+            let mut batch: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
+            for _ in 0..1 + rng.below(300) {
+                let k = if !model.is_empty() && rng.below(3) == 0 {
+                    model.keys().nth(rng.below(model.len() as u64) as usize).unwrap().clone()
+                } else {
+                    nasty_key(&mut rng)
+                };
+                let v = if rng.below(4) == 0 { None } else { Some(value(&mut rng, round)) };
+                batch.insert(k, v);
+            }
+            for (k, v) in &batch {
+                match v {
+                    Some(v) => model.insert(k.clone(), v.clone()),
+                    None => model.remove(k),
+                };
+            }
+            let batch: Vec<Change> = batch.into_iter().collect();
+            pages.checkpoint(&batch, Lsn(round)).unwrap();
+            assert_nasty(&pages, &model, &mut rng, &format!("seed {seed} round {round}"));
+            if rng.below(4) == 0 {
+                held.push((pages.snapshot(), model.clone()));
+            }
+            for (snap, m) in &held {
+                for (k, v) in m {
+                    assert_eq!(
+                        pages.get(snap, k).unwrap().as_deref(),
+                        Some(&v[..]),
+                        "seed {seed} round {round}: held snapshot"
+                    );
+                }
+            }
+            if held.len() > 2 {
+                held.remove(0);
+            }
+            if rng.below(5) == 0 {
+                held.clear();
+                drop(pages);
+                pages = reopen(&disk);
+                assert_nasty(&pages, &model, &mut rng, &format!("seed {seed} round {round} reopened"));
+            }
+        }
+    }
+}
