@@ -136,9 +136,8 @@ impl Store for GroupLoop {
         self.append(encode(&[(key, value)]));
     }
 
-    fn put_batch(&self, pairs: &[(Vec<u8>, Vec<u8>)]) {
-        let pairs: Vec<(&[u8], &[u8])> = pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
-        self.append(encode(&pairs));
+    fn put_batch(&self, pairs: &[(&[u8], &[u8])]) {
+        self.append(encode(pairs));
     }
 
     fn get(&self, _key: &[u8]) -> Option<Option<Vec<u8>>> {
@@ -180,9 +179,8 @@ impl Store for Inline {
         self.append(&encode(&[(key, value)]));
     }
 
-    fn put_batch(&self, pairs: &[(Vec<u8>, Vec<u8>)]) {
-        let pairs: Vec<(&[u8], &[u8])> = pairs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
-        self.append(&encode(&pairs));
+    fn put_batch(&self, pairs: &[(&[u8], &[u8])]) {
+        self.append(&encode(pairs));
     }
 
     fn get(&self, _key: &[u8]) -> Option<Option<Vec<u8>>> {

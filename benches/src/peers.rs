@@ -42,7 +42,7 @@ impl Store for Rocks {
         self.db.put_opt(key, value, &self.sync).expect("rocksdb put");
     }
 
-    fn put_batch(&self, pairs: &[(Vec<u8>, Vec<u8>)]) {
+    fn put_batch(&self, pairs: &[(&[u8], &[u8])]) {
         let mut batch = rocksdb::WriteBatch::default();
         for (k, v) in pairs {
             batch.put(k, v);
@@ -85,7 +85,7 @@ impl Store for Sqlite {
         stmt.execute((key, value)).expect("sqlite put");
     }
 
-    fn put_batch(&self, pairs: &[(Vec<u8>, Vec<u8>)]) {
+    fn put_batch(&self, pairs: &[(&[u8], &[u8])]) {
         let mut conn = self.writer.lock().expect("sqlite writer");
         let txn = conn.transaction().expect("begin");
         {
@@ -132,15 +132,15 @@ impl Redb {
 
 impl Store for Redb {
     fn put(&self, key: &[u8], value: &[u8]) {
-        self.put_batch(&[(key.to_vec(), value.to_vec())]);
+        self.put_batch(&[(key, value)]);
     }
 
-    fn put_batch(&self, pairs: &[(Vec<u8>, Vec<u8>)]) {
+    fn put_batch(&self, pairs: &[(&[u8], &[u8])]) {
         let txn = self.db.begin_write().expect("redb begin");
         {
             let mut table = txn.open_table(REDB_TABLE).expect("redb table");
             for (k, v) in pairs {
-                table.insert(k.as_slice(), v.as_slice()).expect("redb insert");
+                table.insert(*k, *v).expect("redb insert");
             }
         }
         txn.commit().expect("redb commit");
@@ -172,13 +172,13 @@ impl Fjall {
 
 impl Store for Fjall {
     fn put(&self, key: &[u8], value: &[u8]) {
-        self.put_batch(&[(key.to_vec(), value.to_vec())]);
+        self.put_batch(&[(key, value)]);
     }
 
-    fn put_batch(&self, pairs: &[(Vec<u8>, Vec<u8>)]) {
+    fn put_batch(&self, pairs: &[(&[u8], &[u8])]) {
         let mut batch = self.keyspace.batch().durability(Some(fjall::PersistMode::SyncData));
         for (k, v) in pairs {
-            batch.insert(&self.partition, k.as_slice(), v.as_slice());
+            batch.insert(&self.partition, *k, *v);
         }
         batch.commit().expect("fjall commit");
     }

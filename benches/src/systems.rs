@@ -36,7 +36,7 @@ pub trait Store: Send + Sync {
     /// One durable put.
     fn put(&self, key: &[u8], value: &[u8]);
     /// One durable atomic batch.
-    fn put_batch(&self, pairs: &[(Vec<u8>, Vec<u8>)]);
+    fn put_batch(&self, pairs: &[(&[u8], &[u8])]);
     /// A point read; `None` where the system has no reads (the baselines).
     fn get(&self, key: &[u8]) -> Option<Option<Vec<u8>>>;
     /// Syncs issued so far, where the system counts them.
@@ -107,7 +107,7 @@ impl Store for Kv {
         Kv::put(self, key, value).expect("ringkv put");
     }
 
-    fn put_batch(&self, pairs: &[(Vec<u8>, Vec<u8>)]) {
+    fn put_batch(&self, pairs: &[(&[u8], &[u8])]) {
         let mut batch = WriteBatch::new();
         for (k, v) in pairs {
             batch.put(k, v);
