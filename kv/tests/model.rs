@@ -57,19 +57,8 @@ fn run(seed: u64, steps: usize, mut db: Kv, reopen: &dyn Fn(Kv) -> Kv) {
                 model.remove(&k);
             }
             50..=64 => {
-                let mut batch = WriteBatch::new();
-                for _ in 0..rng.below(8) {
-                    let k = key(&mut rng);
-                    if rng.below(3) == 0 {
-                        batch.delete(&k);
-                        model.remove(&k);
-                    } else {
-                        let v = value(&mut rng);
-                        batch.put(&k, &v);
-                        model.insert(k, v);
-                    }
-                }
-                db.write(batch).unwrap();
+                let n = rng.below(8);
+                db.write(common::model_batch(&mut rng, &mut model, n, 3, |rng, _| key(rng), value)).unwrap();
             }
             65..=84 => {
                 let k = key(&mut rng);

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use ringkv::{Kv, WriteBatch, KEY_BYTES_MAX};
+use ringkv::{Kv, KEY_BYTES_MAX};
 use uring::{SimRng, SimStorage};
 
 fn key(rng: &mut SimRng) -> Vec<u8> {
@@ -74,19 +74,8 @@ fn run(seed: u64, cache_bytes: usize) {
         let ctx = format!("seed={seed} cache={cache_bytes} step={step}");
         match rng.below(100) {
             0..=29 => {
-                let mut batch = WriteBatch::new();
-                for _ in 0..1 + rng.below(12) {
-                    let k = near(&mut rng, &model);
-                    if rng.below(4) == 0 {
-                        batch.delete(&k);
-                        model.remove(&k);
-                    } else {
-                        let v = value(&mut rng);
-                        batch.put(&k, &v);
-                        model.insert(k, v);
-                    }
-                }
-                db.write(batch).unwrap();
+                let n = 1 + rng.below(12);
+                db.write(common::model_batch(&mut rng, &mut model, n, 4, near, value)).unwrap();
             }
             30..=79 => {
                 for _ in 0..20 {

@@ -109,3 +109,29 @@ impl Drop for Mount {
         unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
     }
 }
+
+/// A batch of `n` random changes, applied to `model` too: a delete one
+/// time in `delete_one_in`, else a put of `value`; keys from `key`, which
+/// sees the model as it is so far.
+pub fn model_batch(
+    rng: &mut uring::SimRng,
+    model: &mut std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    n: u64,
+    delete_one_in: u64,
+    key: impl Fn(&mut uring::SimRng, &std::collections::BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<u8>,
+    value: impl Fn(&mut uring::SimRng) -> Vec<u8>,
+) -> ringkv::WriteBatch {
+    let mut batch = ringkv::WriteBatch::new();
+    for _ in 0..n {
+        let k = key(rng, model);
+        if rng.below(delete_one_in) == 0 {
+            batch.delete(&k);
+            model.remove(&k);
+        } else {
+            let v = value(rng);
+            batch.put(&k, &v);
+            model.insert(k, v);
+        }
+    }
+    batch
+}
