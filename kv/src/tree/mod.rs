@@ -1102,9 +1102,6 @@ impl Writer<'_> {
     }
 }
 
-/// Splits items of `sizes` bytes into the fewest pages of at most
-/// `BODY_BYTES` (each page also spending `base`), filled evenly. Returns
-/// items per page.
 /// Copies `parts` into one buffer of their own and returns each as a
 /// slice of it.
 ///
@@ -1153,6 +1150,9 @@ fn owned_leaf(entries: &[(Bytes, Stored)]) -> Node {
     Node::leaf(entries)
 }
 
+/// Splits items of `sizes` bytes into the fewest pages of at most
+/// `BODY_BYTES` (each page also spending `base`), filled evenly. Returns
+/// items per page.
 fn split_evenly(sizes: &[usize], base: usize) -> Vec<usize> {
     let total: usize = sizes.iter().sum::<usize>();
     if sizes.is_empty() {
