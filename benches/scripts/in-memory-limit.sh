@@ -9,8 +9,8 @@
 #
 #   benches/scripts/in-memory-limit.sh 536870912 -- target/release/benches --cold-reads ...
 set -euo pipefail
-limit=$1
-[[ ${2:-} == -- ]] || { echo "usage: $0 BYTES -- COMMAND..." >&2; exit 2; }
+limit=${1:-}
+[[ $limit =~ ^[0-9]+$ && ${2:-} == -- && $# -ge 3 ]] || { echo "usage: $0 BYTES -- COMMAND..." >&2; exit 2; }
 shift 2
 
 if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then # v2
