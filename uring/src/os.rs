@@ -107,12 +107,7 @@ impl OsFile {
     pub(crate) fn sync_and_evict(&self) -> Result<()> {
         self.fdatasync()?;
         if !self.direct {
-            // SAFETY: posix_fadvise only takes the fd (valid while self.file
-            // lives) and integers; it changes no memory of ours.
-            let rc = unsafe { libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-            if rc != 0 {
-                return Err(self.err("posix_fadvise", None, io::Error::from_raw_os_error(rc)));
-            }
+            drop_cached_pages(&self.file, &self.path)?;
         }
         Ok(())
     }
@@ -151,22 +146,22 @@ pub fn evict_os_cache(path: &Path) -> Result<()> {
 }
 
 fn evict_under(path: &Path, listed: bool) -> Result<()> {
-    let gone = |e: &io::Error| listed && e.kind() == io::ErrorKind::NotFound;
+    // Under a directory, an entry can vanish between the listing and its turn.
+    let gone = |e: &Error| listed && e.raw_os_error() == Some(libc::ENOENT);
+    let skip_gone = |r: Result<()>| match r {
+        Err(e) if gone(&e) => Ok(()),
+        other => other,
+    };
     let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
-        Err(e) if gone(&e) => return Ok(()),
-        Err(e) => return Err(Error::io("stat", path, None, e)),
+        Err(e) => return skip_gone(Err(Error::io("stat", path, None, e))),
     };
     if meta.is_dir() {
-        let names = match fs::read_dir(path) {
-            Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.file_name())).collect::<Vec<_>>(),
-            Err(e) if gone(&e) => return Ok(()),
-            Err(e) => return Err(Error::io("readdir", path, None, e)),
+        let names = match list_dir(path) {
+            Ok(names) => names,
+            Err(e) => return skip_gone(Err(e)),
         };
-        for name in names {
-            evict_under(&path.join(name), true)?;
-        }
-        return Ok(());
+        return names.iter().try_for_each(|name| evict_under(&path.join(name), true));
     }
     if !meta.is_file() {
         return Ok(());
@@ -175,10 +170,15 @@ fn evict_under(path: &Path, listed: bool) -> Result<()> {
     // DONTNEED drops only clean ones. Read-only is enough for both.
     let file = match fs::File::open(path) {
         Ok(file) => file,
-        Err(e) if gone(&e) => return Ok(()),
-        Err(e) => return Err(Error::io("open", path, None, e)),
+        Err(e) => return skip_gone(Err(Error::io("open", path, None, e))),
     };
     file.sync_data().map_err(|e| Error::io("fdatasync", path, None, e))?;
+    drop_cached_pages(&file, path)
+}
+
+/// posix_fadvise(DONTNEED) over the whole of `file`: the kernel drops its
+/// clean cached pages.
+fn drop_cached_pages(file: &fs::File, path: &Path) -> Result<()> {
     // SAFETY: posix_fadvise only takes the fd (valid while `file` lives) and
     // integers; it changes no memory of ours.
     let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
