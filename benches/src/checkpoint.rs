@@ -9,13 +9,47 @@
 //! case batched submission is for). Systems
 //! alternate within each repetition, so drift hits all alike; the report
 //! gives the median over repetitions.
+//!
+//! Beside the two backends, with `ringkv-syscall`: the same syscall
+//! backend writing one page per `pwrite` ([`PageAtATime`]), the naive
+//! checkpoint that batched submission is measured against. (The syscall
+//! backend itself writes each run of consecutive pages with one call.)
 
 use std::path::Path;
 use std::time::Instant;
 
-use kv::{Io, Kv, Options, SyncMode, WriteBatch};
+use std::sync::Arc;
 
+use kv::{Io, Kv, Options, SyncMode, WriteBatch};
+use uring::StorageOptions;
+
+use crate::page_at_a_time::PageAtATime;
 use crate::workloads::key;
+
+/// How a repetition's store writes its page file.
+#[derive(Clone, Copy)]
+enum Writes {
+    Backend(Io),
+    /// The syscall backend, one page per `pwrite`.
+    PageAtATime,
+}
+
+/// The store under test, opened in `dir`.
+fn open(dir: &Path, writes: Writes) -> Kv {
+    match writes {
+        Writes::Backend(io) => Kv::open_with(dir, options(io)).expect("open ringkv"),
+        Writes::PageAtATime => {
+            let options = options(Io::Syscall);
+            let storage = uring::open_storage(StorageOptions {
+                io: Io::Syscall,
+                sync_mode: options.sync_mode,
+                commit_buffer_bytes: wal::COMMIT_BUFFER_BYTES,
+            })
+            .expect("open storage");
+            Kv::open_on(Arc::new(PageAtATime(storage)), dir, options).expect("open ringkv")
+        }
+    }
+}
 
 /// What one checkpoint took.
 #[derive(Clone, Copy)]
@@ -50,8 +84,8 @@ fn timed_checkpoint(db: &Kv) -> Timed {
 }
 
 /// Loads, checkpoints, updates a scattered tenth, checkpoints again.
-fn one(dir: &Path, io: Io, keys: u64) -> (Timed, Timed) {
-    let db = Kv::open_with(dir, options(io)).expect("open ringkv");
+fn one(dir: &Path, writes: Writes, keys: u64) -> (Timed, Timed) {
+    let db = open(dir, writes);
     let value = [b'v'; 100];
     for start in (0..keys).step_by(1000) {
         let mut batch = WriteBatch::new();
@@ -86,10 +120,16 @@ fn median(mut xs: Vec<f64>) -> f64 {
 /// Runs the checkpoint workload for the ringkv systems among `systems`
 /// and prints its lines.
 pub fn run(systems: &[&str], dir: &Path, keys: u64, repetitions: usize) {
-    let backends: Vec<(&str, Io)> = [("ringkv-io_uring", Io::Uring), ("ringkv-syscall", Io::Syscall)]
-        .into_iter()
-        .filter(|(name, _)| systems.contains(name))
-        .collect();
+    let backends: Vec<(&str, Writes)> = [
+        ("ringkv-io_uring", Writes::Backend(Io::Uring)),
+        ("ringkv-syscall", Writes::Backend(Io::Syscall)),
+        ("ringkv-syscall-page-at-a-time", Writes::PageAtATime),
+    ]
+    .into_iter()
+    .filter(|(name, _)| {
+        systems.contains(name) || (*name == "ringkv-syscall-page-at-a-time" && systems.contains(&"ringkv-syscall"))
+    })
+    .collect();
     if backends.is_empty() {
         return;
     }
@@ -102,29 +142,36 @@ pub fn run(systems: &[&str], dir: &Path, keys: u64, repetitions: usize) {
         let order: Vec<usize> =
             if rep % 2 == 0 { (0..backends.len()).collect() } else { (0..backends.len()).rev().collect() };
         for i in order {
-            let (name, io) = backends[i];
+            let (name, writes) = backends[i];
             crate::progress(&format!("checkpoint: {name}, repetition {}", rep + 1));
             let path = dir.join(format!("checkpoint-{name}-{rep}"));
-            results[i].push(one(&path, io, keys));
+            results[i].push(one(&path, writes, keys));
             let _ = std::fs::remove_dir_all(&path);
         }
     }
-    println!("checkpoint system              whole_pages  whole_s  whole_pages/s  scattered_pages  scattered_s  scattered_pages/s");
+    println!("checkpoint system                       whole_pages  whole_s  whole_pages/s  scattered_pages  scattered_s  scattered_pages/s");
     let mut rates = Vec::new();
     for ((name, _), runs) in backends.iter().zip(&results) {
         let whole = median(runs.iter().map(|r| r.0.pages_per_second()).collect());
         let scattered = median(runs.iter().map(|r| r.1.pages_per_second()).collect());
         let (w, s) = runs[runs.len() / 2];
         println!(
-            "checkpoint {name:<22} {:>11} {:>8.3} {whole:>14.0} {:>16} {:>12.3} {scattered:>18.0}",
+            "checkpoint {name:<31} {:>11} {:>8.3} {whole:>14.0} {:>16} {:>12.3} {scattered:>18.0}",
             w.pages,
             median(runs.iter().map(|r| r.0.seconds).collect()),
             s.pages,
             median(runs.iter().map(|r| r.1.seconds).collect())
         );
-        rates.push((whole, scattered));
+        rates.push((*name, whole, scattered));
     }
-    if let [(uw, us), (sw, ss)] = rates[..] {
-        println!("# checkpoint io_uring / syscall: whole tree {:.2}x, scattered {:.2}x", uw / sw, us / ss);
+    let rate = |name: &str| rates.iter().find(|(n, ..)| *n == name).map(|&(_, w, s)| (w, s));
+    if let Some((uw, us)) = rate("ringkv-io_uring") {
+        for (other, label) in
+            [("ringkv-syscall", "syscall"), ("ringkv-syscall-page-at-a-time", "syscall one page at a time")]
+        {
+            if let Some((w, s)) = rate(other) {
+                println!("# checkpoint io_uring / {label}: whole tree {:.2}x, scattered {:.2}x", uw / w, us / s);
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@
 
 mod baseline;
 mod checkpoint;
+mod page_at_a_time;
 #[cfg(feature = "peers")]
 mod peers;
 mod report;
