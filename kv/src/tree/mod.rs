@@ -127,7 +127,8 @@ impl Checker<'_> {
         let inside = |k: &Bytes| low.is_none_or(|l| k >= l) && high.is_none_or(|h| k < h);
         let problem = |what: &str| format!("page {}: {what}", at.page);
         match &*node {
-            Node::Leaf(entries, _) => {
+            Node::Leaf(leaf) => {
+                let entries = leaf.entries();
                 if self.report.height != 0 && self.report.height != depth {
                     self.report.problems.push(problem("a leaf at another depth than the others"));
                 }
@@ -138,7 +139,7 @@ impl Checker<'_> {
                 if !entries.iter().all(|(k, _)| inside(k)) {
                     self.report.problems.push(problem("a key outside its parent's bounds"));
                 }
-                for (_, stored) in entries {
+                for (_, stored) in &entries {
                     if let Stored::Overflow { index, .. } = stored {
                         self.mark(*index);
                         match self.pages.data_pages(*index) {
@@ -277,14 +278,15 @@ struct Cache {
     bytes_per_shard: usize,
 }
 
-/// Bytes a decoded node costs: its page (which its keys and values are
-/// slices of) and its entries.
+/// Bytes a cached node costs: its page, and per entry a leaf's offset
+/// and key head (10 bytes) or a branch's key slice, child and head.
 fn node_bytes(node: &Node) -> usize {
-    let entries = match node {
-        Node::Leaf(entries, _) => entries.len(),
-        Node::Branch { rest, .. } => rest.len() + 1,
-    };
-    PAGE_BYTES + 128 + entries * 72
+    PAGE_BYTES
+        + 128
+        + match node {
+            Node::Leaf(leaf) => leaf.len() * 10,
+            Node::Branch { rest, .. } => (rest.len() + 1) * 72,
+        }
 }
 
 impl Cache {
@@ -550,11 +552,10 @@ impl PageFile {
                     let i = lo + rest[lo..hi].partition_point(|(k, _)| k[..] <= *key);
                     at = if i == 0 { *first } else { rest[i - 1].1 };
                 }
-                Node::Leaf(entries, heads) => {
-                    let (lo, hi) = heads.span(entries.first().map(|(k, _)| &k[..]), key);
-                    return match entries[lo..hi].binary_search_by(|(k, _)| k[..].cmp(key)) {
-                        Ok(i) => Ok(Some(self.value(&entries[lo + i].1)?)),
-                        Err(_) => Ok(None),
+                Node::Leaf(leaf) => {
+                    return match leaf.find(key) {
+                        Some(i) => Ok(Some(self.value(&leaf.value(i))?)),
+                        None => Ok(None),
                     };
                 }
             }
@@ -591,7 +592,7 @@ impl PageFile {
     ) -> Result<()> {
         let node = self.node(at)?;
         match &*node {
-            Node::Leaf(entries, _) => {
+            Node::Leaf(leaf) => {
                 let inside = |k: &[u8]| {
                     let after_start = match range.0 {
                         Bound::Included(s) => k >= s,
@@ -605,26 +606,15 @@ impl PageFile {
                     };
                     after_start && before_end
                 };
-                let mut visit = |(k, v): &(Bytes, Stored)| -> Result<bool> {
+                let order: Box<dyn Iterator<Item = usize>> =
+                    if from_back { Box::new((0..leaf.len()).rev()) } else { Box::new(0..leaf.len()) };
+                for i in order {
                     if out.len() >= limit {
-                        return Ok(false);
+                        break;
                     }
+                    let k = leaf.key(i);
                     if inside(k) {
-                        out.push((k.to_vec(), self.value(v)?));
-                    }
-                    Ok(true)
-                };
-                if from_back {
-                    for e in entries.iter().rev() {
-                        if !visit(e)? {
-                            break;
-                        }
-                    }
-                } else {
-                    for e in entries {
-                        if !visit(e)? {
-                            break;
-                        }
+                        out.push((k.to_vec(), self.value(&leaf.value(i))?));
                     }
                 }
             }
@@ -969,12 +959,12 @@ impl Writer<'_> {
         let node = self.pages.node(at)?;
         self.freed.push(at.page);
         match &*node {
-            Node::Leaf(entries, _) => {
-                let mut merged = Vec::with_capacity(entries.len() + changes.len());
-                let (mut e, mut c) = (entries.iter().peekable(), changes.iter().peekable());
+            Node::Leaf(leaf) => {
+                let mut merged = Vec::with_capacity(leaf.len() + changes.len());
+                let (mut e, mut c) = (leaf.entries().into_iter().peekable(), changes.iter().peekable());
                 loop {
                     match (e.peek(), c.peek()) {
-                        (Some((ek, _)), Some((ck, _))) if ek < ck => merged.push(e.next().expect("peeked").clone()),
+                        (Some((ek, _)), Some((ck, _))) if ek < ck => merged.push(e.next().expect("peeked")),
                         (Some((ek, ev)), Some((ck, cv))) if ek == ck => {
                             self.free_value(ev)?;
                             if let Some(v) = cv {
@@ -989,7 +979,7 @@ impl Writer<'_> {
                             }
                             c.next();
                         }
-                        (Some(_), None) => merged.push(e.next().expect("peeked").clone()),
+                        (Some(_), None) => merged.push(e.next().expect("peeked")),
                         (None, None) => break,
                     }
                 }
@@ -1030,8 +1020,12 @@ impl Writer<'_> {
         for (n, count) in groups.into_iter().enumerate() {
             let group: Vec<_> = entries.by_ref().take(count).collect();
             let key = if n == 0 { low.clone() } else { Some(group[0].0.clone()) };
-            let at = self.page(page::leaf_page(&group));
-            self.pages.cache.put(at, Arc::new(owned_leaf(&group)));
+            // Cached as written: the node owns a copy of its page, so it
+            // keeps none of the log frames its entries came from alive.
+            let page = page::leaf_page(&group);
+            let leaf = Node::Leaf(page::Leaf::of_page(&page));
+            let at = self.page(page);
+            self.pages.cache.put(at, Arc::new(leaf));
             out.push((key, at));
         }
         out
@@ -1122,32 +1116,6 @@ fn pack(parts: &[&[u8]]) -> Vec<Bytes> {
             slice
         })
         .collect()
-}
-
-/// The leaf of `entries` to cache: its keys and inline values packed (see
-/// [`pack`]).
-fn owned_leaf(entries: &[(Bytes, Stored)]) -> Node {
-    let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * entries.len());
-    for (key, stored) in entries {
-        parts.push(key);
-        if let Stored::Inline(value) = stored {
-            parts.push(value);
-        }
-    }
-    let mut packed = pack(&parts).into_iter();
-    let mut next = || packed.next().expect("one part per key and inline value");
-    let entries = entries
-        .iter()
-        .map(|(_, stored)| {
-            let key = next();
-            let stored = match stored {
-                Stored::Inline(_) => Stored::Inline(next()),
-                overflow => overflow.clone(),
-            };
-            (key, stored)
-        })
-        .collect();
-    Node::leaf(entries)
 }
 
 /// Splits items of `sizes` bytes into the fewest pages of at most

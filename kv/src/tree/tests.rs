@@ -248,7 +248,7 @@ fn a_failed_sync_fails_the_checkpoint_and_keeps_the_previous_one() {
 /// hand last passed it outlives one that was not.
 #[test]
 fn the_cache_keeps_to_its_bytes_and_gives_read_nodes_a_second_chance() {
-    let node = |i: u64| Arc::new(Node::leaf(vec![(key(i), Stored::Inline(Bytes::from_static(b"v")))]));
+    let node = |i: u64| Arc::new(Node::leaf(&[(key(i), Stored::Inline(Bytes::from_static(b"v")))]));
     let at = |page: PageNo| PageRef { page: page * 16, generation: 1 }; // all in shard 0
     let per_node = super::node_bytes(&node(0));
     let cache = super::Cache::new(16 * 4 * per_node); // four nodes per shard
