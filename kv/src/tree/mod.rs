@@ -23,7 +23,7 @@ use wal::Lsn;
 use crate::error::{Error, Result};
 pub(crate) use page::PageNo;
 pub(crate) use page::PAGE_BYTES;
-use page::{Bad, Kind, Node, PageBuf, PageRef, Stored, BODY_BYTES};
+use page::{Bad, Entry, Kind, Node, Page, PageBuf, PageRef, Stored, BODY_BYTES};
 
 const MAGIC: &[u8; 8] = b"RINGKVPF";
 const FORMAT: u32 = 1;
@@ -676,9 +676,10 @@ impl PageFile {
             // makes the next ones, so the disk and the CPU work at once.
             // Without one (it could not be spawned) the fold writes each
             // batch itself.
-            let (sender, batches) = std::sync::mpsc::sync_channel::<Vec<(PageNo, PageBuf)>>(1);
+            let (sender, batches) = std::sync::mpsc::sync_channel::<Vec<(PageNo, Page)>>(1);
             let writer = std::thread::Builder::new().name("ringkv-pages".into()).spawn_scoped(scope, move || {
-                batches.into_iter().try_for_each(|batch| self.write_pages(batch, generation))
+                let mut scratch = AlignedBuf::new(FLUSH_PAGES * PAGE_BYTES);
+                batches.into_iter().try_for_each(|batch| self.write_pages(batch, generation, &mut scratch))
             });
             let (sink, writer) = match writer {
                 Ok(writer) => (Sink::Thread(sender), Some(writer)),
@@ -729,29 +730,34 @@ impl PageFile {
     }
 
     /// Writes pages of a checkpoint (runs of consecutive pages as one
-    /// write, many runs in flight at once). No meta page reaches them yet.
-    fn write_pages(&self, mut out: Vec<(PageNo, PageBuf)>, generation: u64) -> Result<()> {
+    /// write, many runs in flight at once), sealed into `scratch` (grown
+    /// if it is too small: a writer keeps one for all its batches). No
+    /// meta page reaches them yet.
+    fn write_pages(&self, mut out: Vec<(PageNo, Page)>, generation: u64, scratch: &mut AlignedBuf) -> Result<()> {
         self.last_written.fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
         out.sort_by_key(|(no, _)| *no);
-        let mut pages = out.into_iter().peekable();
-        while pages.peek().is_some() {
-            // Up to WRITES_IN_FLIGHT runs per submission, built as they go.
-            let mut runs: Vec<(u64, AlignedBuf)> = Vec::new();
-            while runs.len() < WRITES_IN_FLIGHT {
-                let Some((start, first)) = pages.next() else { break };
-                let mut run = vec![first];
-                while run.len() < RUN_PAGES_MAX
-                    && pages.peek().is_some_and(|(no, _)| *no == start + run.len() as PageNo)
-                {
-                    run.push(pages.next().expect("peeked").1);
-                }
-                let mut buf = AlignedBuf::new(run.len() * PAGE_BYTES);
-                for (k, page) in run.into_iter().enumerate() {
-                    page.seal(start + k as PageNo, generation, &mut buf[k * PAGE_BYTES..(k + 1) * PAGE_BYTES]);
-                }
-                runs.push((u64::from(start) * PAGE_BYTES as u64, buf));
+        if scratch.len() < out.len() * PAGE_BYTES {
+            *scratch = AlignedBuf::new(out.len() * PAGE_BYTES);
+        }
+        for (k, (no, page)) in out.iter().enumerate() {
+            page.seal(*no, generation, &mut scratch[k * PAGE_BYTES..(k + 1) * PAGE_BYTES]);
+        }
+        // Runs of consecutive pages: (first page, index of it in `out`, pages).
+        let mut runs: Vec<(PageNo, usize, usize)> = Vec::new();
+        for (k, (no, _)) in out.iter().enumerate() {
+            match runs.last_mut() {
+                Some((first, _, n)) if *n < RUN_PAGES_MAX && *first + *n as PageNo == *no => *n += 1,
+                _ => runs.push((*no, k, 1)),
             }
-            let writes: Vec<(u64, &[u8])> = runs.iter().map(|(at, buf)| (*at, &buf[..])).collect();
+        }
+        // Up to WRITES_IN_FLIGHT runs per submission.
+        for chunk in runs.chunks(WRITES_IN_FLIGHT) {
+            let writes: Vec<(u64, &[u8])> = chunk
+                .iter()
+                .map(|&(first, k, n)| {
+                    (u64::from(first) * PAGE_BYTES as u64, &scratch[k * PAGE_BYTES..(k + n) * PAGE_BYTES])
+                })
+                .collect();
             self.file.write_many(&writes)?;
         }
         Ok(())
@@ -763,7 +769,7 @@ impl PageFile {
         self.file.sync_data()?;
         let mut buf = AlignedBuf::new(PAGE_BYTES);
         let slot = (meta.generation & 1) as PageNo;
-        meta_page(meta).seal(slot, meta.generation, &mut buf);
+        meta_page(meta).freeze().seal(slot, meta.generation, &mut buf);
         self.file.write_at(u64::from(slot) * PAGE_BYTES as u64, &buf)?;
         self.file.sync_data()?;
         Ok(())
@@ -894,7 +900,7 @@ struct Writer<'a> {
     generation: u64,
     alloc: &'a mut Alloc,
     /// Pages made and not yet handed to `sink`.
-    out: Vec<(PageNo, PageBuf)>,
+    out: Vec<(PageNo, Page)>,
     sink: Sink,
     freed: Vec<PageNo>,
     /// New branches with a single child, and that child.
@@ -906,7 +912,7 @@ struct Writer<'a> {
 /// Where a checkpoint's batches of pages go.
 enum Sink {
     /// To the page writer thread.
-    Thread(std::sync::mpsc::SyncSender<Vec<(PageNo, PageBuf)>>),
+    Thread(std::sync::mpsc::SyncSender<Vec<(PageNo, Page)>>),
     /// Written by the fold itself.
     Inline,
     /// Nowhere: a write failed (the writer thread's error is reported
@@ -921,10 +927,10 @@ impl Writer<'_> {
             None => {
                 let entries = changes
                     .iter()
-                    .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())))
-                    .map(|(k, v)| Ok((k.clone(), self.store(&k, v)?)))
+                    .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+                    .map(|(k, v)| Ok(Entry::New(k.clone(), self.store(k, v.clone())?)))
                     .collect::<Result<Vec<_>>>()?;
-                self.leaves(entries, None)
+                self.leaves(&entries, None, None)
             }
         };
         while level.len() > 1 {
@@ -952,7 +958,7 @@ impl Writer<'_> {
     /// Allocates a page for `page`. Pages are written as they pile up, a
     /// batch at a time, so that a large checkpoint does not hold them all
     /// in memory (they are unreachable until the meta page is written).
-    fn page(&mut self, page: PageBuf) -> PageRef {
+    fn page(&mut self, page: Page) -> PageRef {
         let no = self.alloc.take();
         self.out.push((no, page));
         if self.out.len() >= FLUSH_PAGES {
@@ -972,7 +978,7 @@ impl Writer<'_> {
                 }
             }
             Sink::Inline => {
-                if let Err(e) = self.pages.write_pages(batch, self.generation) {
+                if let Err(e) = self.pages.write_pages(batch, self.generation, &mut AlignedBuf::new(0)) {
                     self.failed = Some(e);
                     self.sink = Sink::Stopped;
                 }
@@ -993,12 +999,12 @@ impl Writer<'_> {
         for chunk in chunks {
             let mut data = PageBuf::new(Kind::Data);
             data.put(chunk);
-            let at = self.page(data);
+            let at = self.page(data.freeze());
             index.put_ref(at);
             index.counted();
         }
         let len = u32::try_from(value.len()).expect("values are capped");
-        Ok(Stored::Overflow { len, index: self.page(index) })
+        Ok(Stored::Overflow { len, index: self.page(index.freeze()) })
     }
 
     fn free_value(&mut self, stored: &Stored) -> Result<()> {
@@ -1017,30 +1023,38 @@ impl Writer<'_> {
         self.freed.push(at.page);
         match &*node {
             Node::Leaf(leaf) => {
+                // The leaf's entries that no change touches are copied as
+                // its page holds them.
                 let mut merged = Vec::with_capacity(leaf.len() + changes.len());
-                let (mut e, mut c) = (leaf.entries().into_iter().peekable(), changes.iter().peekable());
+                let (mut i, mut c) = (0, changes.iter().peekable());
                 loop {
-                    match (e.peek(), c.peek()) {
-                        (Some((ek, _)), Some((ck, _))) if ek < ck => merged.push(e.next().expect("peeked")),
-                        (Some((ek, ev)), Some((ck, cv))) if ek == ck => {
-                            self.free_value(ev)?;
+                    match (i < leaf.len(), c.peek()) {
+                        (true, Some((ck, _))) if leaf.key(i) < &ck[..] => {
+                            merged.push(Entry::Kept(i));
+                            i += 1;
+                        }
+                        (true, Some((ck, cv))) if leaf.key(i) == &ck[..] => {
+                            self.free_value(&leaf.value(i))?;
                             if let Some(v) = cv {
-                                merged.push((ck.clone(), self.store(ck, v.clone())?));
+                                merged.push(Entry::New(ck.clone(), self.store(ck, v.clone())?));
                             }
-                            e.next();
+                            i += 1;
                             c.next();
                         }
                         (_, Some((ck, cv))) => {
                             if let Some(v) = cv {
-                                merged.push((ck.clone(), self.store(ck, v.clone())?));
+                                merged.push(Entry::New(ck.clone(), self.store(ck, v.clone())?));
                             }
                             c.next();
                         }
-                        (Some(_), None) => merged.push(e.next().expect("peeked")),
-                        (None, None) => break,
+                        (true, None) => {
+                            merged.push(Entry::Kept(i));
+                            i += 1;
+                        }
+                        (false, None) => break,
                     }
                 }
-                Ok(self.leaves(merged, low))
+                Ok(self.leaves(&merged, Some(leaf), low))
             }
             Node::Branch { first, rest, .. } => {
                 let mut out = Vec::new();
@@ -1068,21 +1082,30 @@ impl Writer<'_> {
         }
     }
 
-    /// Packs entries into leaves of even fill.
-    fn leaves(&mut self, entries: Vec<(Bytes, Stored)>, low: Option<Bytes>) -> Vec<(Option<Bytes>, PageRef)> {
-        let sizes: Vec<usize> = entries.iter().map(|(k, v)| page::leaf_entry_bytes(k, v)).collect();
-        let groups = split_evenly(&sizes, 0);
+    /// Packs entries (kept ones from `from`) into leaves of even fill.
+    fn leaves(
+        &mut self,
+        entries: &[Entry],
+        from: Option<&page::Leaf>,
+        low: Option<Bytes>,
+    ) -> Vec<(Option<Bytes>, PageRef)> {
+        let sizes: Vec<usize> = entries.iter().map(|e| e.bytes(from)).collect();
         let mut out = Vec::new();
-        let mut entries = entries.into_iter();
-        for (n, count) in groups.into_iter().enumerate() {
-            let group: Vec<_> = entries.by_ref().take(count).collect();
-            let key = if n == 0 { low.clone() } else { Some(group[0].0.clone()) };
-            // Cached as written: the node owns a copy of its page, so it
-            // keeps none of the log frames its entries came from alive.
-            let page = page::leaf_page(&group);
-            let leaf = Node::Leaf(page::Leaf::of_page(&page));
+        let mut at = 0;
+        for (n, count) in split_evenly(&sizes, 0).into_iter().enumerate() {
+            let group = &entries[at..at + count];
+            at += count;
+            let key = match (n, &group[0]) {
+                (0, _) => low.clone(),
+                (_, Entry::Kept(i)) => Some(from.expect("a kept entry has a leaf").key_bytes(*i)),
+                (_, Entry::New(key, _)) => Some(key.clone()),
+            };
+            // Cached as written: the node shares its page's bytes (a copy
+            // of its entries), so it keeps none of the log frames they
+            // came from alive.
+            let (page, leaf) = page::leaf_page(group, from);
             let at = self.page(page);
-            self.pages.cache.put(at, Arc::new(leaf));
+            self.pages.cache.put(at, Arc::new(Node::Leaf(leaf)));
             out.push((key, at));
         }
         out
@@ -1107,7 +1130,7 @@ impl Writer<'_> {
             let first = group[0].1;
             let rest: Vec<(Bytes, PageRef)> =
                 group[1..].iter().map(|(k, r)| (k.clone().expect("only the first child has no key"), *r)).collect();
-            let at = self.page(page::branch_page(first, &rest));
+            let at = self.page(page::branch_page(first, &rest).freeze());
             if rest.is_empty() {
                 self.only_child.insert(at.page, first);
             }
@@ -1144,11 +1167,11 @@ impl Writer<'_> {
             }
             let mut page = PageBuf::new(Kind::FreeMap);
             page.put(&bits);
-            self.out.push((*no, page));
+            self.out.push((*no, page.freeze()));
             index_page.put_ref(PageRef { page: *no, generation: self.generation });
             index_page.counted();
         }
-        self.out.push((index, index_page));
+        self.out.push((index, index_page.freeze()));
         PageRef { page: index, generation: self.generation }
     }
 }

@@ -94,7 +94,7 @@ impl Node {
     /// The leaf of `entries` (sorted, unique keys, fitting one page).
     #[cfg(test)]
     pub(crate) fn leaf(entries: &[(Bytes, Stored)]) -> Node {
-        Node::Leaf(Leaf::of_page(&leaf_page(entries)))
+        Node::Leaf(leaf_page(&new_entries(entries), None).1)
     }
 
     pub(crate) fn branch(first: PageRef, rest: Vec<(Bytes, PageRef)>) -> Node {
@@ -146,18 +146,29 @@ impl Leaf {
         Ok(Leaf { body, starts, heads })
     }
 
-    /// The leaf a page being written will hold (its bytes copied).
-    pub(crate) fn of_page(page: &PageBuf) -> Leaf {
-        let body = Bytes::copy_from_slice(&page.bytes[HEADER_BYTES..]);
-        Leaf::decode(body, usize::from(page.count)).expect("a page just encoded decodes")
-    }
-
     pub(crate) fn len(&self) -> usize {
         self.starts.len()
     }
 
     pub(crate) fn key(&self, i: usize) -> &[u8] {
         entry_key(&self.body, self.starts[i])
+    }
+
+    /// Entry `i`'s key, sharing the page's bytes.
+    pub(crate) fn key_bytes(&self, i: usize) -> Bytes {
+        self.body.slice_ref(self.key(i))
+    }
+
+    /// The bytes entry `i` takes in the page, its header included.
+    fn raw(&self, i: usize) -> &[u8] {
+        let start = usize::from(self.starts[i]);
+        let b = &self.body[start..];
+        let key_len = usize::from(u16::from_le_bytes([b[0], b[1]]));
+        let rest = match b[2] {
+            0 => u32::from_le_bytes([b[3], b[4], b[5], b[6]]) as usize,
+            _ => REF_BYTES,
+        };
+        &b[..LEAF_ENTRY_HEADER + key_len + rest]
     }
 
     /// The value of entry `i` (an inline value shares the page's bytes).
@@ -174,9 +185,7 @@ impl Leaf {
 
     /// Entry `i`: its key (sharing the page's bytes) and value.
     pub(crate) fn entry(&self, i: usize) -> (Bytes, Stored) {
-        let key = self.key(i);
-        // `key` borrows from `body`: slice_ref shares its bytes, no copy.
-        (self.body.slice_ref(key), self.value(i))
+        (self.key_bytes(i), self.value(i))
     }
 
     /// Every entry, in key order.
@@ -197,6 +206,12 @@ impl Leaf {
         }
         None
     }
+}
+
+/// `entries` as new entries of a leaf being written.
+#[cfg(test)]
+pub(crate) fn new_entries(entries: &[(Bytes, Stored)]) -> Vec<Entry> {
+    entries.iter().map(|(k, v)| Entry::New(k.clone(), v.clone())).collect()
 }
 
 /// Two leaves are equal if they hold the same entries (however laid out).
@@ -346,30 +361,79 @@ impl PageBuf {
         self.count += 1;
     }
 
-    /// Seals it as page `page` of `generation` into `out` (4096 bytes).
-    pub(crate) fn seal(mut self, page: PageNo, generation: u64, out: &mut [u8]) {
-        self.bytes.resize(PAGE_BYTES, 0);
-        self.bytes[4..8].copy_from_slice(&page.to_le_bytes());
-        self.bytes[8..16].copy_from_slice(&generation.to_le_bytes());
-        self.bytes[18..20].copy_from_slice(&self.count.to_le_bytes());
-        let crc = crc32fast::hash(&self.bytes[4..]);
-        self.bytes[..4].copy_from_slice(&crc.to_le_bytes());
-        out[..PAGE_BYTES].copy_from_slice(&self.bytes);
+    /// The page as it will be written: its bytes no longer change, and a
+    /// cached node may share them.
+    pub(crate) fn freeze(self) -> Page {
+        Page { bytes: Bytes::from(self.bytes), count: self.count }
     }
 }
 
-pub(crate) fn leaf_page(entries: &[(Bytes, Stored)]) -> PageBuf {
+/// A page made and not yet written: its header's number, generation and
+/// CRC are filled in as it is sealed.
+pub(crate) struct Page {
+    bytes: Bytes,
+    count: u16,
+}
+
+impl Page {
+    /// Seals it as page `page` of `generation` into `out` (4096 bytes).
+    pub(crate) fn seal(&self, page: PageNo, generation: u64, out: &mut [u8]) {
+        let out = &mut out[..PAGE_BYTES];
+        out[..self.bytes.len()].copy_from_slice(&self.bytes);
+        out[self.bytes.len()..].fill(0);
+        out[4..8].copy_from_slice(&page.to_le_bytes());
+        out[8..16].copy_from_slice(&generation.to_le_bytes());
+        out[18..20].copy_from_slice(&self.count.to_le_bytes());
+        let crc = crc32fast::hash(&out[4..]);
+        out[..4].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+/// An entry of a leaf being written.
+#[derive(Clone, Debug)]
+pub(crate) enum Entry {
+    /// Entry `i` of the leaf it replaces, copied as its page holds it.
+    Kept(usize),
+    New(Bytes, Stored),
+}
+
+impl Entry {
+    /// Its key; `from` is the leaf a kept entry comes from.
+    pub(crate) fn key<'a>(&'a self, from: Option<&'a Leaf>) -> &'a [u8] {
+        match self {
+            Entry::Kept(i) => from.expect("a kept entry has a leaf").key(*i),
+            Entry::New(key, _) => key,
+        }
+    }
+
+    /// Bytes it takes in a leaf.
+    pub(crate) fn bytes(&self, from: Option<&Leaf>) -> usize {
+        match self {
+            Entry::Kept(i) => from.expect("a kept entry has a leaf").raw(*i).len(),
+            Entry::New(key, stored) => leaf_entry_bytes(key, stored),
+        }
+    }
+}
+
+/// The page of a leaf of `entries` (sorted, unique keys, fitting one
+/// page; kept ones from `from`), and the leaf to cache, which shares the
+/// page's bytes.
+pub(crate) fn leaf_page(entries: &[Entry], from: Option<&Leaf>) -> (Page, Leaf) {
     let mut page = PageBuf::new(Kind::Leaf);
-    for (key, stored) in entries {
-        page.put(&(key.len() as u16).to_le_bytes());
-        match stored {
-            Stored::Inline(v) => {
+    let mut starts = Vec::with_capacity(entries.len());
+    for entry in entries {
+        starts.push(u16::try_from(page.bytes.len() - HEADER_BYTES).expect("a body is shorter than 64 KiB"));
+        match entry {
+            Entry::Kept(i) => page.put(from.expect("a kept entry has a leaf").raw(*i)),
+            Entry::New(key, Stored::Inline(v)) => {
+                page.put(&(key.len() as u16).to_le_bytes());
                 page.put(&[0]);
                 page.put(&(v.len() as u32).to_le_bytes());
                 page.put(key);
                 page.put(v);
             }
-            Stored::Overflow { len, index } => {
+            Entry::New(key, Stored::Overflow { len, index }) => {
+                page.put(&(key.len() as u16).to_le_bytes());
                 page.put(&[1]);
                 page.put(&len.to_le_bytes());
                 page.put(key);
@@ -378,7 +442,10 @@ pub(crate) fn leaf_page(entries: &[(Bytes, Stored)]) -> PageBuf {
         }
         page.counted();
     }
-    page
+    let heads = Heads::new(entries.iter().map(|e| e.key(from)));
+    let page = page.freeze();
+    let leaf = Leaf { body: page.bytes.slice(HEADER_BYTES..), starts, heads };
+    (page, leaf)
 }
 
 pub(crate) fn branch_page(first: PageRef, rest: &[(Bytes, PageRef)]) -> PageBuf {
@@ -507,8 +574,8 @@ pub(crate) fn node(page: Checked) -> Result<Node, Bad> {
 mod tests {
     use super::*;
 
-    fn sealed(page: PageBuf, no: PageNo, generation: u64) -> Bytes {
-        let mut out = vec![0; PAGE_BYTES];
+    fn sealed(page: Page, no: PageNo, generation: u64) -> Bytes {
+        let mut out = vec![0xaa; PAGE_BYTES];
         page.seal(no, generation, &mut out);
         Bytes::from(out)
     }
@@ -520,7 +587,7 @@ mod tests {
             (Bytes::from_static(b"b"), Stored::Overflow { len: 9000, index: PageRef { page: 9, generation: 3 } }),
         ];
         let at = PageRef { page: 7, generation: 4 };
-        let page = sealed(leaf_page(&entries), 7, 4);
+        let page = sealed(leaf_page(&new_entries(&entries), None).0, 7, 4);
         assert_eq!(node(check(page.clone(), at).unwrap()).unwrap(), Node::leaf(&entries));
         for bit in [0, 40, 130, 200, 8 * PAGE_BYTES - 1] {
             let mut bad = page.to_vec();
@@ -532,7 +599,7 @@ mod tests {
 
         let first = PageRef { page: 2, generation: 1 };
         let rest = vec![(Bytes::from_static(b"m"), PageRef { page: 3, generation: 2 })];
-        let page = sealed(branch_page(first, &rest), 11, 2);
+        let page = sealed(branch_page(first, &rest).freeze(), 11, 2);
         let node = node(check(page, PageRef { page: 11, generation: 2 }).unwrap()).unwrap();
         assert_eq!(node, Node::branch(first, rest));
     }
@@ -545,10 +612,12 @@ mod tests {
             (Bytes::from_static(b"a"), Stored::Inline(Bytes::from_static(b"12"))),
             (Bytes::from_static(b"b"), Stored::Overflow { len: 9000, index: PageRef { page: 9, generation: 3 } }),
         ];
-        let good = leaf_page(&entries);
+        let (good, leaf) = leaf_page(&new_entries(&entries), None);
         let body = || good.bytes[HEADER_BYTES..].to_vec();
+        // The leaf built while encoding is the one decoding finds.
+        let decoded = Leaf::decode(Bytes::from(body()), 2).unwrap();
+        assert_eq!((&decoded.starts, &decoded.heads), (&leaf.starts, &leaf.heads));
         let decode = |body: Vec<u8>, count| Leaf::decode(Bytes::from(body), count).map(|_| ());
-        assert_eq!(decode(body(), 2), Ok(()));
         let mut long_key = body();
         long_key[..2].copy_from_slice(&60_000u16.to_le_bytes());
         assert_eq!(decode(long_key, 2), Err(Bad::Layout("an entry runs past the page")));
