@@ -214,6 +214,9 @@ fn run_all(args: &Args, systems: &[&str], dir: &std::path::Path) -> Vec<workload
                 disk_bytes(&dir.join(system)) as f64 / f64::from(1 << 20),
                 args.bulk
             );
+            if let Some((stalls, seconds)) = store.stalls() {
+                println!("# {system}: {stalls} batches of the load waited for a checkpoint, {seconds:.1} s in all");
+            }
             if wants("bulk") {
                 out.push(bulk);
             }

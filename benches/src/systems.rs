@@ -47,6 +47,11 @@ pub trait Store: Send + Sync {
     fn commits(&self) -> Option<u64> {
         None
     }
+    /// Writes so far that waited for background work (ringkv: for a
+    /// checkpoint), and the seconds they waited in all.
+    fn stalls(&self) -> Option<(u64, f64)> {
+        None
+    }
 }
 
 /// How each system is set up, for the report.
@@ -125,5 +130,10 @@ impl Store for Kv {
 
     fn commits(&self) -> Option<u64> {
         Some(self.wal_stats().commits)
+    }
+
+    fn stalls(&self) -> Option<(u64, f64)> {
+        let stats = self.stats().expect("ringkv stats");
+        Some((stats.write_stalls, stats.write_stall_micros as f64 / 1e6))
     }
 }

@@ -36,6 +36,10 @@ pub(crate) struct Control {
     pub(crate) failed: Option<String>,
     /// Checkpoints done since open.
     pub(crate) completed: u64,
+    /// Writes held back for a checkpoint since open, and for how long in
+    /// all (microseconds).
+    pub(crate) stalls: u64,
+    pub(crate) stalled_micros: u64,
 }
 
 /// Starts the checkpointer thread, which runs a checkpoint whenever a
@@ -198,15 +202,16 @@ impl Inner {
             return Ok(());
         }
         let mut control = self.control.lock().expect("checkpointer lock");
-        loop {
+        let mut stalled_since = None;
+        let result = loop {
             // Measured under the control lock: a checkpoint that ends
             // after this wakes the wait below.
             let now = load();
             if !over(now) {
-                return Ok(());
+                break Ok(());
             }
             if let Some(cause) = &control.failed {
-                return match stalled(now) {
+                break match stalled(now) {
                     true => Err(Error::CheckpointFailed { path: self.dir.clone(), cause: cause.clone() }),
                     false => Ok(()),
                 };
@@ -216,9 +221,15 @@ impl Inner {
                 self.changed.notify_all();
             }
             if !stalled(now) {
-                return Ok(());
+                break Ok(());
             }
+            stalled_since.get_or_insert_with(std::time::Instant::now);
             control = self.changed.wait(control).expect("checkpointer lock");
+        };
+        if let Some(since) = stalled_since {
+            control.stalls += 1;
+            control.stalled_micros += since.elapsed().as_micros() as u64;
         }
+        result
     }
 }

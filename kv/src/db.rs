@@ -117,6 +117,11 @@ pub struct Stats {
     pub wal_retained_bytes: u64,
     /// The page file.
     pub page_file: PageFileStats,
+    /// Writes since open that waited for a checkpoint because they
+    /// outran it (the memtable or the log past its budget: back-pressure).
+    pub write_stalls: u64,
+    /// The time they waited in all, in microseconds.
+    pub write_stall_micros: u64,
 }
 
 /// The page file's part of [`Stats`].
@@ -611,8 +616,14 @@ impl Kv {
             Some(tree) => PageFileStats { fell_back: inner.fell_back, ..tree.stats()?.into() },
             None => PageFileStats::default(),
         };
+        let (write_stalls, write_stall_micros) = {
+            let control = inner.control.lock().expect("checkpointer lock");
+            (control.stalls, control.stalled_micros)
+        };
         Ok(Stats {
             backend: self.io_backend(),
+            write_stalls,
+            write_stall_micros,
             wal,
             memtable_entries,
             memtable_bytes,

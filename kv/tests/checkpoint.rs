@@ -432,3 +432,28 @@ fn a_scan_held_open_across_checkpoints_reads_what_was_there_when_it_began() {
     assert_eq!(now.len() as u64, GENERATION_KEYS - GENERATION_KEYS.div_ceil(3) + 1);
     assert!(now.iter().all(|(k, v)| k == b"new key" || version_of(k, v) == 7));
 }
+
+/// A writer that outruns the checkpointer waits (back-pressure), and the
+/// store counts it: with a 16 KiB memtable and batches of ~20 KiB, every
+/// batch after the first finds the memtable past half its budget and
+/// waits for a checkpoint to freeze it.
+#[test]
+fn a_writer_that_outruns_checkpoints_waits_and_is_counted() {
+    let (_dirs, stores) = stores(3, "ckpt-stalls");
+    for (name, db) in &stores {
+        assert_eq!(db.stats().unwrap().write_stalls, 0, "{name}: a fresh store");
+        for round in 0..20u64 {
+            let mut batch = WriteBatch::new();
+            for k in 0..200u64 {
+                batch.put(format!("{:05}", round * 200 + k), [b'v'; 100]);
+            }
+            db.write(batch).unwrap();
+        }
+        let stats = db.stats().unwrap();
+        assert_eq!(stats.write_stalls, 19, "{name}: every batch after the first waited for a checkpoint");
+        assert!(stats.write_stall_micros > 0, "{name}");
+        for k in (0..4000u64).step_by(397) {
+            assert_eq!(db.get(format!("{k:05}")).unwrap().as_deref(), Some(&[b'v'; 100][..]), "{name}");
+        }
+    }
+}
