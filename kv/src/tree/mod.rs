@@ -201,6 +201,9 @@ pub(crate) struct PageFile {
     /// One checkpoint at a time; the first failure once one failed (the
     /// file's state is then unknown: no retry).
     checkpointing: Mutex<Option<String>>,
+    /// Checkpoints write their pages on their own thread (the simulated
+    /// disk: see `checkpoint`).
+    write_in_line: bool,
 }
 
 #[derive(Debug, Default)]
@@ -308,6 +311,19 @@ impl Cache {
         Some(slot.node.clone())
     }
 
+    /// Drops the node of `at`, if cached (for a page freed in the
+    /// checkpoint that wrote it: it may be taken again, under the same
+    /// generation, by a page of another kind). Rare: a scan of the clock.
+    fn forget(&self, at: PageRef) {
+        let mut shard = self.shard(at.page).lock().expect("cache lock");
+        let shard = &mut *shard;
+        if shard.slots.get(&at.page).is_some_and(|s| s.generation == at.generation) {
+            let slot = shard.slots.remove(&at.page).expect("checked");
+            shard.bytes -= slot.bytes;
+            shard.clock.retain(|&p| p != at.page);
+        }
+    }
+
     fn put(&self, at: PageRef, node: Arc<Node>) {
         let bytes = node_bytes(&node);
         let mut shard = self.shard(at.page).lock().expect("cache lock");
@@ -377,6 +393,7 @@ impl PageFile {
             cache: Cache::new(cache_bytes),
             last_written: Default::default(),
             checkpointing: Mutex::new(None),
+            write_in_line: storage.backend() == uring::Backend::Simulated,
         };
         let mut slots = Vec::new();
         for slot in 0..2u32 {
@@ -677,17 +694,26 @@ impl PageFile {
             // Without one (it could not be spawned) the fold writes each
             // batch itself.
             let (sender, batches) = std::sync::mpsc::sync_channel::<Vec<(PageNo, Page)>>(1);
-            let writer = std::thread::Builder::new().name("ringkv-pages".into()).spawn_scoped(scope, move || {
-                let mut scratch = AlignedBuf::new(FLUSH_PAGES * PAGE_BYTES);
-                batches.into_iter().try_for_each(|batch| self.write_pages(batch, generation, &mut scratch))
-            });
-            let (sink, writer) = match writer {
-                Ok(writer) => (Sink::Thread(sender), Some(writer)),
-                Err(e) => {
-                    tracing::warn!(path = %self.path.display(), error = %e, "no page writer thread; writing in line");
-                    (Sink::Inline, None)
+            // On the simulated disk the fold writes each batch itself: the
+            // disk numbers its calls as they come, and two threads calling
+            // at once would make a seed's run unrepeatable (a failing seed
+            // must replay: its cuts and faults land on the same calls).
+            let sink_and_writer = if self.write_in_line {
+                (Sink::Inline, None)
+            } else {
+                let writer = std::thread::Builder::new().name("ringkv-pages".into()).spawn_scoped(scope, move || {
+                    let mut scratch = AlignedBuf::new(FLUSH_PAGES * PAGE_BYTES);
+                    batches.into_iter().try_for_each(|batch| self.write_pages(batch, generation, &mut scratch))
+                });
+                match writer {
+                    Ok(writer) => (Sink::Thread(sender), Some(writer)),
+                    Err(e) => {
+                        tracing::warn!(path = %self.path.display(), error = %e, "no page writer thread; writing in line");
+                        (Sink::Inline, None)
+                    }
                 }
             };
+            let (sink, writer) = sink_and_writer;
             let mut w = Writer {
                 pages: self,
                 generation,
@@ -944,6 +970,7 @@ impl Writer<'_> {
             // Not reachable from any meta page: free at once (written
             // already, if a batch of pages went out with it).
             self.out.retain(|(no, _)| *no != at.page);
+            self.pages.cache.forget(at);
             self.alloc.free.insert(at.page);
             root = Some(child);
         }
