@@ -204,6 +204,9 @@ pub(crate) struct PageFile {
     /// Checkpoints write their pages on their own thread (the simulated
     /// disk: see `checkpoint`).
     write_in_line: bool,
+    /// A meta slot that failed its checks at open, to be wiped before the
+    /// first checkpoint writes a page (see `checkpoint`).
+    damaged_slot: Mutex<Option<PageNo>>,
 }
 
 #[derive(Debug, Default)]
@@ -394,6 +397,7 @@ impl PageFile {
             last_written: Default::default(),
             checkpointing: Mutex::new(None),
             write_in_line: storage.backend() == uring::Backend::Simulated,
+            damaged_slot: Mutex::new(None),
         };
         let mut slots = Vec::new();
         for slot in 0..2u32 {
@@ -423,6 +427,10 @@ impl PageFile {
             .enumerate()
             .filter_map(|(slot, s)| s.as_ref().err().and_then(|e| e.as_ref().map(|e| format!("meta page {slot}: {e}"))))
             .collect();
+        // A damaged slot is wiped before this file's next checkpoint (only
+        // a writer makes one); never a valid one.
+        *pages.damaged_slot.lock().expect("damaged slot lock") =
+            slots.iter().position(|s| matches!(s, Err(Some(_)))).map(|slot| slot as PageNo);
         let opened = match valid.len() {
             // Slot 0 was never written, so slot 1 held the first
             // checkpoint: its meta write was torn, and the checkpoint
@@ -689,6 +697,7 @@ impl PageFile {
         self.last_written.store(1, std::sync::atomic::Ordering::Relaxed); // the meta page
         let generation = old.generation + 1;
         let result: Result<(Meta, Vec<PageNo>)> = std::thread::scope(|scope| {
+            self.wipe_damaged_slot()?;
             // A writer thread writes the pages in batches while the fold
             // makes the next ones, so the disk and the CPU work at once.
             // Without one (it could not be spawned) the fold writes each
@@ -785,6 +794,27 @@ impl PageFile {
                 })
                 .collect();
             self.file.write_many(&writes)?;
+        }
+        Ok(())
+    }
+
+    /// Wipes (zeros, durably) a meta slot that failed its checks at open.
+    ///
+    /// It may have held the newest checkpoint and read as damaged only
+    /// then (a transient EIO, a torn sector written again later): open
+    /// fell back to the other slot, and this checkpoint takes the damaged
+    /// one's generation again and writes into pages its tree reaches. Were
+    /// that meta page to read fine at a later open (this checkpoint's own
+    /// meta write lost to a power cut), it would name pages now holding
+    /// other contents under its own generation, which no check catches.
+    /// Once wiped it cannot come back; the log is kept back to the
+    /// checkpoint open used, so nothing it held is lost.
+    fn wipe_damaged_slot(&self) -> Result<()> {
+        let mut damaged = self.damaged_slot.lock().expect("damaged slot lock");
+        if let Some(slot) = *damaged {
+            self.file.write_at(u64::from(slot) * PAGE_BYTES as u64, &AlignedBuf::new(PAGE_BYTES))?;
+            self.file.sync_data()?;
+            *damaged = None;
         }
         Ok(())
     }
