@@ -10,7 +10,11 @@
 //!   sectors, or kept as a scatter of its sectors, as the seed decides.
 //! - **Strict torn sectors** ([`SimStorage::strict`]): a sector being
 //!   written when the power went comes back as garbage, or unreadable (a
-//!   read touching it fails with `EIO` until it is written again).
+//!   read touching it fails with `EIO` until it is written again). A
+//!   rewrite makes it readable at once, even if a power cut then loses
+//!   the rewrite: the sector reads its old bytes again, as a sector whose
+//!   read error was transient does (review of seed 15981: a meta page
+//!   that read as damaged at one open and whole at a later one).
 //! - **Directory entries.** Creating, renaming and removing files and
 //!   creating directories are durable only once their directory is synced:
 //!   a power cut keeps a prefix (by the seed) of each directory's unsynced
