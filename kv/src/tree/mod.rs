@@ -1081,36 +1081,23 @@ impl Writer<'_> {
         match &*node {
             Node::Leaf(leaf) => {
                 // The leaf's entries that no change touches are copied as
-                // its page holds them.
+                // its page holds them; each change finds its place by a
+                // search, not by comparing every entry before it.
                 let mut merged = Vec::with_capacity(leaf.len() + changes.len());
-                let (mut i, mut c) = (0, changes.iter().peekable());
-                loop {
-                    match (i < leaf.len(), c.peek()) {
-                        (true, Some((ck, _))) if leaf.key(i) < &ck[..] => {
-                            merged.push(Entry::Kept(i));
-                            i += 1;
-                        }
-                        (true, Some((ck, cv))) if leaf.key(i) == &ck[..] => {
-                            self.free_value(&leaf.value(i))?;
-                            if let Some(v) = cv {
-                                merged.push(Entry::New(ck.clone(), self.store(ck, v.clone())?));
-                            }
-                            i += 1;
-                            c.next();
-                        }
-                        (_, Some((ck, cv))) => {
-                            if let Some(v) = cv {
-                                merged.push(Entry::New(ck.clone(), self.store(ck, v.clone())?));
-                            }
-                            c.next();
-                        }
-                        (true, None) => {
-                            merged.push(Entry::Kept(i));
-                            i += 1;
-                        }
-                        (false, None) => break,
+                let mut i = 0;
+                for (ck, cv) in changes {
+                    let at = leaf.partition(ck).max(i);
+                    merged.extend((i..at).map(Entry::Kept));
+                    i = at;
+                    if i < leaf.len() && leaf.key(i) == &ck[..] {
+                        self.free_value(&leaf.value(i))?;
+                        i += 1;
+                    }
+                    if let Some(v) = cv {
+                        merged.push(Entry::New(ck.clone(), self.store(ck, v.clone())?));
                     }
                 }
+                merged.extend((i..leaf.len()).map(Entry::Kept));
                 Ok(self.leaves(&merged, Some(leaf), low))
             }
             Node::Branch { first, rest, .. } => {

@@ -193,6 +193,28 @@ impl Leaf {
         (0..self.len()).map(|i| self.entry(i)).collect()
     }
 
+    /// Bytes entry `i` takes in the page (entries lie end to end, as
+    /// decoding checked).
+    fn entry_len(&self, i: usize) -> usize {
+        match self.starts.get(i + 1) {
+            Some(&next) => usize::from(next - self.starts[i]),
+            None => self.raw(i).len(),
+        }
+    }
+
+    /// The index of the first entry whose key is at least `key`.
+    pub(crate) fn partition(&self, key: &[u8]) -> usize {
+        let (mut lo, mut hi) = self.heads.span((!self.starts.is_empty()).then(|| self.key(0)), key);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.key(mid) < key {
+                true => lo = mid + 1,
+                false => hi = mid,
+            }
+        }
+        lo
+    }
+
     /// The index of `key`'s entry, if the leaf holds it.
     pub(crate) fn find(&self, key: &[u8]) -> Option<usize> {
         let (mut lo, mut hi) = self.heads.span((!self.starts.is_empty()).then(|| self.key(0)), key);
@@ -409,7 +431,7 @@ impl Entry {
     /// Bytes it takes in a leaf.
     pub(crate) fn bytes(&self, from: Option<&Leaf>) -> usize {
         match self {
-            Entry::Kept(i) => from.expect("a kept entry has a leaf").raw(*i).len(),
+            Entry::Kept(i) => from.expect("a kept entry has a leaf").entry_len(*i),
             Entry::New(key, stored) => leaf_entry_bytes(key, stored),
         }
     }
@@ -421,26 +443,47 @@ impl Entry {
 pub(crate) fn leaf_page(entries: &[Entry], from: Option<&Leaf>) -> (Page, Leaf) {
     let mut page = PageBuf::new(Kind::Leaf);
     let mut starts = Vec::with_capacity(entries.len());
-    for entry in entries {
-        starts.push(u16::try_from(page.bytes.len() - HEADER_BYTES).expect("a body is shorter than 64 KiB"));
-        match entry {
-            Entry::Kept(i) => page.put(from.expect("a kept entry has a leaf").raw(*i)),
-            Entry::New(key, Stored::Inline(v)) => {
-                page.put(&(key.len() as u16).to_le_bytes());
-                page.put(&[0]);
-                page.put(&(v.len() as u32).to_le_bytes());
-                page.put(key);
-                page.put(v);
+    let mut k = 0;
+    while k < entries.len() {
+        let at = page.bytes.len() - HEADER_BYTES;
+        let offset = |n: usize| u16::try_from(at + n).expect("a body is shorter than 64 KiB");
+        match &entries[k] {
+            // A run of entries kept in their order: one copy of their bytes.
+            &Entry::Kept(first) => {
+                let from = from.expect("a kept entry has a leaf");
+                let mut last = first;
+                while matches!(entries.get(k + 1 + last - first), Some(Entry::Kept(n)) if *n == last + 1) {
+                    last += 1;
+                }
+                let base = usize::from(from.starts[first]);
+                for n in first..=last {
+                    starts.push(offset(usize::from(from.starts[n]) - base));
+                    page.counted();
+                }
+                page.put(&from.body[base..usize::from(from.starts[last]) + from.entry_len(last)]);
+                k += last - first + 1;
             }
-            Entry::New(key, Stored::Overflow { len, index }) => {
+            Entry::New(key, stored) => {
+                starts.push(offset(0));
                 page.put(&(key.len() as u16).to_le_bytes());
-                page.put(&[1]);
-                page.put(&len.to_le_bytes());
-                page.put(key);
-                page.put_ref(*index);
+                match stored {
+                    Stored::Inline(v) => {
+                        page.put(&[0]);
+                        page.put(&(v.len() as u32).to_le_bytes());
+                        page.put(key);
+                        page.put(v);
+                    }
+                    Stored::Overflow { len, index } => {
+                        page.put(&[1]);
+                        page.put(&len.to_le_bytes());
+                        page.put(key);
+                        page.put_ref(*index);
+                    }
+                }
+                page.counted();
+                k += 1;
             }
         }
-        page.counted();
     }
     let heads = Heads::new(entries.iter().map(|e| e.key(from)));
     let page = page.freeze();
@@ -634,6 +677,42 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// A leaf's `partition` and `find` agree with a plain search over
+        /// its keys, and a leaf written from a mix of kept and new entries
+        /// holds exactly them, in place.
+        #[test]
+        fn leaf_searches_and_kept_runs_agree_with_plain_ones(
+            keys in proptest::collection::btree_set(proptest::collection::vec(proptest::prop_oneof![proptest::strategy::Just(0u8), proptest::strategy::Just(0xffu8), proptest::num::u8::ANY], 0..12), 1..40),
+            probes in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..12), 0..20),
+            keep in proptest::collection::vec(proptest::bool::ANY, 40),
+        ) {
+            let keys: Vec<Bytes> = keys.into_iter().map(Bytes::from).collect();
+            let entries: Vec<(Bytes, Stored)> =
+                keys.iter().map(|k| (k.clone(), Stored::Inline(Bytes::from(vec![k.len() as u8; k.len() % 5])))).collect();
+            let (_, leaf) = leaf_page(&new_entries(&entries), None);
+            for probe in probes.iter().map(|p| &p[..]).chain(keys.iter().map(|k| &k[..])) {
+                proptest::prop_assert_eq!(leaf.partition(probe), keys.partition_point(|k| &k[..] < probe));
+                proptest::prop_assert_eq!(leaf.find(probe), keys.iter().position(|k| &k[..] == probe));
+            }
+            // Rewrite it keeping some entries (runs of them) and giving the
+            // others new values.
+            let mixed: Vec<Entry> = (0..keys.len())
+                .map(|i| match keep[i] {
+                    true => Entry::Kept(i),
+                    false => Entry::New(keys[i].clone(), Stored::Inline(Bytes::from_static(b"new"))),
+                })
+                .collect();
+            let (_, rewritten) = leaf_page(&mixed, Some(&leaf));
+            let decoded = Leaf::decode(rewritten.body.clone(), keys.len()).unwrap();
+            proptest::prop_assert_eq!((&decoded.starts, &decoded.heads), (&rewritten.starts, &rewritten.heads));
+            for (i, key) in keys.iter().enumerate() {
+                let (k, v) = rewritten.entry(i);
+                proptest::prop_assert_eq!(&k, key);
+                let want = if keep[i] { entries[i].1.clone() } else { Stored::Inline(Bytes::from_static(b"new")) };
+                proptest::prop_assert_eq!(v, want);
+            }
+        }
+
         /// Any body decodes to an error or to a leaf whose every key and
         /// value can be read, in order.
         #[test]
