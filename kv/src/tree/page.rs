@@ -276,6 +276,24 @@ impl Heads {
         Heads { prefix, heads: keys.map(|k| head(&k[prefix..])).collect() }
     }
 
+    /// The heads of a leaf being written: a kept entry's is the one its
+    /// leaf has, where the prefix is the same length (the usual case: a
+    /// change lands among the keys), so only new entries' keys are read.
+    fn of_entries(entries: &[Entry], from: Option<&Leaf>) -> Heads {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return Heads::default() };
+        let (first, last) = (first.key(from), last.key(from));
+        let prefix = first.iter().zip(last).take_while(|(a, b)| a == b).count();
+        let same = from.filter(|leaf| leaf.heads.prefix == prefix);
+        let heads = entries
+            .iter()
+            .map(|e| match (e, same) {
+                (Entry::Kept(i), Some(leaf)) => leaf.heads.heads[*i],
+                _ => head(&e.key(from)[prefix..]),
+            })
+            .collect();
+        Heads { prefix, heads }
+    }
+
     /// Indices `(lo, hi)` such that keys below `lo` are less than `key`
     /// and keys from `hi` on greater; those between share its head.
     /// `first` is the node's first key (any key would do: all share the
@@ -485,7 +503,7 @@ pub(crate) fn leaf_page(entries: &[Entry], from: Option<&Leaf>) -> (Page, Leaf) 
             }
         }
     }
-    let heads = Heads::new(entries.iter().map(|e| e.key(from)));
+    let heads = Heads::of_entries(entries, from);
     let page = page.freeze();
     let leaf = Leaf { body: page.bytes.slice(HEADER_BYTES..), starts, heads };
     (page, leaf)
