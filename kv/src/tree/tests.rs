@@ -141,32 +141,50 @@ fn a_power_cut_anywhere_in_a_checkpoint_leaves_one_whole_checkpoint() {
     let first = changes(&mut rng, span, 800, &mut before);
     let mut after = before.clone();
     let second = changes(&mut rng, span, 400, &mut after);
+    cut_at_every_call_of_the_second(&first, &second, (&before, &after), span, &mut rng);
+}
+
+/// A power cut at every call of the checkpoint of `second` (after that of
+/// `first`, on a fresh disk each time): each reopened file holds one whole
+/// checkpoint, `before` or `after` (every key read back), `check` passes,
+/// and the next checkpoint works on what is there.
+fn cut_at_every_call_of_the_second(
+    first: &[Change],
+    second: &[Change],
+    (before, after): (&BTreeMap<Bytes, Bytes>, &BTreeMap<Bytes, Bytes>),
+    span: u64,
+    rng: &mut SimRng,
+) {
     let probe = SimStorage::new().seeded(1);
     let pages = open(&probe);
-    pages.checkpoint(&first, Lsn(1)).unwrap();
+    pages.checkpoint(first, Lsn(1)).unwrap();
     let start = probe.calls();
-    pages.checkpoint(&second, Lsn(2)).unwrap();
+    pages.checkpoint(second, Lsn(2)).unwrap();
     let calls = probe.calls() - start;
     assert!(calls >= 4, "a checkpoint writes, syncs, writes the meta, syncs");
-    for cut in 0..=calls {
+    for cut in 0..=calls + 1 {
         let disk = SimStorage::new().seeded(cut);
         let pages = open(&disk);
-        pages.checkpoint(&first, Lsn(1)).unwrap();
+        pages.checkpoint(first, Lsn(1)).unwrap();
         disk.power_cut_at(disk.calls() + cut);
-        let _ = pages.checkpoint(&second, Lsn(2));
+        let _ = pages.checkpoint(second, Lsn(2));
         drop(pages);
-        let disk = Arc::new(disk.after_power_cut(cut));
-        let pages = open(disk.as_ref());
+        let disk = disk.after_power_cut(cut);
+        let pages = open(&disk);
         let model = match pages.meta().lsn {
-            Lsn(1) => &before,
-            Lsn(2) => &after,
+            Lsn(1) => before,
+            Lsn(2) => after,
             other => panic!("cut {cut}: checkpoint LSN {other}"),
         };
-        assert_matches(&pages, model, &mut rng, span);
+        assert_matches(&pages, model, rng, span);
         assert_sound(&pages, model);
-        // And the next checkpoint works on what is there.
-        pages.checkpoint(&second, Lsn(2)).unwrap();
-        assert_matches(&pages, &after, &mut rng, span);
+        let snap = pages.snapshot();
+        for (k, v) in model {
+            assert_eq!(pages.get(&snap, k).unwrap().as_deref(), Some(&v[..]), "cut {cut}: {k:?}");
+        }
+        drop(snap);
+        pages.checkpoint(second, Lsn(2)).unwrap();
+        assert_matches(&pages, after, rng, span);
     }
 }
 
@@ -641,34 +659,7 @@ fn a_power_cut_in_a_many_batch_checkpoint_with_kept_overflow_values() {
             None => after.remove(k),
         };
     }
-    let probe = SimStorage::new().seeded(1);
-    let pages = open(&probe);
-    pages.checkpoint(&first, Lsn(1)).unwrap();
-    let start = probe.calls();
-    pages.checkpoint(&second, Lsn(2)).unwrap();
-    let calls = probe.calls() - start;
-    let mut rng = SimRng::new(77);
-    for cut in 0..=calls + 2 {
-        let disk = SimStorage::new().seeded(cut);
-        let pages = open(&disk);
-        pages.checkpoint(&first, Lsn(1)).unwrap();
-        disk.power_cut_at(disk.calls() + cut);
-        let _ = pages.checkpoint(&second, Lsn(2));
-        drop(pages);
-        let disk = disk.after_power_cut(cut);
-        let pages = open(&disk);
-        let model = match pages.meta().lsn {
-            Lsn(1) => &before,
-            Lsn(2) => &after,
-            other => panic!("cut {cut}: checkpoint LSN {other}"),
-        };
-        assert_matches(&pages, model, &mut rng, 900);
-        assert_sound(&pages, model);
-        let snap = pages.snapshot();
-        for (k, v) in model {
-            assert_eq!(pages.get(&snap, k).unwrap().as_deref(), Some(&v[..]), "cut {cut}: {k:?}");
-        }
-    }
+    cut_at_every_call_of_the_second(&first, &second, (&before, &after), 900, &mut SimRng::new(77));
 }
 
 /// Every cached node is what its page, read back with the same number and
