@@ -700,14 +700,12 @@ impl PageFile {
             self.wipe_damaged_slot()?;
             // A writer thread writes the pages in batches while the fold
             // makes the next ones, so the disk and the CPU work at once.
-            // Without one (it could not be spawned) the fold writes each
-            // batch itself.
+            // The fold writes each batch itself where no thread could be
+            // spawned, and on the simulated disk, which numbers its calls
+            // as they come: two threads calling it would make a seed's run
+            // unrepeatable (its cuts and faults must land on the same calls).
             let (sender, batches) = std::sync::mpsc::sync_channel::<Vec<(PageNo, Page)>>(1);
-            // On the simulated disk the fold writes each batch itself: the
-            // disk numbers its calls as they come, and two threads calling
-            // at once would make a seed's run unrepeatable (a failing seed
-            // must replay: its cuts and faults land on the same calls).
-            let sink_and_writer = if self.write_in_line {
+            let (sink, writer) = if self.write_in_line {
                 (Sink::Inline, None)
             } else {
                 let writer = std::thread::Builder::new().name("ringkv-pages".into()).spawn_scoped(scope, move || {
@@ -722,7 +720,6 @@ impl PageFile {
                     }
                 }
             };
-            let (sink, writer) = sink_and_writer;
             let mut w = Writer {
                 pages: self,
                 generation,
