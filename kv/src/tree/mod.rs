@@ -29,6 +29,9 @@ const MAGIC: &[u8; 8] = b"RINGKVPF";
 const FORMAT: u32 = 1;
 /// Pages 0 and 1 hold the meta pages.
 const FIRST_TREE_PAGE: PageNo = 2;
+/// What a wiped meta slot holds, over and over: not a page (its CRC
+/// fails), so it reads as damaged.
+const WIPED: &[u8] = b"ringkv: meta page wiped\n";
 /// Consecutive pages written with one call.
 const RUN_PAGES_MAX: usize = 64;
 /// Pages a checkpoint hands its writer thread at once (4 MiB; a few in
@@ -805,11 +808,18 @@ impl PageFile {
     /// meta write lost to a power cut), it would name pages now holding
     /// other contents under its own generation, which no check catches.
     /// Once wiped it cannot come back; the log is kept back to the
-    /// checkpoint open used, so nothing it held is lost.
+    /// checkpoint open used, so nothing it held is lost. The wiped page
+    /// still reads as damaged (`WIPED`: not zeros, which mean "never
+    /// written", and which open would take, were the other slot to fail
+    /// too, for a file before its first checkpoint: the empty tree).
     fn wipe_damaged_slot(&self) -> Result<()> {
         let mut damaged = self.damaged_slot.lock().expect("damaged slot lock");
         if let Some(slot) = *damaged {
-            self.file.write_at(u64::from(slot) * PAGE_BYTES as u64, &AlignedBuf::new(PAGE_BYTES))?;
+            let mut buf = AlignedBuf::new(PAGE_BYTES);
+            for (b, w) in buf.iter_mut().zip(WIPED.iter().cycle()) {
+                *b = *w;
+            }
+            self.file.write_at(u64::from(slot) * PAGE_BYTES as u64, &buf)?;
             self.file.sync_data()?;
             *damaged = None;
         }
