@@ -222,9 +222,23 @@ pub(crate) fn sync_dir(path: &Path) -> Result<()> {
     dir.sync_all().map_err(|e| Error::io("fsync", path, None, e))
 }
 
-/// An exclusive `flock` on a lock file holding the owner's pid.
+/// A `flock` on a lock file holding the owner's pid.
 struct FlockGuard {
-    _file: fs::File,
+    file: fs::File,
+}
+
+impl Drop for FlockGuard {
+    /// Unlocks before the close. A flock belongs to the open file
+    /// description, and a child forked by any thread of this process holds
+    /// a copy of it until it execs or exits: a bare close would leave the
+    /// store locked for that while, and a reopen by this process would fail
+    /// with `Locked` naming its own pid. LOCK_UN through any copy releases
+    /// it for all of them.
+    fn drop(&mut self) {
+        // SAFETY: flock only takes the fd (valid until `file` drops, after
+        // this) and flags; its result is not needed, the close follows.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+    }
 }
 
 /// Takes `flock(mode | LOCK_NB)` on `file`; if another holder has it, the
@@ -251,7 +265,7 @@ pub(crate) fn lock_shared(path: &Path) -> Result<DirLock> {
         Err(e) => return Err(Error::io("open", path, None, e)),
     };
     flock(&mut file, path, libc::LOCK_SH)?;
-    Ok(Box::new(FlockGuard { _file: file }))
+    Ok(Box::new(FlockGuard { file }))
 }
 
 pub(crate) fn lock(path: &Path) -> Result<DirLock> {
@@ -270,5 +284,5 @@ pub(crate) fn lock(path: &Path) -> Result<DirLock> {
         file.sync_data()
     };
     write_pid(&mut file).map_err(|e| Error::io("write", path, None, e))?;
-    Ok(Box::new(FlockGuard { _file: file }))
+    Ok(Box::new(FlockGuard { file }))
 }

@@ -201,6 +201,47 @@ fn directory_lock_is_exclusive_and_names_the_holder() {
     storage.lock(&lock_path).unwrap();
 }
 
+/// A child forked while the lock is held (any thread of an embedder may
+/// spawn a process) holds a copy of the lock's file description until it
+/// execs or exits. Dropping the lock must release it all the same. (CI saw
+/// a reopen fail with `Locked` naming its own pid while another test of the
+/// same binary spawned a process.)
+#[test]
+fn a_dropped_lock_is_released_while_a_forked_child_still_holds_its_descriptor() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let storage = real(Io::Syscall, SyncMode::RwfDsync);
+    let lock_path = tmp.path().join("LOCK");
+    let held = storage.lock(&lock_path).unwrap();
+    let mut pipe = [0; 2];
+    // SAFETY: `pipe` has room for the two fds pipe() writes.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    // SAFETY: the child only calls read and _exit, both async-signal-safe,
+    // so forking a multi-threaded test process is sound.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+    if child == 0 {
+        let mut byte = 0u8;
+        // SAFETY: reads one byte into `byte` from the pipe's read end, then
+        // exits without running any of the parent's destructors.
+        unsafe {
+            libc::read(pipe[0], (&mut byte as *mut u8).cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    drop(held);
+    let relock = storage.lock(&lock_path).map(drop);
+    let mut status = 0;
+    // SAFETY: writes one byte from a live local to the pipe's write end,
+    // then reaps the child this test forked; `status` outlives the call.
+    unsafe {
+        libc::write(pipe[1], [1u8].as_ptr().cast(), 1);
+        assert_eq!(libc::waitpid(child, &mut status, 0), child);
+        libc::close(pipe[0]);
+        libc::close(pipe[1]);
+    }
+    relock.expect("the lock is free once dropped, whoever holds a copy of its descriptor");
+}
+
 #[test]
 fn power_cut_keeps_synced_bytes_and_tears_unsynced_writes_only_at_sectors() {
     for seed in 0..300 {
