@@ -27,8 +27,8 @@ pub(crate) enum Op {
 /// Changes applied all together or not at all, also across a crash.
 ///
 /// A batch is encoded as it is built, straight into the bytes of the WAL
-/// frame that carries it; the memtable then keeps slices of that payload
-/// (no copy or allocation per key).
+/// frame that carries it; the memtable copies each key and value into its
+/// arena (no allocation per key, and the frame is freed once applied).
 #[derive(Clone, Debug)]
 pub struct WriteBatch {
     /// The frame: an op count (set when it is written), then the ops.
@@ -148,7 +148,8 @@ impl PartialEq for WriteBatch {
 impl Eq for WriteBatch {}
 
 /// A finished batch frame, shared between the log (which copies it into
-/// its commit buffer) and the memtable (which keeps slices of its payload).
+/// its commit buffer) and the ops its apply reads (slices of its payload,
+/// which the memtable copies into its arena).
 pub(crate) struct Payload(pub(crate) Arc<FrameBuf>);
 
 impl AsRef<[u8]> for Payload {

@@ -20,10 +20,11 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use wal::Lsn;
 
 use crate::batch::Op;
+use crate::constants::{ARENA_CHUNK_BYTES, ARENA_COPY_BYTES_MAX};
 use crate::tree::Change;
 
 /// Bytes an entry costs besides its key and value (its slot in a map
@@ -121,10 +122,10 @@ impl Versions {
     }
 }
 
-/// A memtable key: a slice of its batch's payload, with its first 16
-/// bytes kept inline (zero-padded, as a big-endian number) so that most
+/// A memtable key: a slice of an arena chunk, with its first 16 bytes
+/// kept inline (zero-padded, as a big-endian number) so that most
 /// comparisons in a map search decide without reading the key's bytes,
-/// which lie wherever its batch was decoded: a search makes tens of
+/// which lie wherever its chunk is: a search makes tens of
 /// comparisons, and loading each compared key was a fifth of a bulk
 /// load's CPU. Ordered as `[u8]` orders the bytes.
 #[derive(Clone, Debug)]
@@ -174,10 +175,41 @@ impl Borrow<[u8]> for Key {
     }
 }
 
+/// Where a memtable keeps its keys and values: copied in at apply, into
+/// chunks of [`ARENA_CHUNK_BYTES`] that the entries' `Bytes` share. So a
+/// batch's frame is freed once applied, and dropping a memtable frees a
+/// few hundred chunks and the map's nodes, not an allocation or three per
+/// write. (Keeping slices of the frames, a checkpoint's drop of the frozen
+/// memtable took ~100 ms at 64 writers, glibc freeing on one thread what
+/// the leaders had allocated on theirs, and commits slowed meanwhile: p50
+/// ~0.7-1.5 ms, p99 ~9-10 ms during the drop against ~0.35 / ~1 ms
+/// between checkpoints. Copying the ~116 bytes costs less than the frees
+/// it saves.)
+#[derive(Debug, Default)]
+struct Arena {
+    chunk: BytesMut,
+}
+
+impl Arena {
+    fn copy(&mut self, bytes: &[u8]) -> Bytes {
+        if bytes.len() > ARENA_COPY_BYTES_MAX {
+            return Bytes::copy_from_slice(bytes);
+        }
+        if self.chunk.capacity() - self.chunk.len() < bytes.len() {
+            self.chunk = BytesMut::with_capacity(ARENA_CHUNK_BYTES);
+        }
+        self.chunk.extend_from_slice(bytes);
+        // The rest of the chunk stays here; the returned handle shares it.
+        self.chunk.split().freeze()
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Memtable {
-    /// Keys and values are slices of their batches' payloads.
+    /// Keys and values are slices of the arena's chunks.
     map: RwLock<BTreeMap<Key, Entry>>,
+    /// Taken only by an apply, under the map's write lock: never contended.
+    arena: Mutex<Arena>,
     /// Bytes applied (keys, values and overhead; replaced entries count
     /// until the memtable is checkpointed).
     bytes: AtomicUsize,
@@ -188,14 +220,15 @@ impl Memtable {
     /// snapshots, as the next epoch of `versions`' clock.
     pub(crate) fn apply(&self, versions: &Versions, lsn: Lsn, ops: Vec<Op>) {
         let mut map = self.map.write().expect("memtable lock");
+        let mut arena = self.arena.lock().expect("memtable arena lock");
         let epoch = versions.clock.fetch_add(1, Ordering::SeqCst) + 1;
         let oldest = versions.oldest.load(Ordering::SeqCst);
         let mut bytes = 0;
         for (index, op) in ops.into_iter().enumerate() {
             let version = (lsn.0, index as u32);
             let (key, value) = match op {
-                Op::Put(k, v) => (k, Some(v)),
-                Op::Delete(k) => (k, None),
+                Op::Put(k, v) => (arena.copy(&k), Some(arena.copy(&v))),
+                Op::Delete(k) => (arena.copy(&k), None),
             };
             bytes += key.len() + value.as_ref().map_or(0, Bytes::len) + ENTRY_OVERHEAD_BYTES;
             let new = Entry { version, epoch, value, older: None };
@@ -348,6 +381,55 @@ mod tests {
             let (x, y) = (Key::new(Bytes::from(a.clone())), Key::new(Bytes::from(b.clone())));
             prop_assert_eq!(x.cmp(&y), a.cmp(&b));
             prop_assert_eq!(x == y, a == b);
+        }
+    }
+
+    /// What an apply keeps is copied: the batch's payload is not held
+    /// (small keys and values go to the arena, large ones get their own
+    /// allocation), so a frame is freed once applied.
+    #[test]
+    fn an_applied_batch_keeps_no_part_of_its_payload() {
+        struct Shared(std::sync::Arc<Vec<u8>>);
+        impl AsRef<[u8]> for Shared {
+            fn as_ref(&self) -> &[u8] {
+                &self.0
+            }
+        }
+        let large_bytes = 2 * ARENA_COPY_BYTES_MAX;
+        let payload = std::sync::Arc::new((0..200 + large_bytes).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        let bytes = Bytes::from_owner(Shared(payload.clone()));
+        let want: Vec<(Vec<u8>, Option<Vec<u8>>)> = vec![
+            (bytes[0..16].to_vec(), Some(bytes[48..148].to_vec())),
+            (bytes[16..32].to_vec(), Some(bytes[200..].to_vec())),
+            (bytes[32..48].to_vec(), None),
+        ];
+        let ops = vec![
+            Op::Put(bytes.slice(0..16), bytes.slice(48..148)),
+            Op::Put(bytes.slice(16..32), bytes.slice(200..)),
+            Op::Delete(bytes.slice(32..48)),
+        ];
+        drop(bytes);
+        let memtable = Memtable::default();
+        memtable.apply(&Versions::default(), Lsn(1), ops);
+        assert_eq!(std::sync::Arc::strong_count(&payload), 1, "the memtable holds no slice of the payload");
+        for (key, value) in want {
+            assert_eq!(memtable.get(&key), Some(value.map(Bytes::from)), "{key:?}");
+        }
+    }
+
+    /// Entries copied across chunk boundaries keep their own bytes.
+    #[test]
+    fn arena_copies_stay_whole_across_chunks() {
+        let mut arena = Arena::default();
+        let copies: Vec<(Vec<u8>, Bytes)> = (0..3 * ARENA_CHUNK_BYTES / 1000)
+            .map(|i| {
+                let want: Vec<u8> = (0..1000 + i % 7).map(|j| (i * 31 + j) as u8).collect();
+                let copy = arena.copy(&want);
+                (want, copy)
+            })
+            .collect();
+        for (want, copy) in &copies {
+            assert_eq!(&copy[..], &want[..]);
         }
     }
 
