@@ -225,16 +225,29 @@ pub(crate) fn sync_dir(path: &Path) -> Result<()> {
 /// A `flock` on a lock file holding the owner's pid.
 struct FlockGuard {
     file: fs::File,
+    /// The process that took it.
+    owner: u32,
+}
+
+impl FlockGuard {
+    fn new(file: fs::File) -> FlockGuard {
+        FlockGuard { file, owner: std::process::id() }
+    }
 }
 
 impl Drop for FlockGuard {
-    /// Unlocks before the close. A flock belongs to the open file
-    /// description, and a child forked by any thread of this process holds
-    /// a copy of it until it execs or exits: a bare close would leave the
-    /// store locked for that while, and a reopen by this process would fail
-    /// with `Locked` naming its own pid. LOCK_UN through any copy releases
-    /// it for all of them.
+    /// The owner unlocks before the close. A flock belongs to the open
+    /// file description, and a child forked by any thread of this process
+    /// holds a copy of it until it execs or exits: a bare close would
+    /// leave the store locked for that while, and a reopen by this process
+    /// would fail with `Locked` naming its own pid. LOCK_UN through any
+    /// copy releases it for all of them, so a forked child (which did not
+    /// take the lock) only closes its copy: its unlock would free the
+    /// store under its parent (review 20).
     fn drop(&mut self) {
+        if std::process::id() != self.owner {
+            return;
+        }
         // SAFETY: flock only takes the fd (valid until `file` drops, after
         // this) and flags; its result is not needed, the close follows.
         unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
@@ -265,7 +278,7 @@ pub(crate) fn lock_shared(path: &Path) -> Result<DirLock> {
         Err(e) => return Err(Error::io("open", path, None, e)),
     };
     flock(&mut file, path, libc::LOCK_SH)?;
-    Ok(Box::new(FlockGuard { file }))
+    Ok(Box::new(FlockGuard::new(file)))
 }
 
 pub(crate) fn lock(path: &Path) -> Result<DirLock> {
@@ -277,12 +290,14 @@ pub(crate) fn lock(path: &Path) -> Result<DirLock> {
         .open(path)
         .map_err(|e| Error::io("open", path, None, e))?;
     flock(&mut file, path, libc::LOCK_EX)?;
+    // Held by the guard from here, so a failed pid write unlocks too.
+    let mut guard = FlockGuard::new(file);
     let write_pid = |file: &mut fs::File| -> io::Result<()> {
         file.set_len(0)?;
         file.rewind()?;
         writeln!(file, "{}", std::process::id())?;
         file.sync_data()
     };
-    write_pid(&mut file).map_err(|e| Error::io("write", path, None, e))?;
-    Ok(Box::new(FlockGuard { file }))
+    write_pid(&mut guard.file).map_err(|e| Error::io("write", path, None, e))?;
+    Ok(Box::new(guard))
 }

@@ -242,6 +242,43 @@ fn a_dropped_lock_is_released_while_a_forked_child_still_holds_its_descriptor() 
     relock.expect("the lock is free once dropped, whoever holds a copy of its descriptor");
 }
 
+/// Forks; the child drops `guard` (its copy of the lock: the same open
+/// file description) and exits. Returns once it is reaped.
+fn forked_child_drops(guard: &mut Option<ringkv_uring::DirLock>) {
+    // SAFETY: the child only drops the guard (a getpid and a close: no
+    // lock any other thread could hold) and calls _exit.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+    if child == 0 {
+        drop(guard.take());
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: reaps the child this test forked; `status` outlives the call.
+    assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+}
+
+/// The other side of the test above (review 20): a forked child that drops
+/// its copy of a held lock must not release it for its parent, exclusive
+/// or shared. (An unlock in every drop let a second writer in: a read-only
+/// store then saw its pages rewritten under it.)
+#[test]
+fn a_forked_child_dropping_its_copy_of_a_lock_leaves_the_parent_holding_it() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let storage = real(Io::Syscall, SyncMode::RwfDsync);
+    let path = tmp.path().join("LOCK");
+    let mut held = Some(storage.lock(&path).unwrap());
+    forked_child_drops(&mut held);
+    assert!(matches!(storage.lock(&path), Err(Error::Locked { .. })), "a second writer while the parent holds it");
+    drop(held);
+    let mut shared = Some(storage.lock_shared(&path).unwrap());
+    forked_child_drops(&mut shared);
+    assert!(matches!(storage.lock(&path), Err(Error::Locked { .. })), "a writer while the parent reads");
+    drop(shared);
+    storage.lock(&path).expect("free once the parent drops it");
+}
+
 #[test]
 fn power_cut_keeps_synced_bytes_and_tears_unsynced_writes_only_at_sectors() {
     for seed in 0..300 {
