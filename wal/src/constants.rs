@@ -45,4 +45,8 @@ const _: () = assert!(ZERO_FILL_CHUNK_BYTES % BLOCK_BYTES == 0);
 /// wake-up, a delay until the other batch's ring: `bells.rs`).
 pub(crate) const BELLS: usize = 8;
 
+/// Times a new leader yields the CPU while writers keep joining its batch
+/// (see `Shared::gather`).
+pub(crate) const GATHER_YIELDS_MAX: usize = 8;
+
 const _: () = assert!(BELLS > uring::PIPELINE_DEPTH + 1);
