@@ -34,7 +34,7 @@ use uring::{IoBuf, Storage, BLOCK_BYTES};
 
 use crate::bells::Bells;
 use crate::committer::Committer;
-use crate::constants::{FRAME_HEADER_BYTES, GATHER_YIELDS_MAX};
+use crate::constants::{FRAME_HEADER_BYTES, GATHER_FRAMES_MAX, GATHER_YIELDS_MAX};
 use crate::error::{Error, Result};
 use crate::frame::{seal_frame, FrameBuf, FrameKind, Seal};
 use crate::segment::Segment;
@@ -468,23 +468,26 @@ impl Shared {
     }
 
     /// A new leader lets the writers just woken join its batch before it
-    /// takes it: if the last batch had more than one writer, it yields
-    /// the CPU while frames keep arriving (at most [`GATHER_YIELDS_MAX`]
-    /// times; one `sched_yield` that returns at once where nothing else is
-    /// runnable). Without it the first writer back from an acknowledged
-    /// batch led at once with the few frames gathered during the sync, the
-    /// rest of its group formed the batch after, and the writers settled
-    /// into two cohorts taking turns: half the writers per sync. Where
-    /// syncs are the bound that halves the commits per sync. On this
-    /// machine's disk (A/B, three alternating runs, io_uring): 4 writers
-    /// 23.9-26.6k -> 32.9-35.0k commits/s (2.5 -> 3.6 commits per sync), 16
-    /// writers 46-57k -> 67-74k (8.6 -> 13.7; p99 2.7-5.0 -> 0.4-1.0 ms);
-    /// the minimal loop 19-26k and 79-86k. At 64 writers, where the two
-    /// cohorts overlap one's CPU work with the other's sync, it costs a
-    /// little: 110-125k -> 107-123k (syscall 135-150k -> 127-135k). A lone
-    /// writer never yields.
+    /// takes it: if the last batch had more than one writer and fewer than
+    /// [`GATHER_FRAMES_MAX`], it yields the CPU while frames keep arriving
+    /// (at most [`GATHER_YIELDS_MAX`] times; one `sched_yield` returns at
+    /// once where nothing else is runnable). Without it the first writer
+    /// back from an acknowledged batch led at once with the few frames
+    /// gathered during the sync, the rest of its group formed the batch
+    /// after, and the writers settled into two cohorts taking turns: half
+    /// of them per sync. Where syncs are the bound that halves the commits
+    /// per sync. On this machine's disk (A/B, three alternating runs,
+    /// io_uring): 4 writers 23.9-26.6k -> 32.9-35.0k commits/s (2.5 -> 3.6
+    /// commits per sync), 16 writers 46-57k -> 67-74k (8.6 -> 13.7; p99
+    /// 2.7-5.0 -> 0.4-1.0 ms); the minimal loop 19-26k and 79-86k. With
+    /// batches this large, two cohorts that overlap one's CPU work with
+    /// the other's sync do better: at 64 writers gathering always gave
+    /// 122-133k (55 per sync), stopping at 32 frames 133-170k (32 per
+    /// sync), at 20 147-166k, in the same runs; at 32 writers 98-118k,
+    /// 95-99k and 75-97k. A lone writer never yields.
     fn gather(&self) {
-        if self.last_batch_frames.load(Ordering::Relaxed) <= 1 {
+        let last = self.last_batch_frames.load(Ordering::Relaxed);
+        if last <= 1 || last >= GATHER_FRAMES_MAX {
             return;
         }
         for _ in 0..GATHER_YIELDS_MAX {
