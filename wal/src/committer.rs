@@ -28,6 +28,8 @@ struct InFlight {
     /// Where the next batch starts: the durable end once this one is.
     end: Lsn,
     frames: u64,
+    /// How many of its frames have a writer waiting for them.
+    waiting: usize,
     /// Writers waiting for it.
     group: Group,
     /// Its own sync succeeded.
@@ -243,12 +245,12 @@ impl Committer {
         }
         let durable = shared.durable_lsn();
         let len = batch.seal(durable, shared.options.term);
-        let (start, end, frames) = (batch.start, batch.end(), batch.frames());
+        let (start, end, frames, waiting) = (batch.start, batch.end(), batch.frames(), batch.waiting);
         let group = Group { seq: batch.seq, applies: std::mem::take(&mut batch.applies) };
         let offset = batch.start.0 - self.segment.start.0;
         assert!(offset + len as u64 <= self.segment.size_bytes, "a batch stays inside its segment");
         let ticket = self.pipeline.queue.submit(&self.file, offset, batch.buf, len);
-        self.pipeline.batches.push_back(InFlight { ticket, start, end, frames, group, synced: false });
+        self.pipeline.batches.push_back(InFlight { ticket, start, end, frames, waiting, group, synced: false });
         self.submitted_end = end;
         self.prepare_next_segment(shared);
     }
@@ -268,7 +270,7 @@ impl Committer {
                 }
                 shared.counters.syncs.fetch_add(1, Ordering::Relaxed);
                 for batch in self.pipeline.synced(ticket) {
-                    shared.made_durable(batch.end, batch.frames);
+                    shared.made_durable(batch.end, batch.frames, batch.waiting);
                     self.acknowledged.push(batch.group);
                     self.acknowledged_end = Some(batch.end);
                 }

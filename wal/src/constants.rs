@@ -49,10 +49,10 @@ pub(crate) const BELLS: usize = 8;
 /// (see `Shared::gather`).
 pub(crate) const GATHER_YIELDS_MAX: usize = 8;
 
-/// A new leader gathers only after a batch of fewer frames than this:
-/// larger batches amortize their sync well enough that overlapping the
-/// writers' CPU work with the next sync gains more (measured in
-/// `Shared::gather`).
-pub(crate) const GATHER_FRAMES_MAX: u64 = 32;
+/// A new leader gathers only after a batch that fewer writers than this
+/// waited for: larger batches amortize their sync well enough that
+/// overlapping the writers' CPU work with the next sync gains more
+/// (measured in `Shared::gather`).
+pub(crate) const GATHER_WRITERS_MAX: u64 = 32;
 
 const _: () = assert!(BELLS > uring::PIPELINE_DEPTH + 1);

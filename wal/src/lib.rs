@@ -129,6 +129,9 @@ pub struct WalStats {
     pub bytes: u64,
     /// The durable end of the log.
     pub durable_lsn: Lsn,
+    /// Times a new leader yielded the CPU to let the writers just woken
+    /// join its batch (see ARCHITECTURE.md, "The write path", step 6).
+    pub gather_yields: u64,
 }
 
 impl WalStats {

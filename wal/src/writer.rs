@@ -34,7 +34,7 @@ use uring::{IoBuf, Storage, BLOCK_BYTES};
 
 use crate::bells::Bells;
 use crate::committer::Committer;
-use crate::constants::{FRAME_HEADER_BYTES, GATHER_FRAMES_MAX, GATHER_YIELDS_MAX};
+use crate::constants::{FRAME_HEADER_BYTES, GATHER_WRITERS_MAX, GATHER_YIELDS_MAX};
 use crate::error::{Error, Result};
 use crate::frame::{seal_frame, FrameBuf, FrameKind, Seal};
 use crate::segment::Segment;
@@ -266,6 +266,7 @@ pub(crate) struct Counters {
     pub(crate) commits: AtomicU64,
     pub(crate) syncs: AtomicU64,
     pub(crate) bytes: AtomicU64,
+    pub(crate) gather_yields: AtomicU64,
 }
 
 /// What the writer handles share.
@@ -292,10 +293,11 @@ pub(crate) struct Shared {
     pub(crate) bells: Bells,
     /// The end of the log acknowledged durable.
     pub(crate) durable: AtomicU64,
-    /// Frames placed so far (counted under the tail lock, read without it).
-    placed: AtomicU64,
-    /// Frames of the batch acknowledged last.
-    last_batch_frames: AtomicU64,
+    /// Frames placed so far with a writer waiting for them (counted under
+    /// the tail lock, read without it).
+    waited_placed: AtomicU64,
+    /// Writers that waited for the batch acknowledged last.
+    last_batch_waiting: AtomicU64,
     /// The end of the log whose frames' `Apply`s have all run (behind
     /// `durable` while a leader runs them).
     pub(crate) applied: AtomicU64,
@@ -343,8 +345,8 @@ impl Shared {
             poisoned: AtomicBool::new(false),
             bells: Bells::new(),
             durable: AtomicU64::new(end.0),
-            placed: AtomicU64::new(0),
-            last_batch_frames: AtomicU64::new(0),
+            waited_placed: AtomicU64::new(0),
+            last_batch_waiting: AtomicU64::new(0),
             applied: AtomicU64::new(end.0),
             applies_stopped: AtomicBool::new(false),
             counters: Counters::default(),
@@ -370,6 +372,7 @@ impl Shared {
             syncs: self.counters.syncs.load(Ordering::Relaxed),
             bytes: self.counters.bytes.load(Ordering::Relaxed),
             durable_lsn: self.durable_lsn(),
+            gather_yields: self.counters.gather_yields.load(Ordering::Relaxed),
         }
     }
 
@@ -394,12 +397,12 @@ impl Shared {
             }
             let segment_end = tail.segment_end;
             if let Some(lsn) = tail.gathering.place(frame, crc, segment_end) {
-                self.placed.fetch_add(1, Ordering::Relaxed);
                 let end = Lsn(lsn.0 + frame.as_bytes().len() as u64);
                 let applies = apply.is_some();
                 let seq = tail.gathering.seq;
                 if wait {
                     tail.gathering.waiting += 1;
+                    self.waited_placed.fetch_add(1, Ordering::Relaxed);
                     if let Some(apply) = apply.take() {
                         tail.gathering.applies.push((lsn, apply));
                     }
@@ -454,7 +457,7 @@ impl Shared {
                 return outcome;
             }
             if let Some(mut leader) = self.try_lead() {
-                self.gather();
+                self.gather(ticket.end);
                 leader.lead(self, ticket.end);
                 self.step_down(leader);
                 continue;
@@ -468,10 +471,12 @@ impl Shared {
     }
 
     /// A new leader lets the writers just woken join its batch before it
-    /// takes it: if the last batch had more than one writer and fewer than
-    /// [`GATHER_FRAMES_MAX`], it yields the CPU while frames keep arriving
-    /// (at most [`GATHER_YIELDS_MAX`] times; one `sched_yield` returns at
-    /// once where nothing else is runnable). Without it the first writer
+    /// takes it: if more than one writer waited for the last batch and
+    /// fewer than [`GATHER_WRITERS_MAX`], it yields the CPU while waiting
+    /// writers keep arriving (at most [`GATHER_YIELDS_MAX`] times; one
+    /// `sched_yield` returns at once where nothing else is runnable).
+    /// `NoSync` frames count for neither (review 21: a lone writer mixing
+    /// them with waiting writes yielded at every waiting one). Without it the first writer
     /// back from an acknowledged batch led at once with the few frames
     /// gathered during the sync, the rest of its group formed the batch
     /// after, and the writers settled into two cohorts taking turns: half
@@ -485,15 +490,18 @@ impl Shared {
     /// 122-133k (55 per sync), stopping at 32 frames 133-170k (32 per
     /// sync), at 20 147-166k, in the same runs; at 32 writers 98-118k,
     /// 95-99k and 75-97k. A lone writer never yields.
-    fn gather(&self) {
-        let last = self.last_batch_frames.load(Ordering::Relaxed);
-        if last <= 1 || last >= GATHER_FRAMES_MAX {
+    /// (Nothing to gather for if the frame up to `end` is durable already:
+    /// it became so between the check and taking the lead.)
+    fn gather(&self, end: Lsn) {
+        let last = self.last_batch_waiting.load(Ordering::Relaxed);
+        if last <= 1 || last >= GATHER_WRITERS_MAX || self.durable_lsn() >= end {
             return;
         }
         for _ in 0..GATHER_YIELDS_MAX {
-            let before = self.placed.load(Ordering::Relaxed);
+            let before = self.waited_placed.load(Ordering::Relaxed);
+            self.counters.gather_yields.fetch_add(1, Ordering::Relaxed);
             std::thread::yield_now();
-            if self.placed.load(Ordering::Relaxed) == before {
+            if self.waited_placed.load(Ordering::Relaxed) == before {
                 return;
             }
         }
@@ -657,11 +665,11 @@ impl Shared {
     }
 
     /// Publishes `end` as the durable end of the log.
-    pub(crate) fn made_durable(&self, end: Lsn, frames: u64) {
+    pub(crate) fn made_durable(&self, end: Lsn, frames: u64, waiting: usize) {
         let before = self.durable_lsn();
         assert!(end > before, "a batch moves the durable end forward");
         self.counters.commits.fetch_add(frames, Ordering::Relaxed);
-        self.last_batch_frames.store(frames, Ordering::Relaxed);
+        self.last_batch_waiting.store(waiting as u64, Ordering::Relaxed);
         self.counters.bytes.fetch_add(end.0 - before.0, Ordering::Relaxed);
         self.durable.store(end.0, Ordering::SeqCst);
     }

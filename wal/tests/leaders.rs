@@ -205,3 +205,36 @@ fn a_panicking_apply_answers_its_writer_and_hangs_no_one() {
     let after = wal.append(frame(b"after"), true);
     assert!(matches!(after, Err(Error::Poisoned { .. })), "{after:?}");
 }
+
+/// A lone writer never yields to let others join its batch (there are
+/// none), also when it mixes frames nobody waits for with waiting ones:
+/// only waiting writers count (review 21: counting every frame, a lone
+/// writer yielded before each waiting append that followed non-waiting
+/// ones, as a batch then held several frames).
+#[test]
+fn a_lone_writer_never_yields_to_gather() {
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let real = uring::open_storage(StorageOptions {
+        io: Io::Syscall,
+        sync_mode: SyncMode::RwfDsync,
+        commit_buffer_bytes: ringkv_wal::COMMIT_BUFFER_BYTES,
+    })
+    .unwrap();
+    let disks: [(Arc<dyn Storage>, &Path); 2] =
+        [(real, &base.path().join("wal")), (Arc::new(SimStorage::new().seeded(5)), Path::new(DIR))];
+    for (storage, dir) in disks {
+        let (wal, _) = open(storage, dir);
+        for i in 0..300u32 {
+            for j in 0..3u32 {
+                wal.append(frame(format!("nosync-{i}-{j}").as_bytes()), false).unwrap();
+            }
+            wal.append(frame(format!("sync-{i}").as_bytes()), true).unwrap();
+            if i % 50 == 0 {
+                wal.sync().unwrap();
+            }
+        }
+        let stats = wal.stats();
+        assert!(stats.average_batch_frames() > 1.0, "batches held several frames: {stats:?}");
+        assert_eq!(stats.gather_yields, 0, "{}", dir.display());
+    }
+}
