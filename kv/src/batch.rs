@@ -7,9 +7,6 @@
 //! ```
 //! All integers little-endian.
 
-use std::sync::Arc;
-
-use bytes::Bytes;
 use wal::{FrameBuf, Lsn};
 
 use crate::constants::{
@@ -17,11 +14,12 @@ use crate::constants::{
 };
 use crate::error::{Error, Result};
 
-/// One change, its bytes sharing the batch's payload.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Op {
-    Put(Bytes, Bytes),
-    Delete(Bytes),
+/// One change, its bytes borrowed from the batch's payload (the memtable
+/// copies them into its arena).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Op<'a> {
+    Put(&'a [u8], &'a [u8]),
+    Delete(&'a [u8]),
 }
 
 /// Changes applied all together or not at all, also across a crash.
@@ -147,45 +145,31 @@ impl PartialEq for WriteBatch {
 
 impl Eq for WriteBatch {}
 
-/// A finished batch frame, shared between the log (which copies it into
-/// its commit buffer) and the ops its apply reads (slices of its payload,
-/// which the memtable copies into its arena).
-pub(crate) struct Payload(pub(crate) Arc<FrameBuf>);
-
-impl AsRef<[u8]> for Payload {
-    fn as_ref(&self) -> &[u8] {
-        self.0.payload()
-    }
-}
-
-/// Decodes a batch payload read from the WAL at `lsn`; the ops' bytes are
-/// slices of `payload`.
-pub(crate) fn decode(lsn: Lsn, payload: &Bytes) -> Result<Vec<Op>> {
+/// Decodes a batch payload read from the WAL at `lsn`; the ops borrow
+/// `payload`.
+pub(crate) fn decode(lsn: Lsn, payload: &[u8]) -> Result<Vec<Op<'_>>> {
     let bad = |reason| Error::BadBatch { lsn, reason };
     let mut at = 0usize;
-    // The bytes' range; only keys and values become `Bytes` (slices share
-    // the payload through a reference count: one count per key and value).
-    let mut take = |n: usize| -> Result<std::ops::Range<usize>> {
+    let mut take = |n: usize| -> Result<&[u8]> {
         let end = at.checked_add(n).filter(|&end| end <= payload.len()).ok_or(bad("truncated"))?;
-        let range = at..end;
+        let bytes = &payload[at..end];
         at = end;
-        Ok(range)
+        Ok(bytes)
     };
-    let u32_at =
-        |range: std::ops::Range<usize>| u32::from_le_bytes(payload[range].try_into().expect("4 bytes")) as usize;
-    let count = u32_at(take(4)?);
+    let u32_of = |bytes: &[u8]| u32::from_le_bytes(bytes.try_into().expect("4 bytes")) as usize;
+    let count = u32_of(take(4)?);
     let mut ops = Vec::with_capacity(count.min(payload.len() / OP_HEADER_BYTES));
     for _ in 0..count {
-        let kind = payload[take(1)?.start];
-        let key_len = u32_at(take(4)?);
-        let value_len = u32_at(take(4)?);
+        let kind = take(1)?[0];
+        let key_len = u32_of(take(4)?);
+        let value_len = u32_of(take(4)?);
         if key_len > LOG_KEY_BYTES_MAX || value_len > VALUE_BYTES_MAX {
             return Err(bad("key or value length over the limit"));
         }
-        let key = payload.slice(take(key_len)?);
+        let key = take(key_len)?;
         let value = take(value_len)?;
         ops.push(match (kind, value_len) {
-            (1, _) => Op::Put(key, payload.slice(value)),
+            (1, _) => Op::Put(key, value),
             (2, 0) => Op::Delete(key),
             _ => return Err(bad("unknown operation kind")),
         });
@@ -201,8 +185,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn payload(frame: &FrameBuf) -> Bytes {
-        Bytes::copy_from_slice(frame.payload())
+    fn payload(frame: &FrameBuf) -> Vec<u8> {
+        frame.payload().to_vec()
     }
 
     proptest! {
@@ -216,16 +200,17 @@ mod tests {
             let expected: Vec<Op> = ops
                 .iter()
                 .map(|(is_put, k, v)| match is_put {
-                    true => Op::Put(Bytes::copy_from_slice(k), Bytes::copy_from_slice(v)),
-                    false => Op::Delete(Bytes::copy_from_slice(k)),
+                    true => Op::Put(k, v),
+                    false => Op::Delete(k),
                 })
                 .collect();
-            prop_assert_eq!(decode(Lsn(0), &payload(&frame)).unwrap(), expected);
+            let payload = payload(&frame);
+            prop_assert_eq!(decode(Lsn(0), &payload).unwrap(), expected);
         }
 
         #[test]
         fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = decode(Lsn(7), &Bytes::from(bytes));
+            let _ = decode(Lsn(7), &bytes);
         }
     }
 
@@ -234,7 +219,7 @@ mod tests {
         let mut batch = WriteBatch::new();
         batch.put("key", "value");
         let bytes = payload(&batch.into_frame(crate::BATCH_BYTES_MAX).unwrap());
-        let err = decode(Lsn(99), &bytes.slice(..bytes.len() - 1)).unwrap_err();
+        let err = decode(Lsn(99), &bytes[..bytes.len() - 1]).unwrap_err();
         assert!(matches!(err, Error::BadBatch { lsn: Lsn(99), reason: "truncated" }), "{err:?}");
     }
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use uring::{Backend, DirLock, Io, Storage, StorageOptions, SyncMode};
 use wal::{Lsn, RecoveryMode, Wal, WalOptions, WalStats};
 
-use crate::batch::{self, Payload, WriteBatch};
+use crate::batch::{self, WriteBatch};
 use crate::checkpoint::{self, Control};
 use crate::constants::{BATCH_BYTES_MAX, SCAN_CHUNK_ENTRIES};
 use crate::error::{Error, Result};
@@ -250,8 +250,8 @@ impl Replay {
         if header.lsn < self.from {
             return;
         }
-        match batch::decode(header.lsn, &Bytes::copy_from_slice(payload)) {
-            Ok(ops) => self.memtable.apply(&self.versions, header.lsn, ops),
+        match batch::decode(header.lsn, payload) {
+            Ok(ops) => self.memtable.apply(&self.versions, header.lsn, &ops),
             Err(e) => {
                 self.error.get_or_insert(e);
             }
@@ -469,12 +469,14 @@ impl Kv {
         let wal = inner.wal.as_ref().ok_or_else(|| Error::ReadOnly { path: inner.dir.clone() })?;
         let frame = Arc::new(batch.into_frame(inner.batch_bytes_max)?);
         inner.pace()?;
-        // The memtable's keys and values: slices of the frame's payload.
-        let payload = Bytes::from_owner(Payload(Arc::clone(&frame)));
-        let ops = batch::decode(Lsn(0), &payload).expect("a batch decodes as it was encoded");
-        // Into the memtable its LSN belongs to (see `Tables::apply`).
-        let tables = inner.tables.clone();
-        let apply = Box::new(move |lsn| tables.read().expect("tables lock").apply(lsn, ops));
+        // Decoded where it is applied (by the leader, or here for NoSync),
+        // from the frame, into the memtable its LSN belongs to (see
+        // `Tables::apply`), which copies the keys and values.
+        let (tables, payload) = (inner.tables.clone(), Arc::clone(&frame));
+        let apply = Box::new(move |lsn| {
+            let ops = batch::decode(lsn, payload.payload()).expect("a batch decodes as it was encoded");
+            tables.read().expect("tables lock").apply(lsn, &ops);
+        });
         match durability {
             // Applied by the leader that acknowledges it, with its group.
             Durability::Sync => wal.append_then(&*frame, apply)?,
@@ -782,7 +784,7 @@ fn not_a_store(storage: &dyn Storage, dir: &Path) -> Result<Error> {
 /// # Errors
 /// [`Error::BadBatch`] naming the LSN.
 pub fn check_batch(lsn: Lsn, payload: &[u8]) -> Result<usize> {
-    Ok(batch::decode(lsn, &Bytes::copy_from_slice(payload))?.len())
+    Ok(batch::decode(lsn, payload)?.len())
 }
 
 /// What a scan reads: the memtables and a checkpoint of the page file,

@@ -220,29 +220,24 @@ pub(crate) struct Memtable {
 impl Memtable {
     /// Applies a batch's ops as of `lsn`, atomically for readers and
     /// snapshots, as the next epoch of `versions`' clock.
-    pub(crate) fn apply(&self, versions: &Versions, lsn: Lsn, ops: Vec<Op>) {
-        let mut ops = ops;
-        {
-            // Copied before the map's lock is taken: readers need not wait
-            // for it.
+    pub(crate) fn apply(&self, versions: &Versions, lsn: Lsn, ops: &[Op<'_>]) {
+        // Copied before the map's lock is taken: readers need not wait for
+        // it.
+        let copies: Vec<(Bytes, Option<Bytes>)> = {
             let mut arena = self.arena.lock().expect("memtable arena lock");
-            for op in &mut ops {
-                *op = match op {
-                    Op::Put(k, v) => Op::Put(arena.copy(k), arena.copy(v)),
-                    Op::Delete(k) => Op::Delete(arena.copy(k)),
-                };
-            }
-        }
+            ops.iter()
+                .map(|op| match op {
+                    Op::Put(k, v) => (arena.copy(k), Some(arena.copy(v))),
+                    Op::Delete(k) => (arena.copy(k), None),
+                })
+                .collect()
+        };
         let mut map = self.map.write().expect("memtable lock");
         let epoch = versions.clock.fetch_add(1, Ordering::SeqCst) + 1;
         let oldest = versions.oldest.load(Ordering::SeqCst);
         let mut bytes = 0;
-        for (index, op) in ops.into_iter().enumerate() {
+        for (index, (key, value)) in copies.into_iter().enumerate() {
             let version = (lsn.0, index as u32);
-            let (key, value) = match op {
-                Op::Put(k, v) => (k, Some(v)),
-                Op::Delete(k) => (k, None),
-            };
             bytes += key.len() + value.as_ref().map_or(0, Bytes::len) + ENTRY_OVERHEAD_BYTES;
             let new = Entry { version, epoch, value, older: None };
             // One search of the map per key.
@@ -328,7 +323,7 @@ impl Tables {
     /// into the frozen memtable (a `Sync` frame placed before the cut whose
     /// leader applies it after), so that every frame in `active` is newer
     /// than every frame in `frozen`.
-    pub(crate) fn apply(&self, lsn: Lsn, ops: Vec<Op>) {
+    pub(crate) fn apply(&self, lsn: Lsn, ops: &[Op<'_>]) {
         match &self.frozen {
             Some((frozen, cut)) if lsn < *cut => frozen.apply(&self.versions, lsn, ops),
             _ => self.active.apply(&self.versions, lsn, ops),
@@ -397,34 +392,28 @@ mod tests {
         }
     }
 
-    /// What an apply keeps is copied: the batch's payload is not held
-    /// (small keys and values go to the arena, large ones get their own
-    /// allocation), so a frame is freed once applied.
+    /// What an apply keeps is copied: the payload its ops borrow can be
+    /// overwritten once it returns (small keys and values go to the arena,
+    /// large ones get their own allocation).
     #[test]
     fn an_applied_batch_keeps_no_part_of_its_payload() {
-        struct Shared(std::sync::Arc<Vec<u8>>);
-        impl AsRef<[u8]> for Shared {
-            fn as_ref(&self) -> &[u8] {
-                &self.0
-            }
-        }
         let large_bytes = 2 * ARENA_COPY_BYTES_MAX;
-        let payload = std::sync::Arc::new((0..200 + large_bytes).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
-        let bytes = Bytes::from_owner(Shared(payload.clone()));
+        let mut payload: Vec<u8> = (0..200 + large_bytes).map(|i| (i % 251) as u8).collect();
         let want: Vec<(Vec<u8>, Option<Vec<u8>>)> = vec![
-            (bytes[0..16].to_vec(), Some(bytes[48..148].to_vec())),
-            (bytes[16..32].to_vec(), Some(bytes[200..].to_vec())),
-            (bytes[32..48].to_vec(), None),
+            (payload[0..16].to_vec(), Some(payload[48..148].to_vec())),
+            (payload[16..32].to_vec(), Some(payload[200..].to_vec())),
+            (payload[32..48].to_vec(), None),
         ];
-        let ops = vec![
-            Op::Put(bytes.slice(0..16), bytes.slice(48..148)),
-            Op::Put(bytes.slice(16..32), bytes.slice(200..)),
-            Op::Delete(bytes.slice(32..48)),
-        ];
-        drop(bytes);
         let memtable = Memtable::default();
-        memtable.apply(&Versions::default(), Lsn(1), ops);
-        assert_eq!(std::sync::Arc::strong_count(&payload), 1, "the memtable holds no slice of the payload");
+        {
+            let ops = [
+                Op::Put(&payload[0..16], &payload[48..148]),
+                Op::Put(&payload[16..32], &payload[200..]),
+                Op::Delete(&payload[32..48]),
+            ];
+            memtable.apply(&Versions::default(), Lsn(1), &ops);
+        }
+        payload.fill(0xee);
         for (key, value) in want {
             assert_eq!(memtable.get(&key), Some(value.map(Bytes::from)), "{key:?}");
         }
@@ -505,7 +494,6 @@ mod tests {
             };
             for (n, &lsn) in lsns.iter().enumerate() {
                 let count = 1 + rng.below(8) as usize;
-                let mut ops = Vec::new();
                 let mut rec = Vec::new();
                 for index in 0..count {
                     let key = keys[rng.below(keys.len() as u64) as usize].clone();
@@ -513,13 +501,16 @@ mod tests {
                         0 => None,
                         _ => Some(bytes_of(lsn * 100 + index as u64, SIZES[rng.below(SIZES.len() as u64) as usize])),
                     };
-                    ops.push(match &value {
-                        Some(v) => Op::Put(Bytes::from(key.clone()), Bytes::from(v.clone())),
-                        None => Op::Delete(Bytes::from(key.clone())),
-                    });
                     rec.push((key, (lsn, index as u32), value));
                 }
-                memtable.apply(&versions, Lsn(lsn), ops);
+                let ops: Vec<Op> = rec
+                    .iter()
+                    .map(|(key, _, value)| match value {
+                        Some(v) => Op::Put(key, v),
+                        None => Op::Delete(key),
+                    })
+                    .collect();
+                memtable.apply(&versions, Lsn(lsn), &ops);
                 epoch += 1;
                 for (key, version, value) in rec {
                     history.entry(key).or_default().push((version, epoch, value));
