@@ -471,27 +471,24 @@ impl Shared {
     }
 
     /// A new leader lets the writers just woken join its batch before it
-    /// takes it: if more than one writer waited for the last batch and
-    /// fewer than [`GATHER_WRITERS_MAX`], it yields the CPU while waiting
-    /// writers keep arriving (at most [`GATHER_YIELDS_MAX`] times; one
-    /// `sched_yield` returns at once where nothing else is runnable).
-    /// `NoSync` frames count for neither (review 21: a lone writer mixing
-    /// them with waiting writes yielded at every waiting one). Without it the first writer
-    /// back from an acknowledged batch led at once with the few frames
-    /// gathered during the sync, the rest of its group formed the batch
-    /// after, and the writers settled into two cohorts taking turns: half
-    /// of them per sync. Where syncs are the bound that halves the commits
-    /// per sync. On this machine's disk (A/B, three alternating runs,
-    /// io_uring): 4 writers 23.9-26.6k -> 32.9-35.0k commits/s (2.5 -> 3.6
-    /// commits per sync), 16 writers 46-57k -> 67-74k (8.6 -> 13.7; p99
-    /// 2.7-5.0 -> 0.4-1.0 ms); the minimal loop 19-26k and 79-86k. With
-    /// batches this large, two cohorts that overlap one's CPU work with
-    /// the other's sync do better: at 64 writers gathering always gave
-    /// 122-133k (55 per sync), stopping at 32 frames 133-170k (32 per
-    /// sync), at 20 147-166k, in the same runs; at 32 writers 98-118k,
-    /// 95-99k and 75-97k. A lone writer never yields.
-    /// (Nothing to gather for if the frame up to `end` is durable already:
-    /// it became so between the check and taking the lead.)
+    /// takes it: if more than one writer and fewer than
+    /// [`GATHER_WRITERS_MAX`] waited for the last batch, it yields the CPU
+    /// while waiting writers keep arriving, at most [`GATHER_YIELDS_MAX`]
+    /// times (a `sched_yield` returns at once where nothing else is
+    /// runnable). `NoSync` frames count for neither, so a lone writer never
+    /// yields (review 21). Nor does a leader whose frame up to `end` became
+    /// durable between its check and taking the lead.
+    ///
+    /// Without it the first writer back from an acknowledged batch led at
+    /// once with the few frames gathered during the sync, and the writers
+    /// settled into two cohorts taking turns, half of them per sync. Where
+    /// syncs are the bound that halves the commits per sync. A/B on this
+    /// machine's disk, three alternating runs, io_uring: 4 writers
+    /// 23.9-26.6k -> 32.9-35.0k commits/s (2.5 -> 3.6 per sync), 16 writers
+    /// 46-57k -> 67-74k (8.6 -> 13.7 per sync; p99 2.7-5.0 -> 0.4-1.0 ms).
+    /// Past the limit two cohorts, overlapping one's CPU work with the
+    /// other's sync, do better: 64 writers gave 122-133k when gathering
+    /// after any batch (55 per sync), 133-170k stopping at 32 (32 per sync).
     fn gather(&self, end: Lsn) {
         let last = self.last_batch_waiting.load(Ordering::Relaxed);
         if last <= 1 || last >= GATHER_WRITERS_MAX || self.durable_lsn() >= end {
