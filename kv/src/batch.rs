@@ -54,9 +54,9 @@ impl WriteBatch {
         WriteBatch::with_room(0)
     }
 
-    /// An empty batch with room for ops of `bytes` (keys and values).
-    /// Sized exactly: the memtable keeps the whole buffer while any of its
-    /// keys is live.
+    /// An empty batch with room for ops of `bytes` (keys and values),
+    /// sized exactly (the frame is copied into the log's commit buffer and
+    /// lives until its batch is applied).
     pub(crate) fn with_room(bytes: usize) -> WriteBatch {
         let mut frame = FrameBuf::with_capacity(BATCH_HEADER_BYTES + bytes);
         frame.resize_payload(BATCH_HEADER_BYTES);

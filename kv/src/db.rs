@@ -472,6 +472,11 @@ impl Kv {
         // Decoded where it is applied (by the leader, or here for NoSync),
         // from the frame, into the memtable its LSN belongs to (see
         // `Tables::apply`), which copies the keys and values.
+        // A frame that did not decode would be in the log before its
+        // apply found out: the log poisoned, and every reopen refused
+        // (review 22). The encoder is tested against the decoder
+        // (`batches_round_trip`); debug builds check every write too.
+        debug_assert!(batch::decode(Lsn(0), frame.payload()).is_ok(), "a batch decodes as it was encoded");
         let (tables, payload) = (inner.tables.clone(), Arc::clone(&frame));
         let apply = Box::new(move |lsn| {
             let ops = batch::decode(lsn, payload.payload()).expect("a batch decodes as it was encoded");
