@@ -469,14 +469,14 @@ impl Kv {
         let wal = inner.wal.as_ref().ok_or_else(|| Error::ReadOnly { path: inner.dir.clone() })?;
         let frame = Arc::new(batch.into_frame(inner.batch_bytes_max)?);
         inner.pace()?;
-        // Decoded where it is applied (by the leader, or here for NoSync),
-        // from the frame, into the memtable its LSN belongs to (see
-        // `Tables::apply`), which copies the keys and values.
-        // A frame that did not decode would be in the log before its
-        // apply found out: the log poisoned, and every reopen refused
-        // (review 22). The encoder is tested against the decoder
-        // (`batches_round_trip`); debug builds check every write too.
+        // A frame that did not decode would be in the log before its apply
+        // found out: the log poisoned, and every reopen refused (review 22).
+        // The encoder is tested against the decoder (`batches_round_trip`);
+        // debug builds check every write too.
         debug_assert!(batch::decode(Lsn(0), frame.payload()).is_ok(), "a batch decodes as it was encoded");
+        // Decoded where it is applied (by the leader, or here for NoSync),
+        // into the memtable its LSN belongs to (see `Tables::apply`), which
+        // copies the keys and values.
         let (tables, payload) = (inner.tables.clone(), Arc::clone(&frame));
         let apply = Box::new(move |lsn| {
             let ops = batch::decode(lsn, payload.payload()).expect("a batch decodes as it was encoded");

@@ -208,9 +208,9 @@ impl Arena {
 pub(crate) struct Memtable {
     /// Keys and values are slices of the arena's chunks.
     map: RwLock<BTreeMap<Key, Entry>>,
-    /// Taken only by an apply, before the map's write lock (applies come
-    /// one at a time: from the leader, or a `NoSync` writer under the log's
-    /// tail lock, or recovery).
+    /// Taken by an apply before the map's write lock. Applies seldom
+    /// overlap (a leader's, and a `NoSync` writer's under the log's tail
+    /// lock, may), so it is hardly ever contended.
     arena: Mutex<Arena>,
     /// Bytes applied (keys, values and overhead; replaced entries count
     /// until the memtable is checkpointed).
