@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use io_uring::{opcode, squeue, types, IoUring, Probe};
 
 use crate::buf::{AlignedBuf, BufHome, FixedSlot, IoBuf};
-use crate::constants::{OP_BYTES_MAX, RING_COMPLETION_ENTRIES, RING_ENTRIES};
+use crate::constants::{OP_BYTES_MAX, RING_COMPLETION_ENTRIES, RING_ENTRIES, WRITES_IN_FLIGHT};
 use crate::error::{Error, Result};
 use crate::os::OsFile;
 use crate::partial::WriteProgress;
@@ -160,6 +160,52 @@ fn submit_and_reap(ring: &mut IoUring, entries: &[squeue::Entry]) -> Vec<i32> {
     results.into_iter().map(|r| r.expect("every operation completed")).collect()
 }
 
+/// Runs `entries` (independent operations, none linked) with up to
+/// `window` of them in flight at once: each completion makes room for the
+/// next, so the device sees a steady queue rather than bursts that drain
+/// to the slowest of each. Waits for every completion; returns the results
+/// in order.
+///
+/// As with [`submit_and_reap`], the caller holds the ring's lock for the
+/// whole call, so every completion reaped here is one of ours.
+fn submit_windowed(ring: &mut IoUring, entries: &[squeue::Entry], window: usize) -> Vec<i32> {
+    let window = window.clamp(1, RING_ENTRIES as usize);
+    let mut results = vec![None; entries.len()];
+    let (mut pushed, mut reaped) = (0, 0);
+    while reaped < entries.len() {
+        while pushed < entries.len() && pushed - reaped < window {
+            let entry = entries[pushed].clone().user_data(pushed as u64);
+            // SAFETY: the entries' buffers are borrowed by our caller for
+            // this whole call, and we do not return before every pushed
+            // operation's completion has been reaped (an io_uring_enter
+            // failure aborts the process instead of returning). At most
+            // `window` <= RING_ENTRIES operations are unreaped, those not
+            // yet taken by the kernel among them, so the submission queue
+            // (RING_ENTRIES) has room, and the completion queue too.
+            unsafe { ring.submission().push(&entry) }.expect("the window fits the submission queue");
+            pushed += 1;
+        }
+        match ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => {}
+            Err(e) => {
+                // Operations may be in flight on memory we would hand back:
+                // there is no safe way to go on.
+                eprintln!("ringkv: io_uring_enter failed with operations in flight: {e}");
+                std::process::abort();
+            }
+        }
+        for cqe in ring.completion() {
+            let i = cqe.user_data() as usize;
+            assert!(i < pushed, "completion for an operation we did not submit");
+            assert!(results[i].is_none(), "two completions for one operation");
+            results[i] = Some(cqe.result());
+            reaped += 1;
+        }
+    }
+    results.into_iter().map(|r| r.expect("every operation completed")).collect()
+}
+
 /// A write of `buf` at `offset`: `WriteFixed` when `buf` lies in a buffer
 /// registered with the ring it is submitted to (`fixed`).
 pub(crate) fn write_entry(
@@ -274,24 +320,22 @@ impl File for UringFile {
     }
 
     fn write_many(&self, writes: &[(u64, &[u8])]) -> Result<()> {
-        for chunk in writes.chunks(RING_ENTRIES as usize) {
-            let entries: Vec<squeue::Entry> = chunk
-                .iter()
-                .map(|&(offset, buf)| {
-                    self.os.check_aligned(offset, buf.len(), buf.as_ptr());
-                    assert!(buf.len() <= OP_BYTES_MAX, "one write of at most OP_BYTES_MAX");
-                    write_entry(self.fd(), offset, buf, None, 0)
-                })
-                .collect();
-            let results = on_own_ring(&self.ring, |ring| submit_and_reap(ring, &entries));
-            for (&(offset, buf), res) in chunk.iter().zip(results) {
-                match res {
-                    n if n >= 0 && n as usize == buf.len() => {}
-                    // Short, interrupted or refused for now: write it again
-                    // whole, one piece at a time.
-                    n if n >= 0 || n == -libc::EINTR || n == -libc::EAGAIN => self.write_all(offset, buf)?,
-                    e => return Err(self.os.err("write", offset, io::Error::from_raw_os_error(-e))),
-                }
+        let entries: Vec<squeue::Entry> = writes
+            .iter()
+            .map(|&(offset, buf)| {
+                self.os.check_aligned(offset, buf.len(), buf.as_ptr());
+                assert!(buf.len() <= OP_BYTES_MAX, "one write of at most OP_BYTES_MAX");
+                write_entry(self.fd(), offset, buf, None, 0)
+            })
+            .collect();
+        let results = on_own_ring(&self.ring, |ring| submit_windowed(ring, &entries, WRITES_IN_FLIGHT));
+        for (&(offset, buf), res) in writes.iter().zip(results) {
+            match res {
+                n if n >= 0 && n as usize == buf.len() => {}
+                // Short, interrupted or refused for now: write it again
+                // whole, one piece at a time.
+                n if n >= 0 || n == -libc::EINTR || n == -libc::EAGAIN => self.write_all(offset, buf)?,
+                e => return Err(self.os.err("write", offset, io::Error::from_raw_os_error(-e))),
             }
         }
         Ok(())

@@ -39,10 +39,6 @@ const RUN_PAGES_MAX: usize = 64;
 /// With one batch queued, one being written and one being made, a
 /// checkpoint holds at most three of them.
 const FLUSH_PAGES: usize = if cfg!(test) { 7 } else { 1024 };
-/// Writes (runs) a checkpoint submits at once: the queue depth that makes
-/// the disk fast (fio here: 4 KiB random writes 9.2k/s at depth 1, 62k/s
-/// at 32).
-const WRITES_IN_FLIGHT: usize = 32;
 /// Longest key the tree takes: a leaf or branch then holds at least three.
 pub(crate) const TREE_KEY_BYTES_MAX: usize = crate::KEY_BYTES_MAX;
 const _: () = assert!(page::INLINE_ENTRY_MAX >= TREE_KEY_BYTES_MAX + 19);
@@ -765,7 +761,8 @@ impl PageFile {
     }
 
     /// Writes pages of a checkpoint (runs of consecutive pages as one
-    /// write, many runs in flight at once), sealed into `scratch` (grown
+    /// write, the whole batch handed to [`File::write_many`], which keeps
+    /// many in flight where the backend can), sealed into `scratch` (grown
     /// if it is too small: a writer keeps one for all its batches). No
     /// meta page reaches them yet.
     fn write_pages(&self, mut out: Vec<(PageNo, Page)>, generation: u64, scratch: &mut AlignedBuf) -> Result<()> {
@@ -785,16 +782,13 @@ impl PageFile {
                 _ => runs.push((*no, k, 1)),
             }
         }
-        // Up to WRITES_IN_FLIGHT runs per submission.
-        for chunk in runs.chunks(WRITES_IN_FLIGHT) {
-            let writes: Vec<(u64, &[u8])> = chunk
-                .iter()
-                .map(|&(first, k, n)| {
-                    (u64::from(first) * PAGE_BYTES as u64, &scratch[k * PAGE_BYTES..(k + n) * PAGE_BYTES])
-                })
-                .collect();
-            self.file.write_many(&writes)?;
-        }
+        let writes: Vec<(u64, &[u8])> = runs
+            .iter()
+            .map(|&(first, k, n)| {
+                (u64::from(first) * PAGE_BYTES as u64, &scratch[k * PAGE_BYTES..(k + n) * PAGE_BYTES])
+            })
+            .collect();
+        self.file.write_many(&writes)?;
         Ok(())
     }
 
