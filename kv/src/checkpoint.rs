@@ -152,14 +152,23 @@ impl Inner {
                 cause: format!("the log was applied up to LSN {applied} only, short of the cut at {cut}"),
             });
         }
-        let mut changes = frozen.changes();
-        // The tree never held a key over its limit: deleting one is nothing.
-        changes.retain(|(key, value)| value.is_some() || key.len() <= TREE_KEY_BYTES_MAX);
-        if let Some((key, _)) = changes.iter().find(|(k, _)| k.len() > TREE_KEY_BYTES_MAX) {
-            // Only a log written by an older ringkv (16 KiB keys) holds one.
-            return Err(Error::KeyTooLarge { bytes: key.len(), limit: TREE_KEY_BYTES_MAX });
-        }
-        let meta = tree.checkpoint(&changes, cut)?;
+        let (meta, changes) = frozen.with_changes(|all| {
+            // The tree never held a key over its limit: deleting one is
+            // nothing.
+            let long = |key: &[u8]| key.len() > TREE_KEY_BYTES_MAX;
+            if let Some((key, _)) = all.iter().find(|&&(k, v)| v.is_some() && long(k)) {
+                // Only a log written by an older ringkv (16 KiB keys) holds one.
+                return Err(Error::KeyTooLarge { bytes: key.len(), limit: TREE_KEY_BYTES_MAX });
+            }
+            let meta = match all.iter().any(|&(k, _)| long(k)) {
+                true => {
+                    let changes: Vec<_> = all.iter().copied().filter(|&(k, _)| !long(k)).collect();
+                    tree.checkpoint(&changes, cut)?
+                }
+                false => tree.checkpoint(all, cut)?,
+            };
+            Ok((meta, all.len()))
+        })?;
         // The page file now holds everything the frozen memtable did.
         self.tables.write().expect("tables lock").frozen = None;
         self.checkpoint_lsn.store(meta.lsn.0, Ordering::SeqCst);
@@ -167,7 +176,7 @@ impl Inner {
         let reclaimed = wal.reclaim_below(kept)?;
         self.kept_lsn.store(kept.0, Ordering::SeqCst);
         tracing::debug!(
-            dir = %self.dir.display(), %cut, generation = meta.generation, changes = changes.len(),
+            dir = %self.dir.display(), %cut, generation = meta.generation, changes,
             reclaimed_segments = reclaimed, elapsed_ms = started.elapsed().as_millis() as u64, "checkpoint"
         );
         Ok(())

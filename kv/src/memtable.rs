@@ -291,10 +291,14 @@ impl Memtable {
         }
     }
 
-    /// Every entry in key order, deletes included: what a checkpoint folds
-    /// into the page file.
-    pub(crate) fn changes(&self) -> Vec<Change> {
-        self.map.read().expect("memtable lock").iter().map(|(k, e)| (k.bytes.clone(), e.value.clone())).collect()
+    /// Calls `f` with every entry in key order, deletes included (what a
+    /// checkpoint folds into the page file), borrowed under the map's read
+    /// lock: a frozen memtable, once applied up to its cut, takes no more
+    /// writes that would wait for it.
+    pub(crate) fn with_changes<R>(&self, f: impl FnOnce(&[Change<'_>]) -> R) -> R {
+        let map = self.map.read().expect("memtable lock");
+        let changes: Vec<Change<'_>> = map.iter().map(|(k, e)| (&k.bytes[..], e.value.as_deref())).collect();
+        f(&changes)
     }
 
     /// Entries (deletes included).
@@ -542,12 +546,13 @@ mod tests {
                         assert_eq!(back.len(), want.len());
                     }
                     let want = model_at(&history, None);
-                    let changes = memtable.changes();
-                    assert_eq!(changes.len(), want.len());
-                    for ((ck, cv), (wk, wv)) in changes.iter().zip(&want) {
-                        assert_eq!(&ck[..], &wk[..]);
-                        assert_eq!(cv.as_deref(), wv.as_deref());
-                    }
+                    memtable.with_changes(|changes| {
+                        assert_eq!(changes.len(), want.len());
+                        for (&(ck, cv), (wk, wv)) in changes.iter().zip(&want) {
+                            assert_eq!(ck, &wk[..]);
+                            assert_eq!(cv, wv.as_deref());
+                        }
+                    });
                     for (k, wv) in &want {
                         assert_eq!(memtable.get(k).map(|v| v.map(|b| b.to_vec())), Some(wv.clone()));
                     }

@@ -23,7 +23,7 @@ use wal::Lsn;
 use crate::error::{Error, Result};
 pub(crate) use page::PageNo;
 pub(crate) use page::PAGE_BYTES;
-use page::{Bad, Entry, Kind, Node, Page, PageBuf, PageRef, Stored, BODY_BYTES};
+use page::{Bad, Entry, Kind, Node, Page, PageBuf, PageRef, Stored, Value, BODY_BYTES};
 
 const MAGIC: &[u8; 8] = b"RINGKVPF";
 const FORMAT: u32 = 1;
@@ -351,8 +351,9 @@ impl Cache {
     }
 }
 
-/// A change to fold in: a new value, or None for a delete.
-pub(crate) type Change = (Bytes, Option<Bytes>);
+/// A change to fold in: a key and its new value, or None for a delete;
+/// borrowed from the memtable being folded in.
+pub(crate) type Change<'a> = (&'a [u8], Option<&'a [u8]>);
 
 impl PageFile {
     /// Opens (creating if missing) the page file at `path`: reads both
@@ -683,7 +684,7 @@ impl PageFile {
     /// # Errors
     /// `Storage` (then the file refuses further checkpoints: its state is
     /// unknown and a failed sync is never retried), `CorruptPage`.
-    pub(crate) fn checkpoint(&self, changes: &[Change], lsn: Lsn) -> Result<Meta> {
+    pub(crate) fn checkpoint(&self, changes: &[Change<'_>], lsn: Lsn) -> Result<Meta> {
         let mut failed = self.checkpointing.lock().expect("checkpoint lock");
         if let Some(cause) = &*failed {
             return Err(Error::CheckpointFailed { path: self.path.clone(), cause: cause.clone() });
@@ -978,14 +979,14 @@ enum Sink {
 }
 
 impl Writer<'_> {
-    fn fold(&mut self, old: &Meta, changes: &[Change], lsn: Lsn) -> Result<Meta> {
+    fn fold(&mut self, old: &Meta, changes: &[Change<'_>], lsn: Lsn) -> Result<Meta> {
         let mut level = match old.root {
             Some(root) => self.merge(root, None, changes)?,
             None => {
                 let entries = changes
                     .iter()
-                    .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
-                    .map(|(k, v)| Ok(Entry::New(k.clone(), self.store(k, v.clone())?)))
+                    .filter_map(|&(k, v)| v.map(|v| (k, v)))
+                    .map(|(k, v)| Ok(Entry::New(k, self.store(k, v)?)))
                     .collect::<Result<Vec<_>>>()?;
                 self.leaves(&entries, None, None)
             }
@@ -1046,10 +1047,10 @@ impl Writer<'_> {
     }
 
     /// Stores a value: inline, or in data pages listed by an index page.
-    fn store(&mut self, key: &[u8], value: Bytes) -> Result<Stored> {
+    fn store<'a>(&mut self, key: &[u8], value: &'a [u8]) -> Result<Value<'a>> {
         assert!(key.len() <= TREE_KEY_BYTES_MAX, "keys are capped");
         if page::fits_inline(key, value.len()) {
-            return Ok(Stored::Inline(value));
+            return Ok(Value::Inline(value));
         }
         let chunks: Vec<&[u8]> = value.chunks(BODY_BYTES).collect();
         assert!(chunks.len() <= page::INDEX_REFS_MAX, "values are capped below one index page's reach");
@@ -1062,7 +1063,7 @@ impl Writer<'_> {
             index.counted();
         }
         let len = u32::try_from(value.len()).expect("values are capped");
-        Ok(Stored::Overflow { len, index: self.page(index.freeze()) })
+        Ok(Value::Overflow { len, index: self.page(index.freeze()) })
     }
 
     fn free_value(&mut self, stored: &Stored) -> Result<()> {
@@ -1076,7 +1077,12 @@ impl Writer<'_> {
     /// Folds `changes` (all within this subtree's key range) into the
     /// subtree at `at`. Returns its replacement: nodes with their least
     /// keys, the first one's key being `low` (the parent's separator).
-    fn merge(&mut self, at: PageRef, low: Option<Bytes>, changes: &[Change]) -> Result<Vec<(Option<Bytes>, PageRef)>> {
+    fn merge(
+        &mut self,
+        at: PageRef,
+        low: Option<Bytes>,
+        changes: &[Change<'_>],
+    ) -> Result<Vec<(Option<Bytes>, PageRef)>> {
         let node = self.pages.node(at)?;
         self.freed.push(at.page);
         match &*node {
@@ -1086,16 +1092,16 @@ impl Writer<'_> {
                 // search, not by comparing every entry before it.
                 let mut merged = Vec::with_capacity(leaf.len() + changes.len());
                 let mut i = 0;
-                for (ck, cv) in changes {
+                for &(ck, cv) in changes {
                     let at = leaf.partition(ck).max(i);
                     merged.extend((i..at).map(Entry::Kept));
                     i = at;
-                    if i < leaf.len() && leaf.key(i) == &ck[..] {
+                    if i < leaf.len() && leaf.key(i) == ck {
                         self.free_value(&leaf.value(i))?;
                         i += 1;
                     }
                     if let Some(v) = cv {
-                        merged.push(Entry::New(ck.clone(), self.store(ck, v.clone())?));
+                        merged.push(Entry::New(ck, self.store(ck, v)?));
                     }
                 }
                 merged.extend((i..leaf.len()).map(Entry::Kept));
@@ -1109,7 +1115,7 @@ impl Writer<'_> {
                 let mut from = 0;
                 for (i, (key, child)) in children.iter().enumerate() {
                     let to = match children.get(i + 1) {
-                        Some((Some(next), _)) => from + changes[from..].partition_point(|(k, _)| k < next),
+                        Some((Some(next), _)) => from + changes[from..].partition_point(|&(k, _)| k < &next[..]),
                         _ => changes.len(),
                     };
                     if from == to {
@@ -1130,7 +1136,7 @@ impl Writer<'_> {
     /// Packs entries (kept ones from `from`) into leaves of even fill.
     fn leaves(
         &mut self,
-        entries: &[Entry],
+        entries: &[Entry<'_>],
         from: Option<&page::Leaf>,
         low: Option<Bytes>,
     ) -> Vec<(Option<Bytes>, PageRef)> {
@@ -1140,15 +1146,14 @@ impl Writer<'_> {
         for (n, count) in split_evenly(&sizes, 0).into_iter().enumerate() {
             let group = &entries[at..at + count];
             at += count;
-            let key = match (n, &group[0]) {
-                (0, _) => low.clone(),
-                (_, Entry::Kept(i)) => Some(from.expect("a kept entry has a leaf").key_bytes(*i)),
-                (_, Entry::New(key, _)) => Some(key.clone()),
-            };
             // Cached as written: the node shares its page's bytes (a copy
             // of its entries), so it keeps none of the log frames they
-            // came from alive.
+            // came from alive; so does its separator, a slice of the page.
             let (page, leaf) = page::leaf_page(group, from);
+            let key = match n {
+                0 => low.clone(),
+                _ => Some(leaf.key_bytes(0)),
+            };
             let at = self.page(page);
             self.pages.cache.put(at, Arc::new(Node::Leaf(leaf)));
             out.push((key, at));

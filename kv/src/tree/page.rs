@@ -76,6 +76,25 @@ pub(crate) enum Stored {
     },
 }
 
+#[cfg(test)]
+impl Stored {
+    /// As a leaf being written takes it.
+    pub(crate) fn as_value(&self) -> Value<'_> {
+        match self {
+            Stored::Inline(v) => Value::Inline(v),
+            Stored::Overflow { len, index } => Value::Overflow { len: *len, index: *index },
+        }
+    }
+}
+
+/// A value of a leaf being written: as [`Stored`], but borrowed (from the
+/// memtable a checkpoint folds in, which outlives the leaf's page).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Value<'a> {
+    Inline(&'a [u8]),
+    Overflow { len: u32, index: PageRef },
+}
+
 /// A decoded tree node. Built with [`Node::leaf`] and [`Node::branch`],
 /// which index its keys.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -232,8 +251,8 @@ impl Leaf {
 
 /// `entries` as new entries of a leaf being written.
 #[cfg(test)]
-pub(crate) fn new_entries(entries: &[(Bytes, Stored)]) -> Vec<Entry> {
-    entries.iter().map(|(k, v)| Entry::New(k.clone(), v.clone())).collect()
+pub(crate) fn new_entries(entries: &[(Bytes, Stored)]) -> Vec<Entry<'_>> {
+    entries.iter().map(|(k, v)| Entry::New(k, v.as_value())).collect()
 }
 
 /// Two leaves are equal if they hold the same entries (however laid out).
@@ -347,12 +366,12 @@ impl std::fmt::Display for Bad {
 }
 
 /// Bytes a leaf entry takes.
-pub(crate) fn leaf_entry_bytes(key: &[u8], stored: &Stored) -> usize {
+pub(crate) fn leaf_entry_bytes(key: &[u8], value: Value<'_>) -> usize {
     LEAF_ENTRY_HEADER
         + key.len()
-        + match stored {
-            Stored::Inline(v) => v.len(),
-            Stored::Overflow { .. } => REF_BYTES,
+        + match value {
+            Value::Inline(v) => v.len(),
+            Value::Overflow { .. } => REF_BYTES,
         }
 }
 
@@ -430,14 +449,14 @@ impl Page {
 }
 
 /// An entry of a leaf being written.
-#[derive(Clone, Debug)]
-pub(crate) enum Entry {
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Entry<'a> {
     /// Entry `i` of the leaf it replaces, copied as its page holds it.
     Kept(usize),
-    New(Bytes, Stored),
+    New(&'a [u8], Value<'a>),
 }
 
-impl Entry {
+impl<'e> Entry<'e> {
     /// Its key; `from` is the leaf a kept entry comes from.
     pub(crate) fn key<'a>(&'a self, from: Option<&'a Leaf>) -> &'a [u8] {
         match self {
@@ -450,7 +469,7 @@ impl Entry {
     pub(crate) fn bytes(&self, from: Option<&Leaf>) -> usize {
         match self {
             Entry::Kept(i) => from.expect("a kept entry has a leaf").entry_len(*i),
-            Entry::New(key, stored) => leaf_entry_bytes(key, stored),
+            Entry::New(key, value) => leaf_entry_bytes(key, *value),
         }
     }
 }
@@ -481,17 +500,17 @@ pub(crate) fn leaf_page(entries: &[Entry], from: Option<&Leaf>) -> (Page, Leaf) 
                 page.put(&from.body[base..usize::from(from.starts[last]) + from.entry_len(last)]);
                 k += last - first + 1;
             }
-            Entry::New(key, stored) => {
+            Entry::New(key, value) => {
                 starts.push(offset(0));
                 page.put(&(key.len() as u16).to_le_bytes());
-                match stored {
-                    Stored::Inline(v) => {
+                match value {
+                    Value::Inline(v) => {
                         page.put(&[0]);
                         page.put(&(v.len() as u32).to_le_bytes());
                         page.put(key);
                         page.put(v);
                     }
-                    Stored::Overflow { len, index } => {
+                    Value::Overflow { len, index } => {
                         page.put(&[1]);
                         page.put(&len.to_le_bytes());
                         page.put(key);
@@ -717,7 +736,7 @@ mod tests {
             let mixed: Vec<Entry> = (0..keys.len())
                 .map(|i| match keep[i] {
                     true => Entry::Kept(i),
-                    false => Entry::New(keys[i].clone(), Stored::Inline(Bytes::from_static(b"new"))),
+                    false => Entry::New(&keys[i], Value::Inline(b"new")),
                 })
                 .collect();
             let (_, rewritten) = leaf_page(&mixed, Some(&leaf));

@@ -12,7 +12,23 @@ use uring::{SimRng, SimStorage, Storage};
 use wal::Lsn;
 
 use super::page::{self, Node, PageNo, PageRef, Stored};
-use super::{Change, PageFile, PAGE_BYTES};
+use super::{Meta, PageFile, PAGE_BYTES};
+
+/// A change as these tests make them: owned (the store's are borrowed
+/// from the memtable).
+type Change = (Bytes, Option<Bytes>);
+
+/// Checkpoints of owned changes.
+trait CheckpointOwned {
+    fn checkpoint_owned(&self, changes: &[Change], lsn: Lsn) -> crate::Result<Meta>;
+}
+
+impl CheckpointOwned for PageFile {
+    fn checkpoint_owned(&self, changes: &[Change], lsn: Lsn) -> crate::Result<Meta> {
+        let borrowed: Vec<super::Change<'_>> = changes.iter().map(|(k, v)| (&k[..], v.as_deref())).collect();
+        self.checkpoint(&borrowed, lsn)
+    }
+}
 
 const FILE: &str = "/db/data.db";
 
@@ -100,7 +116,7 @@ fn checkpoints_match_a_model_across_reopens_and_the_file_stops_growing() {
         for round in 1..=40u64 {
             let n = 1 + rng.below(600) as usize;
             let batch = changes(&mut rng, span, n, &mut model);
-            let meta = pages.checkpoint(&batch, Lsn(round)).unwrap();
+            let meta = pages.checkpoint_owned(&batch, Lsn(round)).unwrap();
             assert_eq!(meta.lsn, Lsn(round));
             high_water.push(meta.high_water);
             assert_matches(&pages, &model, &mut rng, span);
@@ -123,9 +139,9 @@ fn checkpoints_match_a_model_across_reopens_and_the_file_stops_growing() {
 fn deleting_everything_leaves_an_empty_tree() {
     let disk = SimStorage::new().seeded(9);
     let pages = open(&disk);
-    pages.checkpoint(&puts(0..2000, 7, 300), Lsn(1)).unwrap();
+    pages.checkpoint_owned(&puts(0..2000, 7, 300), Lsn(1)).unwrap();
     let deletes: Vec<Change> = (0..2000).map(|i| (key(i), None)).collect();
-    let meta = pages.checkpoint(&deletes, Lsn(2)).unwrap();
+    let meta = pages.checkpoint_owned(&deletes, Lsn(2)).unwrap();
     assert_eq!(meta.root, None);
     let snap = pages.snapshot();
     assert_eq!(pages.range(&snap, Bound::Unbounded, Bound::Unbounded, false, 10).unwrap(), vec![]);
@@ -157,17 +173,17 @@ fn cut_at_every_call_of_the_second(
 ) {
     let probe = SimStorage::new().seeded(1);
     let pages = open(&probe);
-    pages.checkpoint(first, Lsn(1)).unwrap();
+    pages.checkpoint_owned(first, Lsn(1)).unwrap();
     let start = probe.calls();
-    pages.checkpoint(second, Lsn(2)).unwrap();
+    pages.checkpoint_owned(second, Lsn(2)).unwrap();
     let calls = probe.calls() - start;
     assert!(calls >= 4, "a checkpoint writes, syncs, writes the meta, syncs");
     for cut in 0..=calls + 1 {
         let disk = SimStorage::new().seeded(cut);
         let pages = open(&disk);
-        pages.checkpoint(first, Lsn(1)).unwrap();
+        pages.checkpoint_owned(first, Lsn(1)).unwrap();
         disk.power_cut_at(disk.calls() + cut);
-        let _ = pages.checkpoint(second, Lsn(2));
+        let _ = pages.checkpoint_owned(second, Lsn(2));
         drop(pages);
         let disk = disk.after_power_cut(cut);
         let pages = open(&disk);
@@ -183,7 +199,7 @@ fn cut_at_every_call_of_the_second(
             assert_eq!(pages.get(&snap, k).unwrap().as_deref(), Some(&v[..]), "cut {cut}: {k:?}");
         }
         drop(snap);
-        pages.checkpoint(second, Lsn(2)).unwrap();
+        pages.checkpoint_owned(second, Lsn(2)).unwrap();
         assert_matches(&pages, after, rng, span);
     }
 }
@@ -194,8 +210,8 @@ fn cut_at_every_call_of_the_second(
 fn corruption_is_named_and_a_bad_newer_meta_falls_back() {
     let disk = SimStorage::new().seeded(3);
     let pages = open(&disk);
-    pages.checkpoint(&puts(0..3000, 1, 100), Lsn(1)).unwrap();
-    let meta = pages.checkpoint(&puts(0..10, 2, 100), Lsn(2)).unwrap();
+    pages.checkpoint_owned(&puts(0..3000, 1, 100), Lsn(1)).unwrap();
+    let meta = pages.checkpoint_owned(&puts(0..10, 2, 100), Lsn(2)).unwrap();
     let root = meta.root.unwrap().page;
     drop(pages);
     let file = disk.open(Path::new(FILE), uring::OpenMode::Existing).unwrap();
@@ -238,14 +254,14 @@ fn a_failed_call_fails_the_checkpoint_and_keeps_the_previous_one() {
     for skip in 0u64.. {
         let disk = SimStorage::new().seeded(skip);
         let pages = open(&disk);
-        pages.checkpoint(&puts(0..1500, 3, 120), Lsn(1)).unwrap();
+        pages.checkpoint_owned(&puts(0..1500, 3, 120), Lsn(1)).unwrap();
         disk.fail_file_call(Path::new(FILE), skip, libc::EIO);
-        let failed = pages.checkpoint(&puts(0..800, 4, 120), Lsn(2));
+        let failed = pages.checkpoint_owned(&puts(0..800, 4, 120), Lsn(2));
         if failed.is_ok() {
             assert!(skip > 10, "skip={skip}: the checkpoint made more calls than that");
             break;
         }
-        let again = pages.checkpoint(&puts(0..10, 5, 120), Lsn(3));
+        let again = pages.checkpoint_owned(&puts(0..10, 5, 120), Lsn(3));
         assert!(matches!(again, Err(crate::Error::CheckpointFailed { .. })), "skip={skip}: {again:?}");
         disk.power_cut();
         drop(pages);
@@ -336,7 +352,7 @@ fn cached_nodes_keep_no_checkpointed_change_alive() {
             let v = v.as_ref().expect("puts");
             model.insert(Bytes::copy_from_slice(k), Bytes::copy_from_slice(v));
         }
-        pages.checkpoint(&changes, Lsn(round as u64 + 1)).unwrap();
+        pages.checkpoint_owned(&changes, Lsn(round as u64 + 1)).unwrap();
         drop(changes);
         assert_eq!(Arc::strong_count(&alive), 1, "round {round}: a cached node keeps the changes' buffer alive");
     }
@@ -459,7 +475,7 @@ fn nasty_keys_match_a_model_warm_and_cold() {
                 };
             }
             let batch: Vec<Change> = batch.into_iter().collect();
-            pages.checkpoint(&batch, Lsn(round)).unwrap();
+            pages.checkpoint_owned(&batch, Lsn(round)).unwrap();
             assert_nasty(&pages, &model, &mut rng, &format!("seed {seed} round {round}"));
             if rng.below(4) == 0 {
                 held.push((pages.snapshot(), model.clone()));
@@ -514,7 +530,7 @@ fn kept_overflow_entries_stay_whole_and_their_pages_are_freed_once() {
         for (k, v) in &first {
             model.insert(k.clone(), v.clone().unwrap());
         }
-        pages.checkpoint(&first, Lsn(1)).unwrap();
+        pages.checkpoint_owned(&first, Lsn(1)).unwrap();
         let mut high_water = Vec::new();
         for round in 2..=60u64 {
             let mut batch: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
@@ -535,7 +551,7 @@ fn kept_overflow_entries_stay_whole_and_their_pages_are_freed_once() {
                 };
             }
             let batch: Vec<Change> = batch.into_iter().collect();
-            let meta = pages.checkpoint(&batch, Lsn(round)).unwrap();
+            let meta = pages.checkpoint_owned(&batch, Lsn(round)).unwrap();
             high_water.push(meta.high_water);
             assert_matches(&pages, &model, &mut rng, 620);
             assert_sound(&pages, &model);
@@ -554,7 +570,7 @@ fn kept_overflow_entries_stay_whole_and_their_pages_are_freed_once() {
         assert!(late.last().unwrap() - late.first().unwrap() < late.first().unwrap() / 2, "grew: {high_water:?}");
         // Deleting every key: every page is free again, none lost.
         let deletes: Vec<Change> = model.keys().map(|k| (k.clone(), None)).collect();
-        pages.checkpoint(&deletes, Lsn(100)).unwrap();
+        pages.checkpoint_owned(&deletes, Lsn(100)).unwrap();
         let report = pages.check().unwrap();
         assert_eq!(report.problems, Vec::<String>::new());
         assert_eq!(report.keys, 0);
@@ -573,7 +589,7 @@ fn a_collapsed_root_whose_batch_went_out_leaves_a_sound_file() {
     for keep in 1..120u64 {
         let disk = SimStorage::new().seeded(keep);
         let pages = open(&disk);
-        pages.checkpoint(&puts(0..3000, 1, 60), Lsn(1)).unwrap();
+        pages.checkpoint_owned(&puts(0..3000, 1, 60), Lsn(1)).unwrap();
         let height = pages.stats().unwrap().height;
         // Delete everything but a few keys at the end (one subtree), one
         // of them given a large value of 1 to 14 data pages (so that the
@@ -586,7 +602,7 @@ fn a_collapsed_root_whose_batch_went_out_leaves_a_sound_file() {
         let large = Bytes::from(vec![9u8; 2000 + (keep as usize % 14) * page::BODY_BYTES]);
         deletes.push((key(2999), Some(large.clone())));
         model.insert(key(2999), large);
-        pages.checkpoint(&deletes, Lsn(2)).unwrap();
+        pages.checkpoint_owned(&deletes, Lsn(2)).unwrap();
         if pages.stats().unwrap().height < height {
             collapsed += 1;
         }
@@ -598,7 +614,7 @@ fn a_collapsed_root_whose_batch_went_out_leaves_a_sound_file() {
         assert_matches(&pages, &model, &mut rng, 3000);
         assert_sound(&pages, &model);
         // And the next checkpoint reuses what is free.
-        pages.checkpoint(&puts(0..500, 2, 60), Lsn(3)).unwrap();
+        pages.checkpoint_owned(&puts(0..500, 2, 60), Lsn(3)).unwrap();
         for i in 0..500 {
             model.insert(key(i), Bytes::from(vec![2u8; 60]));
         }
@@ -622,10 +638,10 @@ fn after_a_failed_batch_the_same_process_still_reads_the_previous_checkpoint() {
         let disk = SimStorage::new().seeded(skip);
         uring::create_dirs(&disk, Path::new("/db")).unwrap();
         let pages = PageFile::open(&disk, Path::new(FILE), 1 << 26, false).unwrap().0;
-        pages.checkpoint(&first, Lsn(1)).unwrap();
+        pages.checkpoint_owned(&first, Lsn(1)).unwrap();
         assert_matches(&pages, &before, &mut rng, 2000);
         disk.fail_file_call(Path::new(FILE), skip, libc::EIO);
-        if pages.checkpoint(&second, Lsn(2)).is_ok() {
+        if pages.checkpoint_owned(&second, Lsn(2)).is_ok() {
             assert!(skip > 10, "skip={skip}: the checkpoint made more calls than that");
             break;
         }
@@ -691,10 +707,10 @@ fn a_collapsed_root_leaves_no_cached_node_for_a_page_the_free_map_took() {
         let disk = SimStorage::new().seeded(keep);
         uring::create_dirs(&disk, Path::new("/db")).unwrap();
         let pages = PageFile::open(&disk, Path::new(FILE), 1 << 26, false).unwrap().0;
-        pages.checkpoint(&puts(0..3000, 1, 60), Lsn(1)).unwrap();
+        pages.checkpoint_owned(&puts(0..3000, 1, 60), Lsn(1)).unwrap();
         let mut changes: Vec<Change> = (0..3000 - keep).map(|i| (key(i), None)).collect();
         changes.push((key(2999), Some(Bytes::from(vec![9u8; 2000 + (keep as usize % 14) * page::BODY_BYTES]))));
-        pages.checkpoint(&changes, Lsn(2)).unwrap();
+        pages.checkpoint_owned(&changes, Lsn(2)).unwrap();
         assert_cache_matches_disk(&pages, &format!("keep {keep}"));
     }
 }
@@ -714,9 +730,9 @@ fn a_power_cut_at_one_call_leaves_the_same_file_every_run() {
             uring::create_dirs(&disk, Path::new("/db")).unwrap();
             // A small cache: the fold reads pages while the writer writes.
             let pages = PageFile::open(&disk, Path::new(FILE), 4 * PAGE_BYTES, false).unwrap().0;
-            pages.checkpoint(&first, Lsn(1)).unwrap();
+            pages.checkpoint_owned(&first, Lsn(1)).unwrap();
             disk.power_cut_at(disk.calls() + cut);
-            let _ = pages.checkpoint(&second, Lsn(2));
+            let _ = pages.checkpoint_owned(&second, Lsn(2));
             drop(pages);
             let disk = disk.after_power_cut(cut);
             let file = disk.open(Path::new(FILE), uring::OpenMode::Existing).unwrap();
@@ -778,7 +794,7 @@ fn incarnations_cut_by_power_cuts_each_leave_one_whole_checkpoint() {
             if cut {
                 disk.power_cut_at(disk.calls() + rng.below(60));
             }
-            let done = pages.checkpoint(&batch, Lsn(lsn));
+            let done = pages.checkpoint_owned(&batch, Lsn(lsn));
             if !cut {
                 done.unwrap_or_else(|e| panic!("seed {seed} step {step}: {e}"));
                 (durable, durable_lsn) = (attempted, lsn);
@@ -837,8 +853,8 @@ fn a_meta_page_damaged_at_open_cannot_come_back_after_its_tree_is_reused() {
     let fallen_back = |seed: u64| {
         let disk = SimStorage::new().seeded(seed);
         let pages = open(&disk);
-        pages.checkpoint(&first, Lsn(1)).unwrap();
-        pages.checkpoint(&second, Lsn(2)).unwrap();
+        pages.checkpoint_owned(&first, Lsn(1)).unwrap();
+        pages.checkpoint_owned(&second, Lsn(2)).unwrap();
         drop(pages);
         disk.fail_file_call(Path::new(FILE), 1, libc::EIO);
         let (pages, opened) = PageFile::open(&disk, Path::new(FILE), 64 * PAGE_BYTES, false).unwrap();
@@ -849,12 +865,12 @@ fn a_meta_page_damaged_at_open_cannot_come_back_after_its_tree_is_reused() {
     };
     let (probe, pages) = fallen_back(0);
     let start = probe.calls();
-    pages.checkpoint(&third, Lsn(3)).unwrap();
+    pages.checkpoint_owned(&third, Lsn(3)).unwrap();
     let calls = probe.calls() - start;
     for cut in 0..=calls + 1 {
         let (disk, pages) = fallen_back(cut);
         disk.power_cut_at(disk.calls() + cut);
-        let _ = pages.checkpoint(&third, Lsn(3));
+        let _ = pages.checkpoint_owned(&third, Lsn(3));
         disk.power_cut();
         drop(pages);
         let disk = disk.after_power_cut(cut);
