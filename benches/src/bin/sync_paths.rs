@@ -136,14 +136,9 @@ fn main() {
     let fd = file.as_raw_fd();
     let mut buf = AlignedBuf::new(BLOCK_BYTES);
     buf.fill(0x5a);
+    let mut ring = IoUring::new(8).expect("io_uring_setup");
     for block in 0..BLOCKS {
-        durable_write(
-            Path::PwriteFdatasync,
-            &mut IoUring::new(4).expect("io_uring"),
-            fd,
-            &buf,
-            block * BLOCK_BYTES as u64,
-        );
+        durable_write(Path::PwriteFdatasync, &mut ring, fd, &buf, block * BLOCK_BYTES as u64);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let spinning: Vec<_> = (0..spinners)
@@ -157,7 +152,6 @@ fn main() {
             })
         })
         .collect();
-    let mut ring = IoUring::new(8).expect("io_uring_setup");
     let mut micros: Vec<Vec<u64>> = vec![Vec::with_capacity(samples); Path::ALL.len()];
     for i in 0..samples {
         for (k, &p) in Path::ALL.iter().enumerate() {
