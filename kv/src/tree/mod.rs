@@ -982,14 +982,7 @@ impl Writer<'_> {
     fn fold(&mut self, old: &Meta, changes: &[Change<'_>], lsn: Lsn) -> Result<Meta> {
         let mut level = match old.root {
             Some(root) => self.merge(root, None, changes)?,
-            None => {
-                let entries = changes
-                    .iter()
-                    .filter_map(|&(k, v)| v.map(|v| (k, v)))
-                    .map(|(k, v)| Ok(Entry::New(k, self.store(k, v)?)))
-                    .collect::<Result<Vec<_>>>()?;
-                self.leaves(&entries, None, None)
-            }
+            None => self.fresh(changes)?,
         };
         while level.len() > 1 {
             level = self.branches(level);
@@ -1143,22 +1136,57 @@ impl Writer<'_> {
         let sizes: Vec<usize> = entries.iter().map(|e| e.bytes(from)).collect();
         let mut out = Vec::new();
         let mut at = 0;
-        for (n, count) in split_evenly(&sizes, 0).into_iter().enumerate() {
+        for count in split_evenly(&sizes, 0) {
             let group = &entries[at..at + count];
             at += count;
-            // Cached as written: the node shares its page's bytes (a copy
-            // of its entries), so it keeps none of the log frames they
-            // came from alive; so does its separator, a slice of the page.
-            let (page, leaf) = page::leaf_page(group, from);
-            let key = match n {
-                0 => low.clone(),
-                _ => Some(leaf.key_bytes(0)),
-            };
-            let at = self.page(page);
-            self.pages.cache.put(at, Arc::new(Node::Leaf(leaf)));
-            out.push((key, at));
+            let first = out.is_empty();
+            out.push(self.leaf(group, from, first.then(|| low.clone())));
         }
         out
+    }
+
+    /// The leaves of a tree that held nothing: the puts of `changes`,
+    /// packed by the rule of [`split_evenly`], without a list of every
+    /// entry and its size first (for a large first checkpoint those lists
+    /// were tens of megabytes of fresh memory, each page of it faulted in
+    /// and zeroed).
+    fn fresh(&mut self, changes: &[Change<'_>]) -> Result<Vec<(Option<Bytes>, PageRef)>> {
+        let puts = || changes.iter().filter_map(|&(k, v)| v.map(|v| (k, v)));
+        let mut fill = EvenFill::new(puts().map(|(k, v)| page::new_entry_bytes(k, v.len())).sum(), 0);
+        let mut out = Vec::new();
+        let mut group: Vec<Entry<'_>> = Vec::new();
+        for (k, v) in puts() {
+            if fill.add(page::new_entry_bytes(k, v.len())) {
+                let first = out.is_empty();
+                out.push(self.leaf(&group, None, first.then_some(None)));
+                group.clear();
+            }
+            group.push(Entry::New(k, self.store(k, v)?));
+        }
+        if !group.is_empty() {
+            let first = out.is_empty();
+            out.push(self.leaf(&group, None, first.then_some(None)));
+        }
+        Ok(out)
+    }
+
+    /// Writes one leaf of `group` (kept entries from `from`) and caches
+    /// it; returns it with its separator: `low` for the first leaf of a
+    /// replacement (`Some`), else its own least key.
+    fn leaf(
+        &mut self,
+        group: &[Entry<'_>],
+        from: Option<&page::Leaf>,
+        low: Option<Option<Bytes>>,
+    ) -> (Option<Bytes>, PageRef) {
+        // Cached as written: the node shares its page's bytes (a copy of
+        // its entries), so it keeps none of the log frames they came from
+        // alive; so does its separator, a slice of the page.
+        let (page, leaf) = page::leaf_page(group, from);
+        let key = low.unwrap_or_else(|| Some(leaf.key_bytes(0)));
+        let at = self.page(page);
+        self.pages.cache.put(at, Arc::new(Node::Leaf(leaf)));
+        (key, at)
     }
 
     /// Packs children into branches of even fill.
@@ -1252,24 +1280,54 @@ fn pack(parts: &[&[u8]]) -> Vec<Bytes> {
 /// `BODY_BYTES` (each page also spending `base`), filled evenly. Returns
 /// items per page.
 fn split_evenly(sizes: &[usize], base: usize) -> Vec<usize> {
-    let total: usize = sizes.iter().sum::<usize>();
     if sizes.is_empty() {
         return Vec::new();
     }
-    let pages = total.div_ceil(BODY_BYTES - base).max(1);
-    let target = total.div_ceil(pages);
+    let mut fill = EvenFill::new(sizes.iter().sum(), base);
     let mut groups = Vec::new();
-    let (mut count, mut bytes) = (0, 0);
+    let mut count = 0;
     for &size in sizes {
-        if count > 0 && (bytes + size > BODY_BYTES - base || bytes >= target) {
+        if fill.add(size) {
             groups.push(count);
-            (count, bytes) = (0, 0);
+            count = 0;
         }
         count += 1;
-        bytes += size;
     }
     groups.push(count);
     groups
+}
+
+/// The rule of [`split_evenly`], one item at a time: items of `total`
+/// bytes in all fill the fewest pages that hold them, each page up to the
+/// mean fill.
+struct EvenFill {
+    /// Bytes a page holds.
+    limit: usize,
+    /// The mean fill: a page that reached it takes no more items.
+    target: usize,
+    /// Items and bytes in the page being filled.
+    count: usize,
+    bytes: usize,
+}
+
+impl EvenFill {
+    fn new(total: usize, base: usize) -> EvenFill {
+        let limit = BODY_BYTES - base;
+        let pages = total.div_ceil(limit).max(1);
+        EvenFill { limit, target: total.div_ceil(pages), count: 0, bytes: 0 }
+    }
+
+    /// Adds an item of `size` bytes; returns whether it starts a new page
+    /// (the items added before it make one).
+    fn add(&mut self, size: usize) -> bool {
+        let new = self.count > 0 && (self.bytes + size > self.limit || self.bytes >= self.target);
+        if new {
+            (self.count, self.bytes) = (0, 0);
+        }
+        self.count += 1;
+        self.bytes += size;
+        new
+    }
 }
 
 #[cfg(test)]

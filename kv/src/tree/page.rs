@@ -375,6 +375,12 @@ pub(crate) fn leaf_entry_bytes(key: &[u8], value: Value<'_>) -> usize {
         }
 }
 
+/// Bytes a new leaf entry of `key` and a value of `value_bytes` takes:
+/// what [`leaf_entry_bytes`] gives once the value is stored.
+pub(crate) fn new_entry_bytes(key: &[u8], value_bytes: usize) -> usize {
+    LEAF_ENTRY_HEADER + key.len() + if fits_inline(key, value_bytes) { value_bytes } else { REF_BYTES }
+}
+
 /// Whether a value of `value_bytes` for `key` stays in the leaf.
 pub(crate) fn fits_inline(key: &[u8], value_bytes: usize) -> bool {
     LEAF_ENTRY_HEADER + key.len() + value_bytes <= INLINE_ENTRY_MAX
