@@ -151,8 +151,11 @@ fn submit_and_reap(ring: &mut IoUring, entries: &[squeue::Entry]) -> Vec<i32> {
         }
         for cqe in ring.completion() {
             let i = cqe.user_data() as usize;
-            assert!(i < n, "completion for an operation we did not submit");
-            assert!(results[i].is_none(), "two completions for one operation");
+            if i >= n || results[i].is_some() {
+                // As in `submit_windowed`: no unwinding with ours in flight.
+                eprintln!("ringkv: io_uring completion {i} not expected (of {n} submitted)");
+                std::process::abort();
+            }
             results[i] = Some(cqe.result());
             reaped += 1;
         }
@@ -182,7 +185,10 @@ fn submit_windowed(ring: &mut IoUring, entries: &[squeue::Entry], window: usize)
             // `window` <= RING_ENTRIES operations are unreaped, those not
             // yet taken by the kernel among them, so the submission queue
             // (RING_ENTRIES) has room, and the completion queue too.
-            unsafe { ring.submission().push(&entry) }.expect("the window fits the submission queue");
+            if unsafe { ring.submission().push(&entry) }.is_err() {
+                eprintln!("ringkv: io_uring submission queue full with {} in flight", pushed - reaped);
+                std::process::abort();
+            }
             pushed += 1;
         }
         match ring.submit_and_wait(1) {
@@ -197,8 +203,12 @@ fn submit_windowed(ring: &mut IoUring, entries: &[squeue::Entry], window: usize)
         }
         for cqe in ring.completion() {
             let i = cqe.user_data() as usize;
-            assert!(i < pushed, "completion for an operation we did not submit");
-            assert!(results[i].is_none(), "two completions for one operation");
+            if i >= pushed || results[i].is_some() {
+                // A completion we cannot place: ours are still in flight on
+                // memory our caller would get back, so no unwinding.
+                eprintln!("ringkv: io_uring completion {i} not expected (of {pushed} submitted)");
+                std::process::abort();
+            }
             results[i] = Some(cqe.result());
             reaped += 1;
         }

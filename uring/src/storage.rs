@@ -254,8 +254,8 @@ pub trait File: Send + Sync {
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()>;
 
     /// Writes each `(offset, buf)` as [`File::write_at`] would, many in
-    /// flight at once where the backend can (io_uring: a ring's worth per
-    /// submission, on the calling thread's own ring); returns once every
+    /// flight at once where the backend can (io_uring: up to
+    /// `WRITES_IN_FLIGHT`, on the calling thread's own ring); returns once every
     /// write is done, or with the first error (then any of them may or may
     /// not be written). Not durable until a later sync.
     ///

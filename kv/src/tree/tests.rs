@@ -307,61 +307,6 @@ fn the_cache_keeps_to_its_bytes_and_gives_read_nodes_a_second_chance() {
     }
 }
 
-/// Bytes that keep `_alive` (an `Arc`) for as long as any slice of them lives.
-struct Tracked(Vec<u8>, #[allow(dead_code)] Arc<()>);
-
-impl AsRef<[u8]> for Tracked {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-/// Changes for keys `keys`, every key and value a slice of one buffer, as
-/// the memtable's are slices of the log frames; and the `Arc` that lives
-/// as long as any of them.
-fn tracked_puts(keys: std::ops::Range<u64>, byte: u8) -> (Vec<Change>, Arc<()>) {
-    let alive = Arc::new(());
-    let mut bytes = Vec::new();
-    let mut spans = Vec::new();
-    for i in keys.clone() {
-        let (k, v) = (key(i), vec![byte; 40]);
-        spans.push((bytes.len(), k.len(), v.len()));
-        bytes.extend_from_slice(&k);
-        bytes.extend_from_slice(&v);
-    }
-    let frame = Bytes::from_owner(Tracked(bytes, alive.clone()));
-    let changes =
-        spans.into_iter().map(|(at, k, v)| (frame.slice(at..at + k), Some(frame.slice(at + k..at + k + v)))).collect();
-    (changes, alive)
-}
-
-#[test]
-fn cached_nodes_keep_no_checkpointed_change_alive() {
-    let disk = SimStorage::new();
-    let pages = open(&disk);
-    let mut model = BTreeMap::new();
-    // Enough keys for several leaves and a branch above them, then every
-    // other one of them updated, so the second checkpoint merges leaves
-    // the first one cached.
-    for (round, (keys, byte)) in [(0..600u64, b'a'), (0..600, b'b')].into_iter().enumerate() {
-        let (mut changes, alive) = tracked_puts(keys, byte);
-        if round == 1 {
-            changes = changes.into_iter().step_by(2).collect();
-        }
-        for (k, v) in &changes {
-            let v = v.as_ref().expect("puts");
-            model.insert(Bytes::copy_from_slice(k), Bytes::copy_from_slice(v));
-        }
-        pages.checkpoint_owned(&changes, Lsn(round as u64 + 1)).unwrap();
-        drop(changes);
-        assert_eq!(Arc::strong_count(&alive), 1, "round {round}: a cached node keeps the changes' buffer alive");
-    }
-    let snap = pages.snapshot();
-    for (k, v) in &model {
-        assert_eq!(pages.get(&snap, k).unwrap().as_deref(), Some(&v[..]));
-    }
-}
-
 /// Adversarial keys for the key heads: a few families sharing long
 /// prefixes, zero and 0xff bytes, keys that are prefixes of others, the
 /// empty key, keys at the size cap.
