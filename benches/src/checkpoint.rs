@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use std::sync::Arc;
 
-use kv::{Io, Kv, Options, SyncMode, WriteBatch};
+use kv::{Io, Kv, Options, WriteBatch};
 use uring::StorageOptions;
 
 use crate::page_at_a_time::PageAtATime;
@@ -67,7 +67,6 @@ impl Timed {
 fn options(io: Io) -> Options {
     let mut options = Options::default();
     options.io = io;
-    options.sync_mode = SyncMode::RwfDsync;
     options.memtable_bytes = usize::MAX / 4;
     options.wal_bytes = u64::MAX / 4;
     // The whole tree cached: the timed part is the writing, not reads of

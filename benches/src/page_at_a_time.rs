@@ -58,6 +58,9 @@ impl File for PageFile {
     fn path(&self) -> &Path {
         self.0.path()
     }
+    fn as_syscalls(&self) -> &dyn File {
+        self.0.as_syscalls()
+    }
     fn is_direct(&self) -> bool {
         self.0.is_direct()
     }

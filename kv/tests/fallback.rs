@@ -9,6 +9,14 @@ mod common;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::Mutex;
+
+/// Held by each test here for its whole run. The kernel charges io_uring's
+/// rings and registered buffers to the user's locked memory, all of its
+/// processes together, against the limit of the process asking: a child
+/// under a 64 KiB limit fails `io_uring_setup` while another test's
+/// processes hold rings, so these tests run one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
 const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
@@ -66,20 +74,26 @@ fn shrink_memlock() -> std::io::Result<()> {
 }
 
 fn kv_under(dir: &Path, io: &str, args: &[&str], restrict: fn() -> std::io::Result<()>) -> Output {
+    kv_with(dir, io, "syscalls", args, restrict)
+}
+
+fn kv_with(dir: &Path, io: &str, sync_mode: &str, args: &[&str], restrict: fn() -> std::io::Result<()>) -> Output {
     let mut command: Command = common::kv_bin();
-    command.args(["--db", dir.to_str().unwrap(), "--io", io, "--segment-bytes", "262144"]).args(args);
+    command.args(["--db", dir.to_str().unwrap(), "--io", io, "--sync-mode", sync_mode, "--segment-bytes", "262144"]);
+    command.args(args);
     // SAFETY: the hook runs between fork and exec and only makes prctl and
     // setrlimit system calls, which are async-signal-safe.
     unsafe { command.pre_exec(restrict) };
     command.output().expect("run kv")
 }
 
-/// `read_only_backend`: what a command that only reads uses under the
-/// restriction (it registers no buffers, so a locked-memory limit does not
-/// stop it from using io_uring).
-fn check_fallback(restrict: fn() -> std::io::Result<()>, reason: &str, read_only_backend: &str) {
+/// `sync_mode`: how the writing commands commit (only `dsync` and `linked`
+/// register commit buffers); `read_only_backend`: what a command that only
+/// reads uses under the restriction (it registers no buffers, so a
+/// locked-memory limit does not stop it from using io_uring).
+fn check_fallback(restrict: fn() -> std::io::Result<()>, reason: &str, sync_mode: &str, read_only_backend: &str) {
     let dir = common::temp_dir("fallback");
-    let put = kv_under(dir.path(), "auto", &["put", "k", "v"], restrict);
+    let put = kv_with(dir.path(), "auto", sync_mode, &["put", "k", "v"], restrict);
     let stderr = String::from_utf8_lossy(&put.stderr);
     assert!(put.status.success(), "{stderr}");
     assert_eq!(stderr.matches("falling back to the syscall backend").count(), 1, "{stderr}");
@@ -91,7 +105,7 @@ fn check_fallback(restrict: fn() -> std::io::Result<()>, reason: &str, read_only
     let get = kv_under(dir.path(), "auto", &["get", "k"], restrict);
     assert_eq!(String::from_utf8_lossy(&get.stdout), "v\n");
 
-    let strict = kv_under(dir.path(), "uring", &["put", "k2", "v"], restrict);
+    let strict = kv_with(dir.path(), "uring", sync_mode, &["put", "k2", "v"], restrict);
     let stderr = String::from_utf8_lossy(&strict.stderr);
     assert_eq!(strict.status.code(), Some(3), "a store error: {stderr}");
     assert!(stderr.contains("io_uring is not available") && stderr.contains(reason), "{stderr}");
@@ -103,10 +117,27 @@ fn check_fallback(restrict: fn() -> std::io::Result<()>, reason: &str, read_only
 
 #[test]
 fn seccomp_forbidding_io_uring_falls_back_to_syscalls() {
-    check_fallback(forbid_io_uring, "io_uring_setup", "syscall");
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    check_fallback(forbid_io_uring, "io_uring_setup", "syscalls", "syscall");
 }
 
 #[test]
 fn locked_memory_limit_too_small_for_buffers_falls_back_to_syscalls() {
-    check_fallback(shrink_memlock, "register_buffers", "io_uring");
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    check_fallback(shrink_memlock, "register_buffers", "dsync", "io_uring");
+}
+
+/// The default commits with system calls and registers no buffers: a
+/// small locked-memory limit leaves it on io_uring, writing and reading.
+#[test]
+fn locked_memory_limit_leaves_the_default_on_io_uring() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = common::temp_dir("memlock-default");
+    let put = kv_under(dir.path(), "uring", &["put", "k", "v"], shrink_memlock);
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let stats = kv_under(dir.path(), "auto", &["stats"], shrink_memlock);
+    let stdout = String::from_utf8_lossy(&stats.stdout);
+    assert!(stdout.contains("io_backend\tio_uring"), "{stdout}");
+    let get = kv_under(dir.path(), "uring", &["get", "k"], shrink_memlock);
+    assert_eq!(String::from_utf8_lossy(&get.stdout), "v\n", "{}", String::from_utf8_lossy(&get.stderr));
 }

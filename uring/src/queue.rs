@@ -5,7 +5,8 @@
 //! - io_uring, [`SyncMode::LinkedFsync`]: a write → `Fsync(DATASYNC)` chain
 //!   linked with `IO_LINK`; on O_DIRECT files several batches at once;
 //! - io_uring, [`SyncMode::RwfDsync`]: one write carrying `RWF_DSYNC`;
-//! - syscalls: `pwrite`, then `fdatasync`;
+//! - syscalls (the syscall backend, and io_uring's [`SyncMode::Syscalls`],
+//!   the default): `pwrite`, then `fdatasync`, on the leader's thread;
 //! - the simulated disk's queue (`sim.rs`).
 //!
 //! The contract every queue keeps: for each ticket, exactly one
@@ -103,6 +104,9 @@ impl CommitQueue for SyscallQueue {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         self.unfinished += 1;
+        // System calls even on an io_uring backend's file: the caller waits
+        // for both anyway (see `SyncMode`).
+        let file = file.as_syscalls();
         let result = file.write_at(offset, &buf[..len]);
         let written = result.is_ok();
         self.ready.push_back(CommitEvent::Written { ticket, buf, result });

@@ -65,9 +65,10 @@ pub fn open_storage(options: StorageOptions) -> Result<Arc<dyn Storage>> {
 /// ring, with the commit buffers registered.
 fn rings(options: StorageOptions) -> Result<(Ring, Option<Ring>)> {
     let shared = Ring::new(0, 0)?;
-    let commit = match options.commit_buffer_bytes {
-        0 => None,
-        bytes => Some(Ring::new(bytes, COMMIT_BUFFERS)?),
+    // Only an io_uring commit queue registers commit buffers.
+    let commit = match (options.commit_buffer_bytes, options.sync_mode) {
+        (0, _) | (_, SyncMode::Syscalls) => None,
+        (bytes, _) => Some(Ring::new(bytes, COMMIT_BUFFERS)?),
     };
     Ok((shared, commit))
 }
@@ -100,7 +101,7 @@ impl Storage for OsStorage {
 
     /// The one place the commit strategy is decided.
     fn commit_queue(&self) -> Result<Box<dyn CommitQueue>> {
-        if self.ring.is_none() {
+        if self.ring.is_none() || self.options.sync_mode == SyncMode::Syscalls {
             return Ok(Box::new(SyscallQueue::new()));
         }
         let stashed = self.commit_ring.lock().expect("commit ring lock").take();
@@ -153,6 +154,10 @@ impl Storage for OsStorage {
 impl File for OsFile {
     fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn as_syscalls(&self) -> &dyn File {
+        self
     }
 
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {

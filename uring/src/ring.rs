@@ -287,6 +287,10 @@ impl File for UringFile {
         &self.os.path
     }
 
+    fn as_syscalls(&self) -> &dyn File {
+        &self.os
+    }
+
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;
         Some(self.os.file.as_raw_fd())

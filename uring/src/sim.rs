@@ -654,6 +654,10 @@ impl File for SimFile {
         &self.path
     }
 
+    fn as_syscalls(&self) -> &dyn File {
+        self
+    }
+
     fn is_direct(&self) -> bool {
         self.storage.config.pipelined
     }

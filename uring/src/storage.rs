@@ -58,22 +58,34 @@ impl std::fmt::Display for Backend {
 
 /// How the io_uring backend makes a commit durable. Read in one place:
 /// where the storage is opened ([`crate::open_storage`]), which returns the
-/// matching [`crate::CommitQueue`]; everything else follows from it.
+/// matching [`crate::CommitQueue`]; everything else follows from it. (The
+/// syscall backend always commits with `pwrite` + `fdatasync`.)
 ///
-/// Chosen by measurement: in one run of `cargo run --release -p benches --
-/// --workloads commit` on the development machine, `RwfDsync` made
-/// 186–189k commits/s at 64 writers against 138–157k for pipelined chains,
-/// and was level or ahead at 1, 4 and 16 writers. See README, Performance.
+/// Chosen by measurement (README, Performance, "Why io_uring trails
+/// syscalls"): a durable write through io_uring completes its flush in a
+/// kernel worker (`RWF_DSYNC`: the direct-I/O completion work; a linked
+/// `Fsync`: an io-wq worker) that must be scheduled before the leader is
+/// woken; the system calls flush in the leader's own context. On the
+/// 2-core development machine `RwfDsync` made 0.71-0.86× the commits of
+/// system calls at 16 writers with a p99 of 0.7-2.9 ms against 0.3, and
+/// the io_uring backend committing with system calls was level with the
+/// syscall backend; so that is the default, and io_uring carries what it
+/// is faster at: a checkpoint's many page writes at once.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SyncMode {
+    /// The leader writes and syncs each batch itself, `pwrite` then
+    /// `fdatasync` ([`File::as_syscalls`]), one batch at a time; no
+    /// commit buffers are registered.
+    #[default]
+    Syscalls,
     /// Linked write → `Fsync(DATASYNC)` chains. On O_DIRECT files up to
     /// [`crate::PIPELINE_DEPTH`] batches may await their syncs at once; on
     /// buffered files one at a time (a writeback error may be reported to
     /// only one of two overlapping syncs).
     LinkedFsync,
-    /// One write carrying `RWF_DSYNC` per batch, one batch at a time.
-    #[default]
+    /// One `WriteFixed` carrying `RWF_DSYNC` per batch, one batch at a
+    /// time.
     RwfDsync,
 }
 
@@ -83,7 +95,8 @@ impl std::str::FromStr for SyncMode {
         match s {
             "linked" => Ok(SyncMode::LinkedFsync),
             "dsync" => Ok(SyncMode::RwfDsync),
-            other => Err(format!("unknown sync mode {other:?}: expected linked or dsync")),
+            "syscalls" => Ok(SyncMode::Syscalls),
+            other => Err(format!("unknown sync mode {other:?}: expected syscalls, dsync or linked")),
         }
     }
 }
@@ -227,6 +240,13 @@ pub trait File: Send + Sync {
 
     /// Whether writes bypass the page cache (O_DIRECT).
     fn is_direct(&self) -> bool;
+
+    /// This file with its operations as plain system calls on the calling
+    /// thread (an io_uring backend's file holds one; other files are
+    /// themselves): for a caller that waits for each operation anyway,
+    /// where a ring would only add a kernel worker's wake-up before a
+    /// sync returns.
+    fn as_syscalls(&self) -> &dyn File;
 
     /// The OS file descriptor, where there is one (not on the simulated disk).
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {

@@ -42,6 +42,7 @@ fn commit(queue: &mut dyn CommitQueue, file: &Arc<dyn File>, offset: u64, bytes:
 
 fn storages() -> Vec<(String, Arc<dyn Storage>)> {
     vec![
+        ("uring-syscalls".into(), real(Io::Uring, SyncMode::Syscalls)),
         ("uring-dsync".into(), real(Io::Uring, SyncMode::RwfDsync)),
         ("uring-linked".into(), real(Io::Uring, SyncMode::LinkedFsync)),
         ("syscall".into(), real(Io::Syscall, SyncMode::RwfDsync)),
@@ -181,7 +182,9 @@ fn io_uring_commit_queue_uses_registered_buffers_and_pipelines() {
     let mut back = AlignedBuf::new(2 * BLOCK_BYTES);
     file.read_at(0, &mut back).unwrap();
     assert!(back[..BLOCK_BYTES].iter().all(|&x| x == 1) && back[BLOCK_BYTES..].iter().all(|&x| x == 2));
-    for (io, sync_mode) in [(Io::Syscall, SyncMode::LinkedFsync), (Io::Uring, SyncMode::RwfDsync)] {
+    for (io, sync_mode) in
+        [(Io::Syscall, SyncMode::LinkedFsync), (Io::Uring, SyncMode::RwfDsync), (Io::Uring, SyncMode::Syscalls)]
+    {
         let queue = real(io, sync_mode).commit_queue().unwrap();
         assert_eq!(queue.depth(file.as_ref()), 1, "{io:?} {sync_mode:?} commits one at a time");
     }

@@ -13,10 +13,11 @@ use ringkv_uring::{open_storage, AlignedBuf, CommitEvent, Io, OpenMode, StorageO
 
 const CHILD: &str = "RINGKV_SHORT_WRITE_CHILD";
 
-const BACKENDS: [(&str, Io, SyncMode); 3] = [
+const BACKENDS: [(&str, Io, SyncMode); 4] = [
     ("linked", Io::Uring, SyncMode::LinkedFsync),
     ("dsync", Io::Uring, SyncMode::RwfDsync),
-    ("syscall", Io::Syscall, SyncMode::RwfDsync),
+    ("uring-syscalls", Io::Uring, SyncMode::Syscalls),
+    ("syscall", Io::Syscall, SyncMode::Syscalls),
 ];
 
 /// Commits `len` bytes of 7s at offset 0 of a new file; returns the error.

@@ -76,7 +76,12 @@ fn assert_none_lost(acked: &BTreeSet<Vec<u8>>, seen: &BTreeSet<Vec<u8>>, case: &
 /// returns, and after the close every frame is in the log exactly once.
 #[test]
 fn many_writers_lead_in_turn_and_nothing_is_lost_or_stuck() {
-    let real = [(Io::Uring, SyncMode::RwfDsync), (Io::Uring, SyncMode::LinkedFsync), (Io::Syscall, SyncMode::RwfDsync)];
+    let real = [
+        (Io::Uring, SyncMode::Syscalls),
+        (Io::Uring, SyncMode::RwfDsync),
+        (Io::Uring, SyncMode::LinkedFsync),
+        (Io::Syscall, SyncMode::Syscalls),
+    ];
     let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     for (n, (io, sync_mode)) in real.into_iter().enumerate() {
         let options = StorageOptions { io, sync_mode, commit_buffer_bytes: ringkv_wal::COMMIT_BUFFER_BYTES };

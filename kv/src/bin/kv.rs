@@ -20,8 +20,9 @@ struct Cli {
     /// I/O backend: auto (io_uring, falling back to syscalls), uring, syscall.
     #[arg(long, global = true, default_value = "auto")]
     io: Io,
-    /// How io_uring commits: dsync (one RWF_DSYNC write at a time) or linked (pipelined write → fdatasync chains).
-    #[arg(long, global = true, default_value = "dsync")]
+    /// How io_uring commits: syscalls (pwrite + fdatasync by the committing thread, one batch at a time),
+    /// dsync (one RWF_DSYNC write through the ring at a time) or linked (pipelined write → fdatasync chains).
+    #[arg(long, global = true, default_value = "syscalls")]
     sync_mode: SyncMode,
     /// How read-only commands treat a damaged log before its synced end:
     /// refuse (strict), or show the store as it was before the damage

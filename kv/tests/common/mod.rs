@@ -24,21 +24,24 @@ impl Backend {
         let sync_mode = match self.sync_mode {
             SyncMode::LinkedFsync => "linked",
             SyncMode::RwfDsync => "dsync",
+            SyncMode::Syscalls => "syscalls",
             other => panic!("no CLI flag for {other:?}"),
         };
         ["--io", io, "--sync-mode", sync_mode]
     }
 }
 
-/// io_uring with either commit primitive, and plain system calls.
-pub const REAL_BACKENDS: [Backend; 3] = [
+/// io_uring with each way of committing (its default commits with system
+/// calls; its page I/O is on rings either way), and plain system calls.
+pub const REAL_BACKENDS: [Backend; 4] = [
+    Backend { io: Io::Uring, sync_mode: SyncMode::Syscalls },
     Backend { io: Io::Uring, sync_mode: SyncMode::RwfDsync },
     Backend { io: Io::Uring, sync_mode: SyncMode::LinkedFsync },
-    Backend { io: Io::Syscall, sync_mode: SyncMode::RwfDsync },
+    Backend { io: Io::Syscall, sync_mode: SyncMode::Syscalls },
 ];
 
 /// The default configuration.
-pub const AUTO: Backend = Backend { io: Io::Auto, sync_mode: SyncMode::RwfDsync };
+pub const AUTO: Backend = Backend { io: Io::Auto, sync_mode: SyncMode::Syscalls };
 
 /// Options for tests: small segments so the log rolls over often.
 pub fn options(backend: Backend) -> Options {
