@@ -35,8 +35,9 @@ impl Default for StorageOptions {
 ///
 /// With [`Io::Auto`], a kernel without io_uring, one that forbids it
 /// (seccomp, `kernel.io_uring_disabled`), or a locked-memory limit too small
-/// for the registered commit buffers, leads to the syscall backend, logged
-/// once. Setting up the commit ring here, at open, is what tells.
+/// for the rings (or, in the io_uring commit modes `RwfDsync` and
+/// `LinkedFsync`, for the registered commit buffers), leads to the syscall
+/// backend, logged once. Setting up the rings here, at open, is what tells.
 ///
 /// # Errors
 /// With [`Io::Uring`], `UringUnavailable` naming the step that failed.
@@ -61,8 +62,8 @@ pub fn open_storage(options: StorageOptions) -> Result<Arc<dyn Storage>> {
     Ok(Arc::new(OsStorage { ring, commit_ring, options }))
 }
 
-/// The shared ring (file operations, no buffers) and the first commit
-/// ring, with the commit buffers registered.
+/// The shared ring (file operations, no buffers) and, in the io_uring
+/// commit modes, the first commit ring, with the commit buffers registered.
 fn rings(options: StorageOptions) -> Result<(Ring, Option<Ring>)> {
     let shared = Ring::new(0, 0)?;
     // Only an io_uring commit queue registers commit buffers.

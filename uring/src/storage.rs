@@ -245,7 +245,10 @@ pub trait File: Send + Sync {
     /// thread (an io_uring backend's file holds one; other files are
     /// themselves): for a caller that waits for each operation anyway,
     /// where a ring would only add a kernel worker's wake-up before a
-    /// sync returns.
+    /// sync returns. The commit path of [`SyncMode::Syscalls`] (and of the
+    /// syscall backend) writes and syncs through it, so a wrapper that
+    /// must see those calls (fault injection, accounting) returns itself,
+    /// not the file it wraps.
     fn as_syscalls(&self) -> &dyn File;
 
     /// The OS file descriptor, where there is one (not on the simulated disk).
