@@ -123,44 +123,17 @@ impl BufHome for Ring {
     }
 }
 
-/// Submits `entries` as one unit and waits for every one of their
-/// completions; returns their results in order.
+/// Submits `entries` as one unit (a linked chain goes in whole) and waits
+/// for every one of their completions; returns their results in order.
 ///
 /// Holding the ring's lock for the whole call means no other operation is in
 /// flight on it, so every completion reaped here is one of ours, and the
 /// buffers the entries point at stay borrowed until the kernel is done.
 fn submit_and_reap(ring: &mut IoUring, entries: &[squeue::Entry]) -> Vec<i32> {
-    let n = entries.len();
-    let tagged: Vec<squeue::Entry> = entries.iter().enumerate().map(|(i, e)| e.clone().user_data(i as u64)).collect();
-    // SAFETY: the entries' buffers are borrowed by our caller for this whole
-    // call, and we do not return before every completion has been reaped.
-    // push_multiple pushes the chain whole or not at all.
-    unsafe { ring.submission().push_multiple(&tagged) }.expect("an idle ring has room for a chain");
-    let mut results = vec![None; n];
-    let mut reaped = 0;
-    while reaped < n {
-        match ring.submit_and_wait(n - reaped) {
-            Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => {}
-            Err(e) => {
-                // Operations may be in flight on memory we would hand back:
-                // there is no safe way to go on.
-                eprintln!("ringkv: io_uring_enter failed with operations in flight: {e}");
-                std::process::abort();
-            }
-        }
-        for cqe in ring.completion() {
-            let i = cqe.user_data() as usize;
-            if i >= n || results[i].is_some() {
-                // As in `submit_windowed`: no unwinding with ours in flight.
-                eprintln!("ringkv: io_uring completion {i} not expected (of {n} submitted)");
-                std::process::abort();
-            }
-            results[i] = Some(cqe.result());
-            reaped += 1;
-        }
-    }
-    results.into_iter().map(|r| r.expect("every operation completed")).collect()
+    // Checked while nothing is in flight. With the window as wide as the
+    // unit, every entry is pushed before the first enter.
+    assert!(entries.len() <= RING_ENTRIES as usize, "a unit fits an idle ring");
+    submit_windowed(ring, entries, entries.len())
 }
 
 /// Runs `entries` (independent operations, none linked) with up to
@@ -169,8 +142,8 @@ fn submit_and_reap(ring: &mut IoUring, entries: &[squeue::Entry]) -> Vec<i32> {
 /// to the slowest of each. Waits for every completion; returns the results
 /// in order.
 ///
-/// As with [`submit_and_reap`], the caller holds the ring's lock for the
-/// whole call, so every completion reaped here is one of ours.
+/// The caller holds the ring's lock for the whole call, so every
+/// completion reaped here is one of ours.
 fn submit_windowed(ring: &mut IoUring, entries: &[squeue::Entry], window: usize) -> Vec<i32> {
     let window = window.clamp(1, RING_ENTRIES as usize);
     let mut results = vec![None; entries.len()];
