@@ -136,8 +136,9 @@ fn submit_and_reap(ring: &mut IoUring, entries: &[squeue::Entry]) -> Vec<i32> {
     submit_windowed(ring, entries, entries.len())
 }
 
-/// Runs `entries` (independent operations, none linked) with up to
-/// `window` of them in flight at once: each completion makes room for the
+/// Runs `entries` with up to `window` of them in flight at once (linked
+/// ones only if the window covers them all, so that every one is pushed
+/// before the first enter: `submit_and_reap`): each completion makes room for the
 /// next, so the device sees a steady queue rather than bursts that drain
 /// to the slowest of each. Waits for every completion; returns the results
 /// in order.
