@@ -59,6 +59,15 @@ struct Args {
     /// kernel's page cache (`Options::os_page_cache = false`).
     #[arg(long)]
     ringkv_direct_reads: bool,
+    /// ringkv's memtable threshold (`Options::memtable_bytes`); a large one
+    /// keeps checkpoints out of a commit run, to measure the commit path
+    /// alone. Its default if unset.
+    #[arg(long)]
+    ringkv_memtable_bytes: Option<u64>,
+    /// ringkv's WAL threshold (`Options::wal_bytes`), which starts a
+    /// checkpoint once a quarter of it was logged. Its default if unset.
+    #[arg(long)]
+    ringkv_wal_bytes: Option<u64>,
     /// After each system's load and before its reads, write back and evict
     /// its files from the kernel's page cache, so stores that wrote through
     /// it start their reads as cold as ringkv, whose pages are written
@@ -88,6 +97,12 @@ fn main() {
     }
     if let Some(bytes) = args.cache_bytes {
         systems::set_cache_bytes(bytes);
+    }
+    if let Some(bytes) = args.ringkv_memtable_bytes {
+        systems::set_ringkv_memtable_bytes(bytes);
+    }
+    if let Some(bytes) = args.ringkv_wal_bytes {
+        systems::set_ringkv_wal_bytes(bytes);
     }
     if args.ringkv_direct_reads {
         systems::set_ringkv_direct_reads();

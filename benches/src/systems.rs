@@ -16,6 +16,22 @@ static CACHE_BYTES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 /// ringkv reads its page file with O_DIRECT only (no kernel page cache).
 static RINGKV_DIRECT_READS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// ringkv's memtable threshold, when `--ringkv-memtable-bytes` is set.
+static RINGKV_MEMTABLE_BYTES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Sets ringkv's memtable threshold for every store opened from now on.
+pub fn set_ringkv_memtable_bytes(bytes: u64) {
+    RINGKV_MEMTABLE_BYTES.set(bytes).expect("set once");
+}
+
+/// ringkv's WAL threshold, when `--ringkv-wal-bytes` is set.
+static RINGKV_WAL_BYTES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Sets ringkv's WAL threshold for every store opened from now on.
+pub fn set_ringkv_wal_bytes(bytes: u64) {
+    RINGKV_WAL_BYTES.set(bytes).expect("set once");
+}
+
 /// Makes ringkv read its page file with O_DIRECT only.
 pub fn set_ringkv_direct_reads() {
     RINGKV_DIRECT_READS.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -104,6 +120,12 @@ fn ringkv(dir: &Path, io: Io, sync_mode: SyncMode) -> Kv {
     options.sync_mode = sync_mode;
     if let Some(bytes) = cache_bytes() {
         options.cache_bytes = bytes as usize;
+    }
+    if let Some(&bytes) = RINGKV_MEMTABLE_BYTES.get() {
+        options.memtable_bytes = bytes as usize;
+    }
+    if let Some(&bytes) = RINGKV_WAL_BYTES.get() {
+        options.wal_bytes = bytes;
     }
     options.os_page_cache = !RINGKV_DIRECT_READS.load(std::sync::atomic::Ordering::Relaxed);
     Kv::open_with(dir, options).unwrap_or_else(|e| panic!("open ringkv in {}: {e}", dir.display()))
