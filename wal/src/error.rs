@@ -127,6 +127,10 @@ pub enum Error {
     /// An `Apply` called back into the log, which would wait for itself.
     #[error("an Apply called back into the WAL (append or sync from within an Apply would wait for itself)")]
     WithinApply,
+    /// The function run at a cut called back into the log, which would
+    /// wait for itself.
+    #[error("the function run at a WAL cut called back into the WAL (it runs while no frame can be placed)")]
+    WithinCut,
 }
 
 /// Result of the log.

@@ -271,7 +271,8 @@ impl Wal {
     /// # Errors
     /// [`Error::FrameTooLarge`]; the storage error that failed this frame's
     /// batch (then the frame may or may not be durable); [`Error::Poisoned`]
-    /// naming that error for every later call.
+    /// naming that error for every later call; [`Error::WithinApply`] or
+    /// [`Error::WithinCut`] from inside a callback of the log.
     pub fn append(&self, frame: impl Borrow<FrameBuf>, wait: bool) -> Result<Lsn> {
         let frame = frame.borrow();
         let ticket = self.shared.place(frame, wait, None)?;
@@ -319,12 +320,14 @@ impl Wal {
     /// block boundary), which is closed: later frames start the next batch
     /// there. So a cut is always a batch's start, and recovery past damage
     /// below it can begin reading at it. A checkpoint cuts the log there.
-    /// `f` must not call back into the log. Once [`Wal::sync`] has returned after it, every frame
+    /// `f` must not call back into the log (those calls return
+    /// [`Error::WithinCut`]). Once [`Wal::sync`] has returned after it, every frame
     /// below the cut is durable, and applied if [`Wal::applied_lsn`] has
     /// reached the cut.
     ///
     /// # Errors
-    /// [`Error::WithinApply`] from inside an `apply`.
+    /// [`Error::WithinApply`] from inside an `apply`, [`Error::WithinCut`]
+    /// from inside another cut's `f`.
     pub fn cut<R>(&self, f: impl FnOnce(Lsn) -> R) -> Result<R> {
         self.shared.cut(f)
     }
@@ -398,7 +401,10 @@ impl Wal {
     /// # Errors
     /// Storage errors naming the segment. A failed sync of the directory
     /// also poisons the log (the disk may name the files either way).
+    /// [`Error::WithinApply`] or [`Error::WithinCut`] from inside a
+    /// callback of the log.
     pub fn reclaim_below(&self, lsn: Lsn) -> Result<usize> {
+        writer::refuse_reentry()?;
         let limit = lsn.min(self.durable_lsn());
         let mut segments = self.shared.lock_segments();
         let mut reclaimed = 0;

@@ -396,7 +396,7 @@ impl Shared {
         if payload_bytes > self.payload_bytes_max {
             return Err(Error::FrameTooLarge { bytes: payload_bytes, limit: self.payload_bytes_max });
         }
-        refuse_within_apply()?;
+        refuse_reentry()?;
         let crc = frame.payload_crc();
         let mut tail = self.lock_tail();
         loop {
@@ -579,7 +579,7 @@ impl Shared {
     /// leadership (waiting for the current leader, who leaves nothing in
     /// flight) and commits up to the last frame placed.
     pub(crate) fn sync(&self) -> Result<()> {
-        refuse_within_apply()?;
+        refuse_reentry()?;
         let mut leader = self.lead_blocking()?;
         let ticket = {
             let tail = self.lock_tail();
@@ -595,7 +595,7 @@ impl Shared {
     /// tail, and closes that batch: a cut is always where a batch starts (a
     /// block boundary), so that recovery can begin reading at a cut.
     pub(crate) fn cut<R>(&self, f: impl FnOnce(Lsn) -> R) -> Result<R> {
-        refuse_within_apply()?;
+        refuse_reentry()?;
         let mut tail = self.lock_tail();
         if !tail.gathering.is_empty() {
             tail.gathering.closed = true;
@@ -604,7 +604,7 @@ impl Shared {
         // mutex, which a leader stepping down needs before it wakes anyone
         // (review 15: a writer parked for good): it poisons the log instead.
         let end = tail.gathering.end();
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(end))) {
+        match run_within(Within::Cut, || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(end)))) {
             Ok(r) => Ok(r),
             Err(payload) => {
                 let message = panic_message(payload.as_ref());
@@ -829,18 +829,39 @@ pub(crate) fn apply(shared: &Shared, groups: &mut [Group], end: Option<Lsn>) {
     }
 }
 
+/// A callback of the log this thread is running: calling back into the
+/// log from one would wait for itself (an `Apply` runs holding the
+/// leadership or the tail, a cut's function holding the tail).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Within {
+    Nothing,
+    Apply,
+    Cut,
+}
+
 thread_local! {
-    /// This thread is running an `Apply`.
-    static IN_APPLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static WITHIN: std::cell::Cell<Within> = const { std::cell::Cell::new(Within::Nothing) };
+}
+
+/// Runs `f` marked as `within` (catching nothing: the callers do).
+fn run_within<R>(within: Within, f: impl FnOnce() -> R) -> R {
+    /// Clears the mark even if `f` unwinds.
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            WITHIN.with(|flag| flag.set(Within::Nothing));
+        }
+    }
+    WITHIN.with(|flag| flag.set(within));
+    let _clear = Clear;
+    f()
 }
 
 /// Runs `apply`, catching a panic: one must not unwind through a leader
 /// (it would leave the leadership poisoned and every writer parked for
 /// good). Returns the panic's message.
 fn run_apply(apply: Apply, lsn: Lsn) -> std::result::Result<(), String> {
-    IN_APPLY.with(|flag| flag.set(true));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply(lsn)));
-    IN_APPLY.with(|flag| flag.set(false));
+    let result = run_within(Within::Apply, || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply(lsn))));
     result.map_err(|panic| {
         let message = panic_message(panic.as_ref());
         // Not dropped: a payload whose Drop panics would unwind from here.
@@ -849,10 +870,11 @@ fn run_apply(apply: Apply, lsn: Lsn) -> std::result::Result<(), String> {
     })
 }
 
-/// An `Apply` calling back into the log would wait for itself.
-fn refuse_within_apply() -> Result<()> {
-    match IN_APPLY.with(std::cell::Cell::get) {
-        true => Err(Error::WithinApply),
-        false => Ok(()),
+/// Refuses a call back into the log from one of its callbacks.
+pub(crate) fn refuse_reentry() -> Result<()> {
+    match WITHIN.with(std::cell::Cell::get) {
+        Within::Nothing => Ok(()),
+        Within::Apply => Err(Error::WithinApply),
+        Within::Cut => Err(Error::WithinCut),
     }
 }

@@ -126,6 +126,31 @@ fn an_apply_calling_back_into_the_log_gets_an_error_not_a_hang() {
     wal.append(frame(b"after"), true).unwrap();
 }
 
+/// Review 16, finding 2: the function run at a cut holds the tail, so an
+/// append, sync, cut or reclaim from inside it waited for itself. Each
+/// gets `WithinCut` instead, and the log goes on afterwards.
+#[test]
+fn a_cut_calling_back_into_the_log_gets_an_error_not_a_hang() {
+    let wal = open(Arc::new(SimStorage::new().seeded(5)));
+    wal.append(frame(b"before"), true).unwrap();
+    let inner = wal
+        .cut(|cut| {
+            [
+                format!("{:?}", wal.append(frame(b"inner"), true)),
+                format!("{:?}", wal.append(frame(b"inner"), false)),
+                format!("{:?}", wal.sync()),
+                format!("{:?}", wal.cut(|_| ())),
+                format!("{:?}", wal.reclaim_below(cut)),
+            ]
+        })
+        .unwrap();
+    assert_eq!(inner, ["Err(WithinCut)"; 5]);
+    // The mark is gone once the cut returned.
+    wal.append(frame(b"after"), true).unwrap();
+    wal.sync().unwrap();
+    assert_eq!(wal.reclaim_below(Lsn(0)).unwrap(), 0);
+}
+
 /// Review 10, F5: a panic payload whose `Drop` panics unwound through the
 /// leader after `catch_unwind`, poisoning the leadership: every later
 /// `sync`, and the drop of the log, panicked.
